@@ -1,0 +1,53 @@
+"""shmbus: a multi-process, shared-memory event bus that never loses an event.
+
+One `EventEmitter` per bus fans every event out to every subscriber, each of which has its
+own bounded ring in POSIX shared memory; a slow subscriber blocks `emit` instead of losing
+events, and a dead one is reaped. See docs/design.md for the whole design.
+
+    import shmbus
+
+    with shmbus.EventEmitter("jobs") as em:      # in one process
+        em.emit({"step": 1})
+
+    for event in shmbus.subscribe("jobs"):      # in any other process of the same user
+        ...
+"""
+
+from ._emitter import DEFAULT_CAPACITY, EventEmitter
+from ._errors import (
+    BusExists,
+    BusNotFound,
+    Closed,
+    DeserializationError,
+    EmitterDied,
+    IncompatibleBus,
+    OutOfSharedMemory,
+    SerializationError,
+    ShmBusError,
+    Timeout,
+)
+from ._registry import Cleaned, cleanup
+from ._subscription import EndReason, Subscription, subscribe
+
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_CAPACITY",
+    "BusExists",
+    "BusNotFound",
+    "Cleaned",
+    "Closed",
+    "DeserializationError",
+    "EmitterDied",
+    "EndReason",
+    "EventEmitter",
+    "IncompatibleBus",
+    "OutOfSharedMemory",
+    "SerializationError",
+    "ShmBusError",
+    "Subscription",
+    "Timeout",
+    "cleanup",
+    "subscribe",
+]

@@ -1,0 +1,138 @@
+"""The control block: the one shared-memory header of a bus.
+
+## Shape
+
+A small segment `/sb_<token>` that the emitter creates and every subscriber maps:
+
+    offset  field         written by      meaning
+    0       magic, version  emitter       b"shmbusCB", LAYOUT_VERSION: refuse anything else
+    12      slot_size     emitter         bytes per ring slot on this bus
+    16      committed     emitter         sequence number of the next event; every event
+                                          below it is in every ring it was sent to
+    24      closed        emitter         1 once the emitter closed cleanly
+    28      capacity      emitter         ring capacity a subscriber gets by default
+    32      generation    joiners/leavers bumped (under the bus's file mutex) whenever a
+                                          subscriber joins or leaves
+    40      next_sub_id   joiners         id for the next subscriber (under the mutex)
+    48      blob_limit    emitter         every large-event segment has an index below it
+    56      events, bytes emitter         totals, for statistics
+
+`committed` is the bus's linearization point: an event exists for subscribers exactly
+when `committed` has moved past its sequence number, and it moves in one 8-byte store.
+That is what makes `emit` all-or-nothing (see `_emitter`).
+
+## Why not a counter per ring
+
+With one counter per ring, the emitter would publish an event by N separate stores, and
+an interruption between two of them would leave some subscribers with the event and
+others without.
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+
+from ._errors import IncompatibleBus
+
+MAGIC = b"shmbusCB"
+LAYOUT_VERSION = 1
+SIZE = 128
+
+_HEAD = struct.Struct("<8sII")
+_U64 = struct.Struct("<Q")
+_U32 = struct.Struct("<I")
+
+_COMMITTED = 16
+_CLOSED = 24
+_DEFAULT_CAPACITY = 28
+_GENERATION = 32
+_NEXT_SUB_ID = 40
+_BLOB_LIMIT = 48
+_EVENTS = 56
+_BYTES = 64
+
+
+class ControlBlock:
+    """Typed access to a mapped control block."""
+
+    def __init__(self, buf: mmap.mmap) -> None:
+        self.buf = buf
+
+    @classmethod
+    def initialize(cls, buf: mmap.mmap, slot_size: int, default_capacity: int) -> "ControlBlock":
+        _HEAD.pack_into(buf, 0, MAGIC, LAYOUT_VERSION, slot_size)
+        _U32.pack_into(buf, _DEFAULT_CAPACITY, default_capacity)
+        return cls(buf)
+
+    @classmethod
+    def attach(cls, buf: mmap.mmap, where: str) -> "ControlBlock":
+        if len(buf) < SIZE:
+            raise IncompatibleBus(
+                f"{where}: control block is {len(buf)} bytes, expected {SIZE}; it is "
+                "corrupt or not a shmbus bus. Run `shmbus gc` and recreate the bus."
+            )
+        magic, version, _ = _HEAD.unpack_from(buf, 0)
+        if magic != MAGIC:
+            raise IncompatibleBus(
+                f"{where}: control block has magic {magic!r}, not a shmbus bus (corrupt?). "
+                "Run `shmbus gc` and recreate the bus."
+            )
+        if version != LAYOUT_VERSION:
+            raise IncompatibleBus(
+                f"{where}: bus was made by a shmbus with layout version {version}; this one "
+                f"speaks {LAYOUT_VERSION}. Use the same shmbus version in every process."
+            )
+        return cls(buf)
+
+    @property
+    def slot_size(self) -> int:
+        return int(_U32.unpack_from(self.buf, 12)[0])
+
+    @property
+    def committed(self) -> int:
+        return int(_U64.unpack_from(self.buf, _COMMITTED)[0])
+
+    def commit(self, next_seq: int) -> None:
+        _U64.pack_into(self.buf, _COMMITTED, next_seq)
+
+    @property
+    def closed(self) -> bool:
+        return bool(_U32.unpack_from(self.buf, _CLOSED)[0])
+
+    def mark_closed(self) -> None:
+        _U32.pack_into(self.buf, _CLOSED, 1)
+
+    @property
+    def default_capacity(self) -> int:
+        return int(_U32.unpack_from(self.buf, _DEFAULT_CAPACITY)[0])
+
+    @property
+    def generation(self) -> int:
+        return int(_U64.unpack_from(self.buf, _GENERATION)[0])
+
+    def bump_generation(self) -> None:
+        """Call only under the bus's file mutex."""
+        _U64.pack_into(self.buf, _GENERATION, self.generation + 1)
+
+    def allocate_sub_id(self) -> int:
+        """Call only under the bus's file mutex."""
+        sub_id = int(_U64.unpack_from(self.buf, _NEXT_SUB_ID)[0])
+        _U64.pack_into(self.buf, _NEXT_SUB_ID, sub_id + 1)
+        return sub_id
+
+    @property
+    def blob_limit(self) -> int:
+        return int(_U64.unpack_from(self.buf, _BLOB_LIMIT)[0])
+
+    def raise_blob_limit(self, limit: int) -> None:
+        _U64.pack_into(self.buf, _BLOB_LIMIT, limit)
+
+    def count(self, events: int, nbytes: int) -> None:
+        e, b = struct.unpack_from("<QQ", self.buf, _EVENTS)
+        struct.pack_into("<QQ", self.buf, _EVENTS, e + events, b + nbytes)
+
+    @property
+    def totals(self) -> tuple[int, int]:
+        e, b = struct.unpack_from("<QQ", self.buf, _EVENTS)
+        return int(e), int(b)

@@ -1,0 +1,374 @@
+"""The emitter: one per bus, fanning every event out to every subscriber's ring.
+
+## Shape
+
+`emit` pickles the event once, then, holding the emitter's thread lock:
+
+1. **Reserve** a slot in every live subscriber's ring. Rings with room are taken first;
+   then `emit` waits, one slice at a time, on each full ring's `space` semaphore (as
+   iceoryx's blocking distributor does). Between slices it checks the subscriber still
+   lives; a dead one is reaped and skipped, a closed one skipped at once.
+2. **Write** the event into each reserved slot: inline, or as a reference to one shared
+   large-event segment. Nothing is visible yet: subscribers read only below `committed`.
+3. **Commit**: one 8-byte store moves the control block's `committed` past the event.
+4. **Ring the doorbells**: post every ring's `data` semaphore, in one C-level loop.
+
+A slow subscriber blocks `emit` at step 1 (backpressure); no event is ever dropped,
+overwritten or skipped. As in the Rust original, a single `emit` is serial over rings.
+
+## What is atomic
+
+`emit` is all-or-nothing around step 3. An exception before it (a `Timeout`, a
+`KeyboardInterrupt`, a full `/dev/shm`) gives back every reserved slot: no subscriber ever
+sees the event. An exception after it (a `KeyboardInterrupt` landing during step 4)
+finishes step 4 before propagating: every subscriber sees the event. A doorbell rung twice
+that way costs a subscriber one spurious wake-up; see `_ring` on why that is harmless.
+
+## Why not one lock-protected queue shared by all subscribers
+
+A shared queue needs a cross-process mutex, and a process that dies holding one wedges
+everyone (`multiprocessing.Queue`'s known hang). Here every shared word has exactly one
+writer, and every wait is on a semaphore that can only make a waiter wake early.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import posix_ipc
+
+from . import _codec, _liveness, _ring
+from ._blob import BlobStore
+from ._errors import Closed, ShmBusError, Timeout
+from ._registry import Registry, validate_name
+from ._wait import deadline_after, expired, slice_until, waiter_from_env
+
+DEFAULT_CAPACITY = 256
+"""Slots per subscriber ring: `emit` blocks on the 257th event a subscriber has not read."""
+
+SWEEP_INTERVAL = 0.5
+"""How often a busy emitter checks that its subscribers live, so that a dead subscriber
+whose ring still has room stops counting as a recipient within about this long."""
+
+if TYPE_CHECKING:
+    from ._subscription import Subscription
+
+_ring_doorbells = posix_ipc.Semaphore.release
+
+_open_emitters: "weakref.WeakSet[EventEmitter]" = weakref.WeakSet()
+
+
+class _Outlet:
+    """The emitter's view of one adopted ring."""
+
+    __slots__ = ("ring", "start", "known_tail", "capacity", "sub_id")
+
+    def __init__(self, ring: _ring.Ring, start: int) -> None:
+        self.ring = ring
+        self.sub_id = ring.sub_id
+        self.start = start
+        self.capacity = ring.capacity
+        self.known_tail = 0
+
+    def has_room(self, seq: int) -> bool:
+        """Whether event `seq` fits without overwriting an unread slot."""
+        if seq - self.start - self.known_tail < self.capacity:
+            return True
+        self.known_tail = self.ring.tail
+        return seq - self.start - self.known_tail < self.capacity
+
+    def oldest_unread(self) -> int:
+        return self.start + self.ring.tail
+
+
+class EventEmitter:
+    """Creates a bus and delivers every event to every subscriber, in order.
+
+    One emitter per bus; it may be used from several threads of its process at once,
+    and every subscriber sees one and the same order. Use it as a context manager, or
+    call `close()`: subscribers then read what is left and their iteration ends.
+    """
+
+    def __init__(self, name: str | None = None, *, capacity: int = DEFAULT_CAPACITY) -> None:
+        self._capacity = _ring.validate_capacity(capacity)
+        self._name = validate_name(name) if name is not None else _generated_name()
+        self._waiter = waiter_from_env()
+        self._registry = Registry()
+        self._registry.sweep()
+        record = {"pid": os.getpid(), "capacity": capacity, "created": time.time()}
+        self._token, self._life, self._control = self._registry.create_bus(
+            self._name, record, _ring.SLOT_SIZE, self._capacity
+        )
+        self._epoch = _liveness.fork_epoch
+        self._lock = threading.Lock()
+        self._outlets: dict[int, _Outlet] = {}
+        self._generation = -1
+        self._next_sweep = 0.0
+        self._next_seq = 0
+        self._inline_max = _ring.SLOT_SIZE - _ring.SLOT_HEADER_SIZE
+        self._blobs = BlobStore(self._token, self._control)
+        self._closing = False
+        self._closed = False
+        _open_emitters.add(self)
+
+    # -- public -------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def capacity(self) -> int:
+        """The ring capacity a subscriber gets unless it asks for its own."""
+        return self._capacity
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def wait_strategy(self) -> str:
+        """'timed' (kernel timed waits) or 'poll' (see `SHMBUS_WAIT`)."""
+        return self._waiter.name
+
+    def emit(self, event: Any, *, timeout: float | None = None) -> int:
+        """Deliver `event` to every subscriber; the number of subscribers it reached.
+
+        Blocks while any live subscriber's ring is full. With `timeout`, raises `Timeout`
+        if the event could not be placed in every ring in time, and then no subscriber
+        ever sees it. Raises `SerializationError` (before touching any ring) if the
+        event cannot be pickled, and `Closed` after `close()`.
+        """
+        payload = _codec.encode(event)
+        deadline = deadline_after(timeout)
+        self._enter(deadline)
+        try:
+            return self._send(payload, deadline)
+        finally:
+            self._lock.release()
+
+    def subscribe(self, *, capacity: int | None = None) -> "Subscription":
+        """A new subscription to this bus, owned by the calling process."""
+        from ._subscription import Subscription
+
+        self._check_usable()
+        return Subscription._join(self._registry, self._name, capacity)
+
+    @property
+    def subscriber_count(self) -> int:
+        """Live subscribers right now (dead ones are reaped on the way)."""
+        self._check_usable()
+        return len(self._registry.live_subscribers(self._token, self._control))
+
+    def close(self) -> None:
+        """End the stream. Subscribers still read everything already emitted.
+
+        Idempotent. An `emit` blocked in another thread raises `Closed` within a slice.
+        """
+        if self._closed:
+            return
+        if self._epoch != _liveness.fork_epoch:
+            self._closed = True  # the parent owns the bus; a fork child only lets go
+            return
+        self._closing = True
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            _open_emitters.discard(self)
+            self._control.mark_closed()
+            _ring_all(self._outlets.values())
+            for outlet in self._outlets.values():
+                outlet.ring.detach()
+            self._outlets.clear()
+            self._registry.release_name(self._name, self._token)
+            self._registry.finish_emitter(self._token, self._life)
+            self._control.buf.close()
+
+    def __enter__(self) -> "EventEmitter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{len(self._outlets)} rings"
+        return f"<shmbus.EventEmitter {self._name!r} {state}>"
+
+    # -- emit, step by step -----------------------------------------------------------
+
+    def _enter(self, deadline: float | None) -> None:
+        self._check_usable()
+        if deadline is None:
+            self._lock.acquire()
+        elif not self._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise Timeout("emit timed out waiting for another thread's emit; nothing sent")
+        if self._closed:
+            self._lock.release()
+            raise Closed(f"bus {self._name!r} is closed")
+
+    def _check_usable(self) -> None:
+        if self._epoch != _liveness.fork_epoch:
+            raise ShmBusError(
+                f"this EventEmitter of bus {self._name!r} was inherited through fork; only "
+                "the process that created it may use it. Emit from the parent, or create "
+                "the emitter in the child."
+            )
+        if self._closed:
+            raise Closed(f"bus {self._name!r} is closed")
+
+    def _send(self, payload: bytes, deadline: float | None) -> int:
+        if self._control.generation != self._generation or time.monotonic() >= self._next_sweep:
+            self._refresh()
+        seq = self._next_seq
+        if self._blobs.pending:
+            self._blobs.reclaim(min((o.oldest_unread() for o in self._outlets.values()),
+                                    default=seq))
+        outlets = self._reserve(seq, deadline)
+        blob = None
+        try:
+            if len(payload) <= self._inline_max:
+                for outlet in outlets:
+                    outlet.ring.write_inline(seq, payload)
+            elif outlets:
+                blob = self._blobs.put(seq, payload)
+                for outlet in outlets:
+                    outlet.ring.write_blob_ref(seq, blob, len(payload))
+            self._control.commit(seq + 1)
+            self._next_seq = seq + 1
+            _ring_all(outlets)
+        except BaseException:
+            self._abort(seq, outlets, blob)
+            raise
+        return len(outlets)
+
+    def _abort(self, seq: int, outlets: list[_Outlet], blob: int | None) -> None:
+        if self._control.committed == seq + 1:
+            self._next_seq = seq + 1
+            _ring_all(outlets)  # may ring a bell twice: one spurious wake-up
+        else:
+            _give_back_room(outlets)
+            if blob is not None:
+                self._blobs.discard(blob)
+
+    def _reserve(self, seq: int, deadline: float | None) -> list[_Outlet]:
+        reserved: list[_Outlet] = []
+        try:
+            full = []
+            for outlet in self._outlets.values():
+                if _take_room_now(outlet, seq):
+                    reserved.append(outlet)
+                else:
+                    full.append(outlet)
+            for outlet in full:
+                if self._await_room(outlet, seq, deadline):
+                    reserved.append(outlet)
+        except BaseException:
+            _give_back_room(reserved)
+            raise
+        return reserved
+
+    def _await_room(self, outlet: _Outlet, seq: int, deadline: float | None) -> bool:
+        """Wait until `outlet` has room: True, or False if its subscriber left."""
+        began = time.monotonic_ns()
+        try:
+            while True:
+                if self._closing:
+                    raise Closed(f"bus {self._name!r} was closed while emit was blocked")
+                got = self._waiter.take(outlet.ring.space, slice_until(deadline))
+                if outlet.ring.sub_closed:
+                    self._drop(outlet)
+                    return False
+                if outlet.has_room(seq):
+                    return True
+                if not got:
+                    if self._registry.reap_if_dead(self._token, outlet.sub_id, self._control):
+                        self._drop(outlet)
+                        return False
+                    if expired(deadline):
+                        raise Timeout(
+                            f"emit timed out: subscriber {outlet.sub_id} of bus "
+                            f"{self._name!r} kept its ring of {outlet.capacity} full; "
+                            "no subscriber received the event"
+                        )
+        finally:
+            if outlet.sub_id in self._outlets:
+                outlet.ring.add_blocked_ns(time.monotonic_ns() - began)
+
+    # -- membership ---------------------------------------------------------------------
+
+    def _refresh(self) -> None:
+        with self._registry.bus_mutex(self._token):
+            generation = self._control.generation
+            ids = set(self._registry.subscriber_ids(self._token))
+        for sub_id in set(self._outlets) - ids:
+            self._drop(self._outlets[sub_id])
+        for sub_id in sorted(ids - set(self._outlets)):
+            self._adopt(sub_id)
+        self._generation = generation
+        now = time.monotonic()
+        if now >= self._next_sweep:
+            self._next_sweep = now + SWEEP_INTERVAL
+            self._drop_departed()
+
+    def _adopt(self, sub_id: int) -> None:
+        try:
+            ring = _ring.Ring.attach(self._token, sub_id, _ring.SLOT_SIZE)
+        except (posix_ipc.ExistentialError, ShmBusError):
+            return  # left already, or unreadable: it cannot be delivered to
+        ring.adopt(self._next_seq)
+        self._outlets[sub_id] = _Outlet(ring, self._next_seq)
+
+    def _drop_departed(self) -> None:
+        for outlet in list(self._outlets.values()):
+            if outlet.ring.sub_closed or self._registry.reap_if_dead(
+                self._token, outlet.sub_id, self._control
+            ):
+                self._drop(outlet)
+
+    def _drop(self, outlet: _Outlet) -> None:
+        if self._outlets.pop(outlet.sub_id, None) is not None:
+            outlet.ring.detach()
+
+
+def _take_room_now(outlet: _Outlet, seq: int) -> bool:
+    try:
+        outlet.ring.space.acquire(0)
+    except posix_ipc.BusyError:
+        return False
+    return outlet.has_room(seq)
+
+
+def _ring_all(outlets: Any) -> None:
+    # One C-level loop: a KeyboardInterrupt cannot land between two doorbells.
+    deque(map(_ring_doorbells, [o.ring.data for o in outlets]), maxlen=0)
+
+
+def _give_back_room(outlets: list[_Outlet]) -> None:
+    deque(map(_ring_doorbells, [o.ring.space for o in outlets]), maxlen=0)
+
+
+def _generated_name() -> str:
+    return f"bus-{os.getpid()}-{os.urandom(3).hex()}"
+
+
+@atexit.register
+def _close_open_emitters() -> None:
+    for emitter in list(_open_emitters):
+        try:
+            emitter.close()
+        except Exception:
+            pass
+

@@ -1,0 +1,53 @@
+"""The one error hierarchy of shmbus.
+
+Every error the library raises on purpose is a `ShmBusError`. Where a standard exception
+already names the situation (`TimeoutError`, `FileNotFoundError`, `FileExistsError`), ours
+is also one of those, so code that knows nothing of shmbus still catches it sensibly.
+
+The end of a stream is split the way trio splits it: `Closed` is the ordinary end (the
+emitter closed, or you closed this handle); `EmitterDied` is a `Closed` whose cause was the
+emitter process vanishing without closing. Code that only cares that the stream is over
+catches `Closed`; code that must tell a crash from a shutdown catches `EmitterDied` first.
+"""
+
+from __future__ import annotations
+
+
+class ShmBusError(Exception):
+    """Base class of every error shmbus raises on purpose."""
+
+
+class Timeout(ShmBusError, TimeoutError):
+    """A call did not complete within its `timeout`. Nothing was delivered or consumed."""
+
+
+class Closed(ShmBusError):
+    """The stream is over: the bus or this handle was closed, and nothing is left to read."""
+
+
+class EmitterDied(Closed):
+    """The emitter process died without closing; every event it finished emitting was read."""
+
+
+class BusNotFound(ShmBusError, FileNotFoundError):
+    """No live bus has that name."""
+
+
+class BusExists(ShmBusError, FileExistsError):
+    """A live emitter already holds that name."""
+
+
+class SerializationError(ShmBusError):
+    """An event could not be pickled, even by cloudpickle. Nothing was sent."""
+
+
+class DeserializationError(ShmBusError):
+    """An event arrived but could not be unpickled here. It is consumed; the next one is not."""
+
+
+class IncompatibleBus(ShmBusError):
+    """A registry entry or shared-memory header is corrupt or from another shmbus version."""
+
+
+class OutOfSharedMemory(ShmBusError, MemoryError):
+    """The shared-memory filesystem has no room for a ring or a large event."""

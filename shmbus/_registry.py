@@ -1,0 +1,419 @@
+"""The registry: where buses and subscribers are written down, and who cleans up.
+
+## Shape
+
+A private directory per user (mode 0700; `SHMBUS_DIR`, else `$XDG_RUNTIME_DIR/shmbus`,
+else `/tmp/shmbus-<uid>`):
+
+    names/<name>           symlink to the token of the bus now holding that name
+    buses/<token>/         one bus instance; flock on this directory = its mutex
+        emitter            JSON about the emitter; flock-held while the emitter lives
+        sub.<id>           JSON about subscriber <id>; flock-held while it lives
+
+The registry is the authoritative list of what a bus created: every shared object is
+named from the token and a subscriber id (see `_segment`), and a record is written
+*before* the objects it names are created. So whatever died half-way, the registry
+names everything there is to remove; that matters on macOS, which cannot list shared
+memory or semaphores.
+
+## Who removes what
+
+- A subscriber owns its ring, its two semaphores and its `sub.<id>` file, and removes
+  them when it closes.
+- The emitter owns the control block, the large-event segments, the `emitter` file, the
+  name link and the instance directory. If subscribers are still draining when it
+  closes, those outlive it: the last subscriber out removes them.
+- A dead process's objects are removed by whoever first takes its life lock
+  (`_liveness`): the emitter when it notices, or any sweep (`cleanup()`, and every new
+  emitter or subscription runs one). Taking the lock makes that process the only
+  cleaner.
+
+Membership changes (join, leave, reap, remove) happen under the instance mutex; name
+changes and whole-instance removal under the mutex of the root directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import stat
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import posix_ipc
+
+from . import _blob, _ring, _segment
+from ._control import SIZE as CONTROL_SIZE
+from ._control import ControlBlock
+from ._errors import BusExists, BusNotFound, IncompatibleBus, ShmBusError
+from ._liveness import FileMutex, LifeLock, is_alive
+
+REGISTRY_VERSION = 1
+DIR_ENV = "SHMBUS_DIR"
+
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}")
+_TOKEN = re.compile(r"[0-9a-f]{8}")
+_SUB_FILE = re.compile(r"sub\.([0-9]{1,19})")
+
+
+def validate_name(name: object) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"bus name must be a str, got {type(name).__name__}")
+    if not _NAME.fullmatch(name):
+        raise ValueError(
+            f"invalid bus name {name!r}: use 1 to 128 characters from A-Z a-z 0-9 _ . -, "
+            "not starting with '.' or '-'"
+        )
+    return name
+
+
+def default_root() -> str:
+    configured = os.environ.get(DIR_ENV)
+    if configured:
+        return configured
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isdir(runtime):
+        return os.path.join(runtime, "shmbus")
+    return os.path.join(tempfile.gettempdir(), f"shmbus-{os.getuid()}")
+
+
+@dataclass
+class Cleaned:
+    """What a sweep removed, for `shmbus gc` to report."""
+
+    buses: list[str] = field(default_factory=list)
+    subscribers: list[str] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.buses or self.subscribers or self.names)
+
+
+class Registry:
+    """One registry directory and the operations on it."""
+
+    def __init__(self, root: str | None = None) -> None:
+        self.root = os.path.abspath(root or default_root())
+        self.names_dir = os.path.join(self.root, "names")
+        self.buses_dir = os.path.join(self.root, "buses")
+        _ensure_private_dir(self.root)
+        _ensure_private_dir(self.names_dir)
+        _ensure_private_dir(self.buses_dir)
+
+    # -- paths ----------------------------------------------------------------------
+
+    def bus_dir(self, token: str) -> str:
+        return os.path.join(self.buses_dir, token)
+
+    def emitter_path(self, token: str) -> str:
+        return os.path.join(self.buses_dir, token, "emitter")
+
+    def sub_path(self, token: str, sub_id: int) -> str:
+        return os.path.join(self.buses_dir, token, f"sub.{sub_id}")
+
+    def root_mutex(self) -> FileMutex:
+        return FileMutex(self.root)
+
+    def bus_mutex(self, token: str) -> FileMutex:
+        """Raises FileNotFoundError on entry if the instance is gone."""
+        return FileMutex(self.bus_dir(token))
+
+    # -- names ----------------------------------------------------------------------
+
+    def resolve(self, name: str) -> str | None:
+        try:
+            token = os.readlink(os.path.join(self.names_dir, name))
+        except (FileNotFoundError, OSError):
+            return None
+        return token if _TOKEN.fullmatch(token) else None
+
+    def names(self) -> Iterator[tuple[str, str]]:
+        for name in sorted(_listdir(self.names_dir)):
+            token = self.resolve(name)
+            if token is not None:
+                yield name, token
+
+    def release_name(self, name: str, token: str) -> None:
+        with self.root_mutex():
+            if self.resolve(name) == token:
+                _unlink(os.path.join(self.names_dir, name))
+
+    # -- the emitter's side ---------------------------------------------------------
+
+    def create_bus(self, name: str, record: dict[str, Any], slot_size: int,
+                   default_capacity: int) -> tuple[str, LifeLock, ControlBlock]:
+        """Claim `name` for a new bus instance: its token, life lock and control block."""
+        with self.root_mutex():
+            old = self.resolve(name)
+            if old is not None and is_alive(self.emitter_path(old)):
+                raise BusExists(
+                    f"bus {name!r} is held by a live emitter (pid "
+                    f"{self.read_record(self.emitter_path(old)).get('pid', '?')}); close "
+                    "it first or pick another name"
+                )
+            while True:
+                token = secrets.token_hex(4)
+                try:
+                    os.mkdir(self.bus_dir(token), 0o700)
+                    break
+                except FileExistsError:
+                    continue
+            try:
+                record = {**record, "version": REGISTRY_VERSION, "name": name, "token": token}
+                life = LifeLock.create(self.emitter_path(token), _json(record))
+                control = ControlBlock.initialize(
+                    _segment.create_segment(_segment.control_name(token), CONTROL_SIZE),
+                    slot_size, default_capacity,
+                )
+            except BaseException:
+                _remove_tree_quietly(self.bus_dir(token))
+                raise
+            link = os.path.join(self.names_dir, f".{name}.{token}")
+            os.symlink(token, link)
+            os.replace(link, os.path.join(self.names_dir, name))
+        return token, life, control
+
+    # -- the subscribers' side ------------------------------------------------------
+
+    def open_bus(self, name: str) -> tuple[str, ControlBlock]:
+        """The token and mapped control block of the live bus called `name`."""
+        token = self.resolve(name)
+        if token is None:
+            raise BusNotFound(f"no bus named {name!r} (registry {self.root})")
+        try:
+            buf = _segment.open_segment(_segment.control_name(token))
+        except posix_ipc.ExistentialError:
+            raise BusNotFound(f"bus {name!r} is gone (its emitter closed or died)") from None
+        return token, ControlBlock.attach(buf, f"bus {name!r}")
+
+    def join(self, name: str, token: str, control: ControlBlock, capacity: int,
+             record: dict[str, Any]) -> tuple[int, LifeLock, _ring.Ring]:
+        """Register a new subscriber and create its ring, or raise BusNotFound."""
+        try:
+            with self.bus_mutex(token):
+                if control.closed or not is_alive(self.emitter_path(token)):
+                    raise BusNotFound(f"bus {name!r} is closed (its emitter closed or died)")
+                sub_id = control.allocate_sub_id()
+                record = {**record, "version": REGISTRY_VERSION, "id": sub_id,
+                          "capacity": capacity}
+                life = LifeLock.create(self.sub_path(token, sub_id), _json(record))
+                try:
+                    ring = _ring.Ring.create(token, sub_id, capacity, control.slot_size)
+                except BaseException:
+                    _unlink(self.sub_path(token, sub_id))
+                    life.release()
+                    raise
+                control.bump_generation()
+        except FileNotFoundError:
+            raise BusNotFound(f"bus {name!r} is gone (its emitter closed or died)") from None
+        return sub_id, life, ring
+
+    def leave(self, token: str, sub_id: int, life: LifeLock,
+              control: ControlBlock | None) -> None:
+        """Remove a closing subscriber's objects; the last one out removes the bus."""
+        try:
+            with self.bus_mutex(token):
+                _ring.unlink_ring(token, sub_id)
+                _unlink(self.sub_path(token, sub_id))
+                life.release()
+                if control is not None:
+                    control.bump_generation()
+                self._remove_bus_if_abandoned(token)
+        except FileNotFoundError:
+            life.release()
+
+    # -- membership and reaping -----------------------------------------------------
+
+    def subscriber_ids(self, token: str) -> list[int]:
+        ids = []
+        for entry in _listdir(self.bus_dir(token)):
+            match = _SUB_FILE.fullmatch(entry)
+            if match:
+                ids.append(int(match.group(1)))
+        return sorted(ids)
+
+    def reap_if_dead(self, token: str, sub_id: int, control: ControlBlock | None) -> bool:
+        """Remove subscriber `sub_id` if its process is dead; True if it is gone."""
+        path = self.sub_path(token, sub_id)
+        life = LifeLock.take_if_dead(path)
+        if life is None:
+            return not os.path.exists(path)
+        try:
+            with self.bus_mutex(token):
+                _ring.unlink_ring(token, sub_id)
+                _unlink(path)
+                if control is not None:
+                    control.bump_generation()
+                self._remove_bus_if_abandoned(token)
+        except FileNotFoundError:
+            pass
+        finally:
+            life.release()
+        return True
+
+    def live_subscribers(self, token: str, control: ControlBlock | None) -> list[int]:
+        return [i for i in self.subscriber_ids(token)
+                if not self.reap_if_dead(token, i, control)]
+
+    def finish_emitter(self, token: str, life: LifeLock) -> None:
+        """A closing emitter lets go; the bus goes now if nobody is left to drain it."""
+        try:
+            with self.bus_mutex(token):
+                life.release()
+                self._remove_bus_if_abandoned(token)
+        except FileNotFoundError:
+            life.release()
+
+    def _remove_bus_if_abandoned(self, token: str) -> bool:
+        """Under the bus mutex: remove the instance if no live process belongs to it."""
+        if is_alive(self.emitter_path(token)):
+            return False
+        for sub_id in self.subscriber_ids(token):
+            if is_alive(self.sub_path(token, sub_id)):
+                return False
+        for sub_id in self.subscriber_ids(token):
+            _ring.unlink_ring(token, sub_id)
+            _unlink(self.sub_path(token, sub_id))
+        _remove_shared_objects(token)
+        _remove_tree_quietly(self.bus_dir(token))
+        return True
+
+    # -- sweeping -------------------------------------------------------------------
+
+    def sweep(self) -> Cleaned:
+        """Remove what dead processes left: subscribers, whole buses and stale names."""
+        cleaned = Cleaned()
+        for token in sorted(_listdir(self.buses_dir)):
+            if _TOKEN.fullmatch(token):
+                self._sweep_bus(token, cleaned)
+        with self.root_mutex():
+            for entry in _listdir(self.names_dir):
+                token = self.resolve(entry)
+                if token is None or not os.path.isdir(self.bus_dir(token)):
+                    _unlink(os.path.join(self.names_dir, entry))
+                    if not entry.startswith("."):
+                        cleaned.names.append(entry)
+        return cleaned
+
+    def _sweep_bus(self, token: str, cleaned: Cleaned) -> None:
+        control = _attach_control_quietly(token)
+        try:
+            for sub_id in self.subscriber_ids(token):
+                if self.reap_if_dead(token, sub_id, control):
+                    cleaned.subscribers.append(f"{token}/sub.{sub_id}")
+            try:
+                with self.bus_mutex(token):
+                    if self._remove_bus_if_abandoned(token):
+                        cleaned.buses.append(token)
+            except FileNotFoundError:
+                pass
+        finally:
+            if control is not None:
+                control.buf.close()
+
+    # -- records --------------------------------------------------------------------
+
+    @staticmethod
+    def read_record(path: str) -> dict[str, Any]:
+        """The JSON record at `path`, checked; IncompatibleBus if it is not ours."""
+        try:
+            with open(path, "rb") as f:
+                raw = f.read(65536)
+        except FileNotFoundError:
+            return {}
+        try:
+            record = json.loads(raw)
+        except ValueError:
+            raise IncompatibleBus(
+                f"registry file {path} is not valid JSON (corrupt or truncated); "
+                "run `shmbus gc` to remove what dead buses left"
+            ) from None
+        if not isinstance(record, dict) or record.get("version") != REGISTRY_VERSION:
+            raise IncompatibleBus(
+                f"registry file {path} has version "
+                f"{record.get('version') if isinstance(record, dict) else '?'}, expected "
+                f"{REGISTRY_VERSION}: it was written by another shmbus version; use one "
+                "version in every process"
+            )
+        return record
+
+
+def _remove_shared_objects(token: str) -> None:
+    control = _attach_control_quietly(token)
+    if control is not None:
+        limit = control.blob_limit
+        control.buf.close()
+        _blob.unlink_all(token, limit)
+    _segment.unlink_segment(_segment.control_name(token))
+
+
+def _attach_control_quietly(token: str) -> ControlBlock | None:
+    try:
+        buf = _segment.open_segment(_segment.control_name(token))
+    except posix_ipc.ExistentialError:
+        return None
+    try:
+        return ControlBlock.attach(buf, token)
+    except ShmBusError:
+        buf.close()
+        return None
+
+
+def _ensure_private_dir(path: str) -> None:
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise ShmBusError(f"registry path {path} exists and is not a directory; remove it")
+    if st.st_uid != os.getuid():
+        raise ShmBusError(
+            f"registry directory {path} belongs to uid {st.st_uid}, not to you "
+            f"(uid {os.getuid()}); someone may be trying to intercept your buses. "
+            f"Set {DIR_ENV} to a directory of your own."
+        )
+    if st.st_mode & 0o077:
+        raise ShmBusError(
+            f"registry directory {path} has mode {oct(st.st_mode & 0o777)}; it must be "
+            f"private to you. Run `chmod 700 {path}`."
+        )
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _remove_tree_quietly(path: str) -> None:
+    for entry in _listdir(path):
+        _unlink(os.path.join(path, entry))
+    try:
+        os.rmdir(path)
+    except (FileNotFoundError, OSError):
+        pass
+
+
+def _json(record: dict[str, Any]) -> bytes:
+    return json.dumps(record, sort_keys=True).encode()
+
+
+def cleanup(root: str | None = None) -> Cleaned:
+    """Remove everything dead buses and subscribers left behind; what was removed.
+
+    Safe to run at any time: live buses and subscribers are never touched.
+    """
+    return Registry(root).sweep()

@@ -1,0 +1,256 @@
+"""The ring: one subscriber's bounded queue in shared memory.
+
+## Shape
+
+A segment `/sb_<token>_r<id>` with a 64-byte header and `capacity` fixed-size slots, and
+two POSIX semaphores beside it:
+
+    header  magic, version, capacity, slot_size
+            adopted, start_seq   written once by the emitter when it first sees the ring:
+                                 the first sequence number this ring receives
+            tail                 written by the subscriber only: events consumed so far
+            sub_closed           set by the subscriber when it closes
+            blocked_ns           written by the emitter only: time spent waiting on it
+    slot    seq (u64), kind (u32), length (u32), payload: the event's pickle inline if it
+            fits in `slot_size - 16` bytes, else a reference to a large-event segment
+
+Event `seq` lives in slot `seq % capacity`. The ring holds events `start_seq + tail` up to
+(not including) the bus's `committed`; the emitter may write only while fewer than
+`capacity` are held, so it never overwrites an unread slot. With the default capacity of
+256, the emitter blocks on the 257th event a subscriber has not consumed.
+
+## Counters are the truth, semaphores are the doorbells
+
+`space` (emitter sleeps on it; starts at `capacity`) and `data` (subscriber sleeps on it)
+carry one token per slot freed and per event committed, and each side takes one token per
+event, so in the steady state they count exactly. But a side only ever acts on what the
+counters (`tail`, `committed`) say: a token without room or data is discarded as a
+spurious wake-up, and room or data found after a slice without a token is used anyway.
+So a token lost or doubled by an interruption (a `KeyboardInterrupt` can land between a
+semaphore call returning and the next bytecode) costs at most one slice of latency, and
+can never make the emitter overwrite a slot or the subscriber read one twice.
+
+The token taken before reading is also what orders memory: `sem_post` publishes the
+slot written before it, and a successful `sem_wait` sees it.
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+
+import posix_ipc
+
+from . import _segment
+from ._errors import IncompatibleBus
+
+MAGIC = b"shmbusRG"
+LAYOUT_VERSION = 1
+HEADER_SIZE = 64
+SLOT_HEADER_SIZE = 16
+SLOT_SIZE = 512
+"""Events whose pickle is at most 496 bytes travel inline; a 100-byte dict uses one slot
+and a default ring of 256 slots takes 128 KiB of shared memory."""
+
+MAX_CAPACITY = min(1 << 20, posix_ipc.SEMAPHORE_VALUE_MAX)
+"""A ring's `space` semaphore starts at `capacity`, which the platform caps (32767 on
+some systems); past a million slots a ring would also take 512 MiB."""
+
+KIND_INLINE = 0
+KIND_BLOB = 1
+
+_HEAD = struct.Struct("<8sIII")
+_U64 = struct.Struct("<Q")
+_U32 = struct.Struct("<I")
+_SLOT = struct.Struct("<QII")
+_BLOB_REF = struct.Struct("<QQ")
+
+_ADOPTED = 20
+_START_SEQ = 24
+_TAIL = 32
+_SUB_CLOSED = 40
+_BLOCKED_NS = 48
+
+
+def validate_capacity(capacity: object) -> int:
+    if isinstance(capacity, bool) or not isinstance(capacity, int):
+        raise TypeError(f"capacity must be an int, got {type(capacity).__name__}")
+    if not 1 <= capacity <= MAX_CAPACITY:
+        raise ValueError(
+            f"capacity must be between 1 and {MAX_CAPACITY} slots, got {capacity}"
+        )
+    return capacity
+
+
+class Ring:
+    """One mapped ring and its two semaphores, as either side sees it."""
+
+    def __init__(
+        self,
+        sub_id: int,
+        buf: mmap.mmap,
+        data: posix_ipc.Semaphore,
+        space: posix_ipc.Semaphore,
+        names: tuple[str, str, str],
+    ) -> None:
+        magic, version, capacity, slot_size = _HEAD.unpack_from(buf, 0)
+        self.sub_id = sub_id
+        self.buf = buf
+        self.data = data
+        self.space = space
+        self.names = names
+        self.capacity: int = capacity
+        self.slot_size: int = slot_size
+        self.inline_max = slot_size - SLOT_HEADER_SIZE
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, token: str, sub_id: int, capacity: int, slot_size: int) -> "Ring":
+        """Create the ring and its semaphores; the subscriber that calls this owns them."""
+        names = ring_object_names(token, sub_id)
+        buf = _segment.create_segment(names[0], HEADER_SIZE + capacity * slot_size)
+        try:
+            _HEAD.pack_into(buf, 0, MAGIC, LAYOUT_VERSION, capacity, slot_size)
+            data = _segment.create_semaphore(names[1], 0)
+            try:
+                space = _segment.create_semaphore(names[2], capacity)
+            except BaseException:
+                data.close()
+                raise
+        except BaseException:
+            buf.close()
+            unlink_ring(token, sub_id)
+            raise
+        return cls(sub_id, buf, data, space, names)
+
+    @classmethod
+    def attach(cls, token: str, sub_id: int, slot_size: int) -> "Ring":
+        """Open a ring some subscriber created. Raises `posix_ipc.ExistentialError`
+        if it is gone and `IncompatibleBus` if its header makes no sense."""
+        names = ring_object_names(token, sub_id)
+        buf = _segment.open_segment(names[0])
+        try:
+            _check_header(buf, names[0], slot_size)
+            data = _segment.open_semaphore(names[1])
+            try:
+                space = _segment.open_semaphore(names[2])
+            except BaseException:
+                data.close()
+                raise
+        except BaseException:
+            buf.close()
+            raise
+        return cls(sub_id, buf, data, space, names)
+
+    def detach(self) -> None:
+        """Close this process's handles; the shared objects stay for their owner."""
+        for sem in (self.data, self.space):
+            try:
+                sem.close()
+            except posix_ipc.Error:
+                pass
+        try:
+            self.buf.close()
+        except BufferError:
+            pass  # a memoryview is still out; the mapping goes with the last reference
+
+    # -- header fields ----------------------------------------------------------------
+
+    @property
+    def adopted(self) -> bool:
+        return bool(_U32.unpack_from(self.buf, _ADOPTED)[0])
+
+    @property
+    def start_seq(self) -> int:
+        return int(_U64.unpack_from(self.buf, _START_SEQ)[0])
+
+    def adopt(self, start_seq: int) -> None:
+        _U64.pack_into(self.buf, _START_SEQ, start_seq)
+        _U32.pack_into(self.buf, _ADOPTED, 1)
+
+    @property
+    def tail(self) -> int:
+        return int(_U64.unpack_from(self.buf, _TAIL)[0])
+
+    def set_tail(self, tail: int) -> None:
+        _U64.pack_into(self.buf, _TAIL, tail)
+
+    @property
+    def sub_closed(self) -> bool:
+        return bool(_U32.unpack_from(self.buf, _SUB_CLOSED)[0])
+
+    def mark_sub_closed(self) -> None:
+        _U32.pack_into(self.buf, _SUB_CLOSED, 1)
+
+    @property
+    def blocked_ns(self) -> int:
+        return int(_U64.unpack_from(self.buf, _BLOCKED_NS)[0])
+
+    def add_blocked_ns(self, ns: int) -> None:
+        _U64.pack_into(self.buf, _BLOCKED_NS, self.blocked_ns + ns)
+
+    # -- slots --------------------------------------------------------------------------
+
+    def write_inline(self, seq: int, payload: bytes) -> None:
+        off = HEADER_SIZE + (seq % self.capacity) * self.slot_size
+        _SLOT.pack_into(self.buf, off, seq, KIND_INLINE, len(payload))
+        start = off + SLOT_HEADER_SIZE
+        self.buf[start : start + len(payload)] = payload
+
+    def write_blob_ref(self, seq: int, index: int, length: int) -> None:
+        off = HEADER_SIZE + (seq % self.capacity) * self.slot_size
+        _SLOT.pack_into(self.buf, off, seq, KIND_BLOB, _BLOB_REF.size)
+        _BLOB_REF.pack_into(self.buf, off + SLOT_HEADER_SIZE, index, length)
+
+    def read(self, seq: int) -> tuple[int, bytes]:
+        """(kind, payload) of event `seq`: inline pickle bytes, or a packed blob ref."""
+        off = HEADER_SIZE + (seq % self.capacity) * self.slot_size
+        found, kind, length = _SLOT.unpack_from(self.buf, off)
+        if found != seq or kind not in (KIND_INLINE, KIND_BLOB) or length > self.inline_max:
+            raise IncompatibleBus(
+                f"{self.names[0]}: slot for event {seq} holds event {found} (kind {kind}, "
+                f"{length} bytes); the ring is corrupt. Close this subscription and "
+                "subscribe again."
+            )
+        start = off + SLOT_HEADER_SIZE
+        return kind, self.buf[start : start + length]
+
+
+def unpack_blob_ref(payload: bytes) -> tuple[int, int]:
+    index, length = _BLOB_REF.unpack(payload)
+    return int(index), int(length)
+
+
+def ring_object_names(token: str, sub_id: int) -> tuple[str, str, str]:
+    return (
+        _segment.ring_name(token, sub_id),
+        _segment.data_sem_name(token, sub_id),
+        _segment.space_sem_name(token, sub_id),
+    )
+
+
+def unlink_ring(token: str, sub_id: int) -> None:
+    """Remove the ring's segment and semaphores, whichever of them exist."""
+    segment, data, space = ring_object_names(token, sub_id)
+    _segment.unlink_segment(segment)
+    _segment.unlink_semaphore(data)
+    _segment.unlink_semaphore(space)
+
+
+def _check_header(buf: mmap.mmap, name: str, slot_size: int) -> None:
+    if len(buf) < HEADER_SIZE:
+        raise IncompatibleBus(f"{name}: ring is {len(buf)} bytes, too small to be a ring")
+    magic, version, capacity, found_slot = _HEAD.unpack_from(buf, 0)
+    if magic != MAGIC or version != LAYOUT_VERSION:
+        raise IncompatibleBus(
+            f"{name}: ring header has magic {magic!r} version {version}, expected "
+            f"{MAGIC!r} version {LAYOUT_VERSION}: corrupt, or made by another shmbus "
+            "version. Use one shmbus version in every process."
+        )
+    expected = HEADER_SIZE + capacity * found_slot
+    if found_slot != slot_size or not 1 <= capacity <= MAX_CAPACITY or len(buf) < expected:
+        raise IncompatibleBus(
+            f"{name}: ring header says {capacity} slots of {found_slot} bytes in a "
+            f"{len(buf)}-byte segment on a bus of {slot_size}-byte slots: corrupt."
+        )

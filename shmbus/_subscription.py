@@ -1,0 +1,310 @@
+"""The subscription: one process's end of the bus, reading its own ring in order.
+
+## Shape
+
+`subscribe(name)` registers a subscriber and creates its ring, both owned by the calling
+process, and returns at once; the emitter adopts the ring on its next `emit` (it notices
+the control block's `generation` moved), so the subscription receives every event
+emitted after `subscribe()` returned, and none before.
+
+`recv` takes a doorbell token from the ring's `data` semaphore, one slice at a time, and
+reads event `start_seq + tail` once the control block's `committed` has passed it. When
+nothing arrives within a slice it checks how the emitter is doing:
+
+- the emitter closed (`closed` flag): read what is left, then raise `Closed`;
+- the emitter died (its life lock is free): read every committed event, which includes
+  every event whose `emit` returned, then raise `EmitterDied` (a `Closed`).
+
+Either way the end is seen within one slice plus one probe of the emitter's lock.
+
+## What is atomic under interruption
+
+`recv` decodes the event *before* it advances `tail`, and parks the result on the
+subscription until it is returned. A `KeyboardInterrupt` that lands before `tail` moves
+leaves the event unread; one that lands after it makes the next `recv` return the parked
+event. Either way the caller sees each event exactly once.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import time
+import weakref
+from collections.abc import Iterator
+from enum import Enum
+from typing import Any
+
+from . import _blob, _codec, _liveness, _ring
+from ._control import ControlBlock
+from ._errors import Closed, DeserializationError, EmitterDied, ShmBusError, Timeout
+from ._liveness import LifeLock, is_alive
+from ._registry import Registry, validate_name
+from ._wait import Waiter, deadline_after, expired, slice_until, waiter_from_env
+
+_open_subscriptions: "weakref.WeakSet[Subscription]" = weakref.WeakSet()
+
+
+class EndReason(Enum):
+    """Why a subscription's stream ended."""
+
+    CLOSED = "closed"
+    """The emitter closed the bus."""
+    EMITTER_DIED = "emitter died"
+    """The emitter process died without closing."""
+    UNSUBSCRIBED = "unsubscribed"
+    """This subscription was closed by its own process."""
+
+
+class _Outcome:
+    """A decoded event, or the error decoding it raised, parked until it is returned."""
+
+    __slots__ = ("seq", "value", "error")
+
+    def __init__(self, seq: int, value: Any, error: DeserializationError | None) -> None:
+        self.seq = seq
+        self.value = value
+        self.error = error
+
+    def unwrap(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+def subscribe(name: str, *, capacity: int | None = None) -> "Subscription":
+    """Subscribe to the bus called `name` from any process of the same user.
+
+    The subscription receives every event emitted after this returns. `capacity` is the
+    number of events its ring holds before the emitter blocks (default: the emitter's).
+    Raises `BusNotFound` if no live bus has that name.
+    """
+    return Subscription._join(Registry(), name, capacity)
+
+
+class Subscription:
+    """A subscriber's end of a bus: `recv()` events, or iterate until the stream ends."""
+
+    def __init__(self) -> None:
+        raise TypeError("use shmbus.subscribe(name) or EventEmitter.subscribe()")
+
+    @classmethod
+    def _join(cls, registry: Registry, name: str, capacity: int | None) -> "Subscription":
+        validate_name(name)
+        if capacity is not None:
+            _ring.validate_capacity(capacity)
+        waiter = waiter_from_env()
+        registry.sweep()
+        token, control = registry.open_bus(name)
+        try:
+            wanted = capacity if capacity is not None else control.default_capacity
+            record = {"pid": os.getpid(), "created": time.time()}
+            sub_id, life, ring = registry.join(name, token, control, wanted, record)
+        except BaseException:
+            control.buf.close()
+            raise
+        self = object.__new__(cls)
+        self._init(registry, name, token, control, sub_id, life, ring, waiter)
+        return self
+
+    def _init(self, registry: Registry, name: str, token: str, control: ControlBlock,
+              sub_id: int, life: LifeLock, ring: _ring.Ring, waiter: Waiter) -> None:
+        self._registry = registry
+        self._name = name
+        self._token = token
+        self._control = control
+        self._sub_id = sub_id
+        self._life = life
+        self._ring = ring
+        self._waiter = waiter
+        self._emitter_path = registry.emitter_path(token)
+        self._epoch = _liveness.fork_epoch
+        self._start: int | None = None
+        self._tail = 0
+        self._committed = 0
+        self._parked: _Outcome | None = None
+        self._end: EndReason | None = None
+        self._closed = False
+        _open_subscriptions.add(self)
+
+    # -- public -------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def id(self) -> int:
+        """This subscriber's number on its bus."""
+        return self._sub_id
+
+    @property
+    def capacity(self) -> int:
+        return self._ring.capacity
+
+    @property
+    def end_reason(self) -> EndReason | None:
+        """None while the stream may still deliver; else why it ended."""
+        return self._end
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def recv(self, *, timeout: float | None = None) -> Any:
+        """The next event, waiting for it as long as `timeout` allows (None: forever).
+
+        Raises `Timeout` if none arrived in time (nothing is consumed), `Closed` once the
+        bus is closed and every event has been read (`EmitterDied` if the emitter died),
+        and `DeserializationError` for an event that cannot be unpickled here (that
+        event is consumed; the next call returns the next one).
+        """
+        self._check_usable()
+        if self._parked is not None and self._parked_was_consumed():
+            return self._take_parked()
+        seq = self._await_event(deadline_after(timeout))
+        outcome = self._read(seq)
+        self._parked = outcome
+        self._tail += 1
+        self._ring.set_tail(self._tail)
+        self._ring.space.release()
+        return self._take_parked()
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            return self.recv()
+        except Closed:
+            raise StopIteration from None
+
+    def close(self) -> None:
+        """Leave the bus and remove this subscription's ring. Idempotent.
+
+        An emitter blocked on this subscription's full ring is released at once.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        _open_subscriptions.discard(self)
+        if self._end is None:
+            self._end = EndReason.UNSUBSCRIBED
+        if self._epoch != _liveness.fork_epoch:
+            return  # inherited through fork: the parent owns the ring
+        self._ring.mark_sub_closed()
+        self._ring.space.release()
+        self._ring.detach()
+        self._registry.leave(self._token, self._sub_id, self._life, self._control)
+        self._control.buf.close()
+
+    def __enter__(self) -> "Subscription":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            if not getattr(self, "_closed", True):
+                self.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        return f"<shmbus.Subscription {self._name!r} #{self._sub_id} tail={self._tail}>"
+
+    # -- receiving, step by step ------------------------------------------------------
+
+    def _check_usable(self) -> None:
+        if self._epoch != _liveness.fork_epoch:
+            raise ShmBusError(
+                f"this subscription to {self._name!r} was inherited through fork; only the "
+                "process that subscribed may read it. Subscribe in the child instead."
+            )
+        if self._closed:
+            raise Closed(f"this subscription to {self._name!r} is closed")
+
+    def _await_event(self, deadline: float | None) -> int:
+        """The sequence number of the next event once it is readable."""
+        if self._end is not None:
+            self._raise_end()
+        while True:
+            got = self._waiter.take(self._ring.data, slice_until(deadline))
+            seq = self._next_seq()
+            if seq is not None and self._is_committed(seq):
+                return seq
+            end = self._emitter_gone(check_life=not got)
+            if end is not None:
+                seq = self._next_seq()
+                if seq is not None and self._is_committed(seq):
+                    return seq  # drain what was committed before the end
+                self._end = end
+                self._raise_end()
+            if not got and expired(deadline):
+                raise Timeout(f"no event on bus {self._name!r} within the timeout")
+
+    def _next_seq(self) -> int | None:
+        if self._start is None:
+            if not self._ring.adopted:
+                return None
+            self._start = self._ring.start_seq
+        return self._start + self._tail
+
+    def _is_committed(self, seq: int) -> bool:
+        if seq < self._committed:
+            return True
+        self._committed = self._control.committed
+        return seq < self._committed
+
+    def _emitter_gone(self, check_life: bool) -> EndReason | None:
+        if self._control.closed:
+            return EndReason.CLOSED
+        if check_life and not is_alive(self._emitter_path):
+            # It may have closed between the two reads: the flag is set before the lock
+            # is released.
+            return EndReason.CLOSED if self._control.closed else EndReason.EMITTER_DIED
+        return None
+
+    def _raise_end(self) -> None:
+        if self._end is EndReason.EMITTER_DIED:
+            raise EmitterDied(
+                f"the emitter of bus {self._name!r} died; every event it finished "
+                "emitting has been received"
+            )
+        raise Closed(f"bus {self._name!r} is closed and every event has been received")
+
+    def _read(self, seq: int) -> _Outcome:
+        kind, payload = self._ring.read(seq)
+        try:
+            if kind == _ring.KIND_INLINE:
+                value = _codec.decode(payload)
+            else:
+                index, length = _ring.unpack_blob_ref(payload)
+                value = _blob.load(self._token, index, length)
+        except DeserializationError as exc:
+            return _Outcome(seq, None, exc)
+        return _Outcome(seq, value, None)
+
+    def _parked_was_consumed(self) -> bool:
+        # After an interruption: did `tail` move past the parked event before it landed?
+        assert self._parked is not None and self._start is not None
+        self._tail = self._ring.tail
+        if self._start + self._tail > self._parked.seq:
+            return True
+        self._parked = None
+        return False
+
+    def _take_parked(self) -> Any:
+        outcome, self._parked = self._parked, None
+        assert outcome is not None
+        return outcome.unwrap()
+
+
+@atexit.register
+def _close_open_subscriptions() -> None:
+    for sub in list(_open_subscriptions):
+        try:
+            sub.close()
+        except Exception:
+            pass

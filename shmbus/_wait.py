@@ -1,0 +1,127 @@
+"""How a process sleeps on a semaphore: the two wait strategies.
+
+## Shape
+
+Every blocking wait in shmbus is a loop of bounded slices: take a token from a semaphore
+within at most `SLICE` seconds, and between slices check that the peer being waited for is
+still alive. Nothing ever sleeps for longer than one slice on a peer that might be dead.
+This module supplies only the "take a token within t seconds" step; the callers own the
+loop and the liveness check, because what "the peer" is differs on each side.
+
+`Waiter.take` first tries without blocking (the common case when data is flowing), then
+hands the wait to a backend, in the manner of filelock's `_acquire`:
+
+- `TimedWaiter` sleeps in the kernel with `sem_timedwait`: no CPU while it waits, woken
+  the moment a token is posted.
+- `PollingWaiter` retries `sem_trywait` with a backoff of sleeps growing to
+  `POLL_MAX_SLEEP`. macOS has no `sem_timedwait` (`posix_ipc.SEMAPHORE_TIMEOUT_SUPPORTED`
+  is False, and a positive timeout there blocks forever), so this is the only safe choice
+  there; on Linux `SHMBUS_WAIT=poll` selects it so that both run under the same tests.
+
+## Why not one blocking `acquire()`
+
+A blocking acquire on a semaphore whose poster was SIGKILLed never returns: the kernel
+does not know who would have posted. Slices bound that to one slice per liveness check.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from abc import ABC, abstractmethod
+
+import posix_ipc
+
+SLICE = 0.1
+"""Longest single sleep. A dead peer is noticed at most this long after it died, plus
+the time of one liveness probe: well under the 1 second the bus promises."""
+
+POLL_MIN_SLEEP = 20e-6
+POLL_MAX_SLEEP = 1e-3
+"""The polling backend adds at most about this much latency to a wake-up, and costs an
+idle subscriber about a thousand cheap system calls per second."""
+
+WAIT_ENV = "SHMBUS_WAIT"
+
+
+class Waiter(ABC):
+    """Takes one token from a semaphore, waiting at most a given time."""
+
+    name: str
+
+    def take(self, sem: posix_ipc.Semaphore, timeout: float) -> bool:
+        """True if a token was taken within `timeout` seconds, False if not."""
+        try:
+            sem.acquire(0)
+            return True
+        except posix_ipc.BusyError:
+            pass
+        if timeout <= 0:
+            return False
+        return self._take_blocking(sem, timeout)
+
+    @abstractmethod
+    def _take_blocking(self, sem: posix_ipc.Semaphore, timeout: float) -> bool: ...
+
+
+class TimedWaiter(Waiter):
+    name = "timed"
+
+    def _take_blocking(self, sem: posix_ipc.Semaphore, timeout: float) -> bool:
+        try:
+            sem.acquire(timeout)
+            return True
+        except posix_ipc.BusyError:
+            return False
+        except posix_ipc.SignalError:
+            # Some other signal's handler ran and did not raise: a short, early wake-up.
+            return False
+
+
+class PollingWaiter(Waiter):
+    name = "poll"
+
+    def _take_blocking(self, sem: posix_ipc.Semaphore, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        pause = POLL_MIN_SLEEP
+        while True:
+            try:
+                sem.acquire(0)
+                return True
+            except posix_ipc.BusyError:
+                pass
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, POLL_MAX_SLEEP)
+
+
+def waiter_from_env() -> Waiter:
+    """The strategy for a bus or subscription created now (`SHMBUS_WAIT` = timed | poll)."""
+    wanted = os.environ.get(WAIT_ENV, "").strip().lower()
+    if wanted not in ("", "timed", "poll"):
+        raise ValueError(f"{WAIT_ENV}={wanted!r} is not a wait strategy; use 'timed' or 'poll'")
+    if wanted == "poll" or not posix_ipc.SEMAPHORE_TIMEOUT_SUPPORTED:
+        return PollingWaiter()
+    return TimedWaiter()
+
+
+def deadline_after(timeout: float | None) -> float | None:
+    """An absolute `time.monotonic()` deadline, or None for no deadline."""
+    if timeout is None:
+        return None
+    if timeout != timeout or timeout < 0:
+        raise ValueError(f"timeout must be None or a number >= 0, got {timeout!r}")
+    return time.monotonic() + timeout
+
+
+def slice_until(deadline: float | None) -> float:
+    """How long the next slice may sleep: SLICE, or less if the deadline is nearer."""
+    if deadline is None:
+        return SLICE
+    return max(0.0, min(SLICE, deadline - time.monotonic()))
+
+
+def expired(deadline: float | None) -> bool:
+    return deadline is not None and time.monotonic() >= deadline
