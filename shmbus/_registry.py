@@ -5,7 +5,7 @@
 A private directory per user (mode 0700; `SHMBUS_DIR`, else `$XDG_RUNTIME_DIR/shmbus`,
 else `/tmp/shmbus-<uid>`):
 
-    names/<name>           symlink to the token of the bus now holding that name
+    names/<name>           symlink to ../buses/<token>, the bus now holding that name
     buses/<token>/         one bus instance; flock on this directory = its mutex
         emitter            JSON about the emitter; flock-held while the emitter lives
         sub.<id>           JSON about subscriber <id>; flock-held while it lives
@@ -126,8 +126,8 @@ class Registry:
 
     def resolve(self, name: str) -> str | None:
         try:
-            token = os.readlink(os.path.join(self.names_dir, name))
-        except (FileNotFoundError, OSError):
+            token = os.path.basename(os.readlink(os.path.join(self.names_dir, name)))
+        except OSError:
             return None
         return token if _TOKEN.fullmatch(token) else None
 
@@ -173,7 +173,7 @@ class Registry:
                 _remove_tree_quietly(self.bus_dir(token))
                 raise
             link = os.path.join(self.names_dir, f".{name}.{token}")
-            os.symlink(token, link)
+            os.symlink(os.path.join("..", "buses", token), link)
             os.replace(link, os.path.join(self.names_dir, name))
         return token, life, control
 
@@ -307,10 +307,11 @@ class Registry:
                     cleaned.subscribers.append(f"{token}/sub.{sub_id}")
             try:
                 with self.bus_mutex(token):
-                    if self._remove_bus_if_abandoned(token):
-                        cleaned.buses.append(token)
+                    self._remove_bus_if_abandoned(token)
             except FileNotFoundError:
                 pass
+            if not os.path.isdir(self.bus_dir(token)):
+                cleaned.buses.append(token)  # by the line above, or by the last reap
         finally:
             if control is not None:
                 control.buf.close()

@@ -1,0 +1,65 @@
+"""Fixtures shared by the whole suite.
+
+Every test gets a registry directory of its own (`SHMBUS_DIR`), and afterwards the
+suite checks that the test left no shmbus object in /dev/shm: a leak fails the test that
+caused it, and is removed so that it cannot fail the next one.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import tempfile
+
+import pytest
+
+from tests import helpers
+
+
+@pytest.fixture(autouse=True)
+def registry_dir(monkeypatch: pytest.MonkeyPatch):
+    # A short path: the registry's paths show up in error messages.
+    path = tempfile.mkdtemp(prefix="sbreg-")
+    monkeypatch.setenv("SHMBUS_DIR", path)
+    yield path
+    helpers.remove_tree(path)
+
+
+@pytest.fixture(autouse=True)
+def no_leaks(registry_dir: str):
+    before = set(helpers.our_shm_objects())
+    yield
+    leaked = sorted(set(helpers.our_shm_objects()) - before)
+    for name in leaked:
+        helpers.unlink_shm_file(name)
+    assert not leaked, f"the test left shared objects behind: {leaked}"
+
+
+@pytest.fixture(params=["timed", "poll"])
+def wait_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs a test once per wait strategy (`SHMBUS_WAIT`), children included."""
+    monkeypatch.setenv("SHMBUS_WAIT", request.param)
+    return request.param
+
+
+@pytest.fixture
+def procs():
+    """Start worker processes that are killed and reaped after the test, pass or fail."""
+    started: list = []
+
+    def start(target, *args, ctx: str = "fork"):
+        proc = helpers.context(ctx).Process(target=target, args=args, daemon=True)
+        proc.start()
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.is_alive():
+            try:
+                os.kill(proc.pid, signal.SIGCONT)
+                os.kill(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.join(5)
+

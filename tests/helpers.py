@@ -1,0 +1,85 @@
+"""Small tools the tests share: processes, /dev/shm inspection, timing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from typing import Any, Callable
+
+import multiprocess
+
+SHM_DIR = "/dev/shm"
+OUR_PREFIXES = ("sb_", "sem.sb_")
+
+
+def context(kind: str = "fork") -> Any:
+    return multiprocess.get_context(kind)
+
+
+def our_shm_objects() -> list[str]:
+    """shmbus's segments and semaphores as Linux shows them in /dev/shm."""
+    try:
+        return [n for n in os.listdir(SHM_DIR) if n.startswith(OUR_PREFIXES)]
+    except FileNotFoundError:  # pragma: no cover - macOS
+        return []
+
+
+def objects_of(token: str) -> list[str]:
+    return [n for n in our_shm_objects() if f"sb_{token}" in n]
+
+
+def unlink_shm_file(name: str) -> None:
+    try:
+        os.unlink(os.path.join(SHM_DIR, name))
+    except FileNotFoundError:
+        pass
+
+
+def remove_tree(path: str) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, step: float = 0.01) -> Any:
+    """Poll `predicate` until it is truthy; its value, or AssertionError on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {predicate}")
+        time.sleep(step)
+
+
+def collect(name: str, out: Any, ready: Any = None, capacity: int | None = None,
+            delay: float = 0.0) -> None:
+    """Worker: subscribe to `name`, record every event until the stream ends, report."""
+    import shmbus
+
+    sub = shmbus.subscribe(name, capacity=capacity)
+    if ready is not None:
+        ready.put(sub.id)
+    events = []
+    for event in sub:
+        events.append(event)
+        if delay:
+            time.sleep(delay)
+    reason = sub.end_reason.value if sub.end_reason else None
+    sub.close()
+    out.put((events, reason))
+
+
+def subscribe_and_hold(name: str, ready: Any, capacity: int | None = None) -> None:
+    """Worker: subscribe and never read, until killed."""
+    import shmbus
+
+    sub = shmbus.subscribe(name, capacity=capacity)
+    ready.put(sub.id)
+    while True:
+        time.sleep(1)
+    sub.close()  # pragma: no cover
+
+
+def token_of(emitter: Any) -> str:
+    return emitter._token

@@ -1,0 +1,257 @@
+"""The emitter: fan-out, order, backpressure, all-or-nothing emit, reaping."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+import shmbus
+from tests import helpers
+
+pytestmark = [pytest.mark.usefixtures("wait_mode"), pytest.mark.timeout(60)]
+
+
+def start_collectors(procs, name: str, count: int, **kwargs):
+    out, ready = helpers.context().Queue(), helpers.context().Queue()
+    for _ in range(count):
+        procs(helpers.collect, name, out, ready, kwargs.get("capacity"), kwargs.get("delay", 0.0))
+    for _ in range(count):
+        ready.get(timeout=10)
+    return out
+
+
+def test_every_subscriber_gets_every_event_once_in_order(procs):
+    with shmbus.EventEmitter("fanout") as em:
+        out = start_collectors(procs, "fanout", 3, capacity=8)
+        delivered = [em.emit({"seq": i}) for i in range(3000)]
+    results = [out.get(timeout=30) for _ in range(3)]
+    assert delivered == [3] * 3000
+    for events, reason in results:
+        assert events == [{"seq": i} for i in range(3000)]
+        assert reason == "closed"
+
+
+def test_a_slow_subscriber_blocks_emit_and_loses_nothing(procs):
+    with shmbus.EventEmitter("slow", capacity=4) as em:
+        out = start_collectors(procs, "slow", 1, delay=0.002)
+        started = time.monotonic()
+        for i in range(200):
+            em.emit(i)
+        elapsed = time.monotonic() - started
+    events, _ = out.get(timeout=30)
+    assert events == list(range(200))
+    # With 4 slots the emitter cannot run more than 4 events ahead of a reader that
+    # takes 2 ms per event, so 200 events take at least (200 - 4) * 2 ms.
+    assert elapsed >= 0.39
+
+
+def test_a_full_ring_blocks_until_its_subscriber_reads():
+    with shmbus.EventEmitter("full", capacity=3) as em, em.subscribe() as sub:
+        for i in range(3):
+            em.emit(i, timeout=1)
+        with pytest.raises(shmbus.Timeout):
+            em.emit(3, timeout=0.2)
+        assert sub.recv(timeout=1) == 0
+        assert em.emit(3, timeout=1) == 1
+        assert [sub.recv(timeout=1) for _ in range(3)] == [1, 2, 3]
+
+
+def test_timeout_is_all_or_nothing():
+    with shmbus.EventEmitter("aon") as em:
+        stuck = em.subscribe(capacity=2)
+        free = em.subscribe(capacity=100)
+        em.emit("a")
+        em.emit("b")
+        with pytest.raises(shmbus.Timeout) as info:
+            em.emit("never", timeout=0.2)
+        assert isinstance(info.value, TimeoutError)
+        with pytest.raises(shmbus.Timeout):
+            em.emit("never", timeout=0)
+        assert [stuck.recv(timeout=1), stuck.recv(timeout=1)] == ["a", "b"]
+        em.emit("c", timeout=1)
+        em.close()
+        assert list(free) == ["a", "b", "c"]
+        assert list(stuck) == ["c"]
+        stuck.close()
+        free.close()
+
+
+def test_keyboard_interrupt_during_a_blocked_emit_delivers_nothing():
+    with shmbus.EventEmitter("intr") as em:
+        stuck = em.subscribe(capacity=1)
+        free = em.subscribe(capacity=100)
+        em.emit("first")
+        timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            em.emit("interrupted")
+        timer.join()
+        assert stuck.recv(timeout=1) == "first"
+        em.emit("second", timeout=1)
+        em.close()
+        assert list(free) == ["first", "second"]
+        assert list(stuck) == ["second"]
+        stuck.close()
+        free.close()
+
+
+def test_emit_from_many_threads_gives_every_subscriber_one_order(procs):
+    with shmbus.EventEmitter("threads", capacity=16) as em:
+        out = start_collectors(procs, "threads", 2)
+
+        def produce(tid: int) -> None:
+            for i in range(400):
+                em.emit((tid, i))
+
+        threads = [threading.Thread(target=produce, args=(t,)) for t in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    (first, _), (second, _) = out.get(timeout=30), out.get(timeout=30)
+    assert first == second
+    assert len(first) == 1600
+    for tid in range(4):
+        assert [i for t, i in first if t == tid] == list(range(400))
+
+
+def test_subscriber_count_follows_joins_closes_and_deaths_without_emits(procs):
+    with shmbus.EventEmitter("count") as em:
+        assert em.subscriber_count == 0
+        ready = helpers.context().Queue()
+        victim = procs(helpers.subscribe_and_hold, "count", ready)
+        ready.get(timeout=10)
+        local = em.subscribe()
+        helpers.wait_until(lambda: em.subscriber_count == 2, timeout=1)
+        local.close()
+        helpers.wait_until(lambda: em.subscriber_count == 1, timeout=1)
+        os.kill(victim.pid, signal.SIGKILL)
+        helpers.wait_until(lambda: em.subscriber_count == 0, timeout=1)
+
+
+def test_a_subscriber_killed_while_emit_is_blocked_is_reaped_within_a_second(procs):
+    with shmbus.EventEmitter("reap") as em:
+        ready = helpers.context().Queue()
+        victim = procs(helpers.subscribe_and_hold, "reap", ready, 2)
+        sub_id = ready.get(timeout=10)
+        token = helpers.token_of(em)
+        with em.subscribe() as healthy:
+            em.emit(0)
+            em.emit(1)
+            timer = threading.Timer(0.3, os.kill, (victim.pid, signal.SIGKILL))
+            killed_at = []
+            timer.start()
+            threading.Thread(target=lambda: (timer.join(), killed_at.append(time.monotonic()))).start()
+            assert em.emit(2) == 1  # blocked on the victim's full ring until it is reaped
+            unblocked_at = time.monotonic()
+            helpers.wait_until(lambda: killed_at)
+            assert unblocked_at - killed_at[0] < 1.0
+            assert [healthy.recv(timeout=1) for _ in range(3)] == [0, 1, 2]
+        assert not any(f"_r{sub_id:x}" in n for n in helpers.objects_of(token))
+        assert not os.path.exists(em._registry.sub_path(token, sub_id))
+
+
+def test_closing_a_subscription_releases_a_blocked_emit_at_once():
+    with shmbus.EventEmitter("release") as em:
+        sub = em.subscribe(capacity=1)
+        em.emit("fills it")
+        timer = threading.Timer(0.2, sub.close)
+        timer.start()
+        started = time.monotonic()
+        assert em.emit("after", timeout=5) == 0
+        assert time.monotonic() - started < 0.2 + 0.5
+        timer.join()
+
+
+def test_close_raises_closed_in_a_blocked_emit_and_later_emits():
+    em = shmbus.EventEmitter("closing")
+    sub = em.subscribe(capacity=1)
+    em.emit(1)
+    errors = []
+
+    def blocked() -> None:
+        try:
+            em.emit(2)
+        except shmbus.Closed as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=blocked)
+    thread.start()
+    time.sleep(0.2)
+    em.close()
+    thread.join(5)
+    assert len(errors) == 1
+    with pytest.raises(shmbus.Closed):
+        em.emit(3)
+    em.close()  # idempotent
+    assert list(sub) == [1]
+    sub.close()
+
+
+def test_a_large_event_is_written_to_shared_memory_once(procs):
+    big = os.urandom(4 << 20)
+    with shmbus.EventEmitter("large") as em:
+        subs = [em.subscribe() for _ in range(3)]
+        em.emit({"blob": big})
+        token = helpers.token_of(em)
+        sizes = {n: os.path.getsize(os.path.join(helpers.SHM_DIR, n))
+                 for n in helpers.objects_of(token)}
+        big_ones = [n for n, size in sizes.items() if size >= len(big)]
+        assert len(big_ones) == 1, sizes
+        assert sum(sizes.values()) < len(big) + (1 << 20)
+        for sub in subs:
+            assert sub.recv(timeout=5) == {"blob": big}
+        em.emit("small")  # lets the emitter free the large event's segment
+        assert not any(size >= len(big) for n, size in (
+            (n, os.path.getsize(os.path.join(helpers.SHM_DIR, n)))
+            for n in helpers.objects_of(token)))
+        for sub in subs:
+            sub.close()
+
+
+def test_large_events_cross_processes_whole(procs):
+    with shmbus.EventEmitter("large2") as em:
+        out = start_collectors(procs, "large2", 2, capacity=4)
+        payloads = [os.urandom(n) for n in (0, 495, 496, 497, 70_000, 3 << 20)]
+        for p in payloads:
+            em.emit(p)
+    for _ in range(2):
+        events, _ = out.get(timeout=30)
+        assert events == payloads
+
+
+def test_events_are_pickled_once_per_emit_not_per_subscriber():
+    calls = []
+
+    class Counted:
+        def __reduce__(self):
+            calls.append(1)
+            return (str, ("counted",))
+
+    with shmbus.EventEmitter("once") as em:
+        subs = [em.subscribe() for _ in range(3)]
+        assert em.emit(Counted()) == 3
+        assert len(calls) == 1
+        assert [s.recv(timeout=1) for s in subs] == ["counted"] * 3
+        for s in subs:
+            s.close()
+
+
+def test_an_unpicklable_event_raises_before_any_ring_is_touched():
+    with shmbus.EventEmitter("unpicklable") as em, em.subscribe() as sub:
+        em.emit("before")
+        with pytest.raises(shmbus.SerializationError, match="lock"):
+            em.emit({"lock": threading.Lock()})
+        em.emit("after")
+        em.close()
+        assert list(sub) == ["before", "after"]
+
+
+def test_emit_with_no_subscribers_delivers_to_none():
+    with shmbus.EventEmitter("lonely") as em:
+        assert em.emit("x") == 0
+        assert em.subscriber_count == 0

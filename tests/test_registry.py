@@ -1,0 +1,179 @@
+"""The registry: names, cleanup after crashes, privacy, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+
+import pytest
+
+import shmbus
+from shmbus import _registry
+from tests import helpers
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _hold_a_bus(name: str, ready) -> None:
+    em = shmbus.EventEmitter(name)
+    sub = em.subscribe(capacity=4)
+    em.emit("pending")
+    ready.put(helpers.token_of(em))
+    while sub:
+        pass
+
+
+def test_a_clean_shutdown_leaves_nothing_behind(registry_dir):
+    with shmbus.EventEmitter("tidy") as em:
+        token = helpers.token_of(em)
+        sub = em.subscribe()
+        em.emit(b"x" * 100_000)  # a large-event segment too
+        assert helpers.objects_of(token)
+    assert sub.recv(timeout=1) == b"x" * 100_000  # still readable after the emitter left
+    assert helpers.objects_of(token)  # the draining subscriber keeps the bus alive
+    sub.close()
+    assert helpers.objects_of(token) == []
+    assert os.listdir(os.path.join(registry_dir, "buses")) == []
+    assert os.listdir(os.path.join(registry_dir, "names")) == []
+
+
+@pytest.mark.parametrize("who_cleans", ["next emitter", "next subscriber", "cleanup()"])
+def test_orphans_of_killed_processes_are_removed(procs, registry_dir, who_cleans):
+    ready = helpers.context().Queue()
+    holder = procs(_hold_a_bus, "crashed", ready)
+    token = ready.get(timeout=10)
+    assert len(helpers.objects_of(token)) >= 4  # control block, ring, 2 semaphores
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.join(5)
+    assert helpers.objects_of(token)  # SIGKILL removes nothing by itself
+    if who_cleans == "next emitter":
+        shmbus.EventEmitter("crashed").close()
+    elif who_cleans == "next subscriber":
+        with pytest.raises(shmbus.BusNotFound):
+            shmbus.subscribe("crashed")
+    else:
+        cleaned = shmbus.cleanup()
+        assert cleaned.buses == [token] and cleaned.names == ["crashed"]
+    assert helpers.objects_of(token) == []
+    assert os.listdir(os.path.join(registry_dir, "buses")) == []
+
+
+def test_a_live_name_cannot_be_taken_but_a_closed_one_can():
+    with shmbus.EventEmitter("taken"):
+        with pytest.raises(shmbus.BusExists) as info:
+            shmbus.EventEmitter("taken")
+        assert isinstance(info.value, FileExistsError)
+    shmbus.EventEmitter("taken").close()
+
+
+def test_subscribing_to_an_unknown_name_is_bus_not_found():
+    with pytest.raises(shmbus.BusNotFound, match="no bus named 'nobody'") as info:
+        shmbus.subscribe("nobody")
+    assert isinstance(info.value, FileNotFoundError)
+
+
+@pytest.mark.parametrize("name", ["", ".hidden", "-dash", "a/b", "../up", "x" * 129, "sp ace"])
+def test_invalid_names_are_refused_with_the_rule(name):
+    with pytest.raises(ValueError, match="use 1 to 128 characters"):
+        shmbus.EventEmitter(name)
+    with pytest.raises(ValueError, match="use 1 to 128 characters"):
+        shmbus.subscribe(name)
+
+
+def test_a_name_that_is_not_a_string_is_a_type_error():
+    with pytest.raises(TypeError):
+        shmbus.EventEmitter(42)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("capacity", [0, -1, 10**9])
+def test_out_of_range_capacities_are_refused(capacity):
+    with pytest.raises(ValueError, match="capacity must be between 1 and"):
+        shmbus.EventEmitter(capacity=capacity)
+    with shmbus.EventEmitter("cap") as em:
+        with pytest.raises(ValueError, match="capacity must be between 1 and"):
+            em.subscribe(capacity=capacity)
+
+
+@pytest.mark.parametrize("capacity", [True, 2.5, "8"])
+def test_capacities_that_are_not_ints_are_refused(capacity):
+    with pytest.raises(TypeError, match="capacity must be an int"):
+        shmbus.EventEmitter(capacity=capacity)
+
+
+def test_generated_names_are_unique_and_valid():
+    with shmbus.EventEmitter() as a, shmbus.EventEmitter() as b:
+        assert a.name != b.name
+        with shmbus.subscribe(a.name):
+            pass
+
+
+def test_everything_is_private_to_the_user(registry_dir):
+    with shmbus.EventEmitter("private") as em, em.subscribe():
+        em.emit(b"y" * 10_000)
+        token = helpers.token_of(em)
+        objects = helpers.objects_of(token)
+        assert len(objects) >= 5
+        for name in objects:
+            mode = os.stat(os.path.join(helpers.SHM_DIR, name)).st_mode
+            assert stat.S_IMODE(mode) == 0o600, (name, oct(mode))
+            posix_name = "/" + name.removeprefix("sem.")
+            assert len(posix_name) <= 31  # macOS's limit
+        for directory, _, files in os.walk(registry_dir):
+            assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700, directory
+            for f in files:
+                path = os.path.join(directory, f)
+                assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, path
+
+
+def test_two_buses_never_share_an_object():
+    with shmbus.EventEmitter("same") as a, a.subscribe(), \
+            shmbus.EventEmitter("same2") as b, b.subscribe():
+        assert helpers.token_of(a) != helpers.token_of(b)
+        assert not set(helpers.objects_of(helpers.token_of(a))) & set(
+            helpers.objects_of(helpers.token_of(b)))
+
+
+def test_a_registry_directory_others_can_read_is_refused(tmp_path, monkeypatch):
+    loose = tmp_path / "loose"
+    loose.mkdir(mode=0o755)
+    loose.chmod(0o755)
+    monkeypatch.setenv("SHMBUS_DIR", str(loose))
+    with pytest.raises(shmbus.ShmBusError, match="chmod 700"):
+        shmbus.EventEmitter("x")
+
+
+def test_a_corrupt_subscriber_record_is_reported_clearly(registry_dir):
+    with shmbus.EventEmitter("records") as em, em.subscribe() as sub:
+        path = em._registry.sub_path(helpers.token_of(em), sub.id)
+        with pytest.raises(shmbus.IncompatibleBus, match="not valid JSON"):
+            _write_and_read(path, b"\x00garbage")
+        with pytest.raises(shmbus.IncompatibleBus, match="another shmbus version"):
+            _write_and_read(path, json.dumps({"version": 99}).encode())
+
+
+def _write_and_read(path: str, content: bytes):
+    with open(path, "r+b") as f:
+        f.truncate()
+        f.write(content)
+    return _registry.Registry.read_record(path)
+
+
+@pytest.mark.parametrize("damage", [b"NOTSHMBUS", b"shmbusCB\x09\x00\x00\x00"])
+def test_a_corrupt_or_foreign_control_block_is_refused_on_subscribe(damage):
+    with shmbus.EventEmitter("damaged") as em:
+        em._control.buf[: len(damage)] = damage
+        with pytest.raises(shmbus.IncompatibleBus, match="shmbus"):
+            shmbus.subscribe("damaged")
+        from shmbus import _control
+        em._control.buf[:12] = _control._HEAD.pack(_control.MAGIC, _control.LAYOUT_VERSION, 0)[:12]
+
+
+def test_a_corrupt_ring_header_is_refused_by_the_emitter_not_misread():
+    with shmbus.EventEmitter("badring") as em, em.subscribe() as good:
+        bad = em.subscribe()
+        bad._ring.buf[:8] = b"XXXXXXXX"
+        assert em.emit("hello") == 1  # delivered to the readable ring only
+        assert good.recv(timeout=1) == "hello"
+        bad.close()

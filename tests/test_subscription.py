@@ -1,0 +1,240 @@
+"""The subscription: what it receives, and how its stream ends."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+import shmbus
+from tests import helpers
+
+pytestmark = [pytest.mark.usefixtures("wait_mode"), pytest.mark.timeout(60)]
+
+
+def test_the_ring_exists_when_subscribe_returns_and_gets_only_later_events():
+    with shmbus.EventEmitter("join") as em:
+        em.emit("before")
+        with shmbus.subscribe("join", capacity=7) as sub:
+            ring = f"sb_{helpers.token_of(em)}_r{sub.id:x}"
+            assert ring in helpers.our_shm_objects()
+            assert sub.capacity == 7
+            em.emit("after")
+            em.close()
+            assert list(sub) == ["after"]
+            assert sub.end_reason is shmbus.EndReason.CLOSED
+
+
+def test_recv_times_out_without_consuming_anything():
+    with shmbus.EventEmitter("tmo") as em, em.subscribe() as sub:
+        started = time.monotonic()
+        with pytest.raises(shmbus.Timeout):
+            sub.recv(timeout=0.3)
+        assert time.monotonic() - started >= 0.29
+        with pytest.raises(TimeoutError):
+            sub.recv(timeout=0)
+        em.emit("x")
+        assert sub.recv(timeout=1) == "x"
+
+
+def test_after_close_subscribers_drain_everything_then_stop(procs):
+    out, ready = helpers.context().Queue(), helpers.context().Queue()
+    with shmbus.EventEmitter("drain", capacity=300) as em:
+        procs(helpers.collect, "drain", out, ready, None, 0.001)
+        ready.get(timeout=10)
+        for i in range(250):
+            em.emit(i)
+    events, reason = out.get(timeout=30)
+    assert events == list(range(250))
+    assert reason == "closed"
+
+
+def test_recv_after_the_end_keeps_raising_closed():
+    with shmbus.EventEmitter("ended") as em, em.subscribe() as sub:
+        em.emit(1)
+        em.close()
+        assert sub.recv(timeout=1) == 1
+        for _ in range(2):
+            with pytest.raises(shmbus.Closed) as info:
+                sub.recv(timeout=1)
+            assert not isinstance(info.value, shmbus.EmitterDied)
+
+
+def _emit_until_killed(name: str, ready, progress, go) -> None:
+    em = shmbus.EventEmitter(name, capacity=64)
+    ready.put(True)
+    go.get(timeout=10)
+    i = 0
+    while True:
+        em.emit(i)
+        progress.value = i + 1  # emit returned for events 0..i
+        i += 1
+
+
+def test_when_the_emitter_dies_subscribers_get_every_returned_event_then_end(procs):
+    ctx = helpers.context()
+    ready, go, progress = ctx.Queue(), ctx.Queue(), ctx.Value("q", 0)
+    emitter = procs(_emit_until_killed, "doomed", ready, progress, go)
+    ready.get(timeout=10)
+    sub = shmbus.subscribe("doomed")
+    go.put(True)
+    received = []
+    killed = []
+
+    def kill_soon() -> None:
+        helpers.wait_until(lambda: progress.value > 2000, timeout=20)
+        os.kill(emitter.pid, signal.SIGKILL)
+        emitter.join(5)
+        killed.append((time.monotonic(), progress.value))
+
+    killer = threading.Thread(target=kill_soon)
+    killer.start()
+    with pytest.raises(shmbus.EmitterDied):
+        while True:
+            received.append(sub.recv(timeout=5))
+    ended = time.monotonic()
+    killer.join()
+    killed_at, returned = killed[0]
+    assert received == list(range(len(received)))
+    assert len(received) >= returned
+    assert ended - killed_at < 1.0
+    assert sub.end_reason is shmbus.EndReason.EMITTER_DIED
+    with pytest.raises(shmbus.EmitterDied):
+        sub.recv(timeout=1)
+    sub.close()  # the last one out removes what the dead emitter left
+    assert shmbus.cleanup().buses == []
+
+
+def test_a_subscription_in_a_spawned_process_works(procs):
+    ctx = helpers.context("spawn")
+    out, ready = ctx.Queue(), ctx.Queue()
+    with shmbus.EventEmitter("spawned") as em:
+        procs(helpers.collect, "spawned", out, ready, None, 0.0, ctx="spawn")
+        ready.get(timeout=30)
+        for i in range(100):
+            em.emit(i)
+    events, reason = out.get(timeout=30)
+    assert events == list(range(100)) and reason == "closed"
+
+
+def test_lambdas_and_closures_travel(procs):
+    factor = 3
+    out, ready = helpers.context().Queue(), helpers.context().Queue()
+    with shmbus.EventEmitter("code") as em:
+        procs(helpers.collect, "code", out, ready)
+        ready.get(timeout=10)
+        em.emit(lambda x: x * factor)
+    events, _ = out.get(timeout=10)
+    # The worker ran in another process; it sent the function back the same way.
+    assert events[0](2) == 6
+
+
+MAIN_SCRIPT = textwrap.dedent("""
+    import shmbus, sys
+
+    class Point:  # defined in __main__: plain pickle could not send it
+        def __init__(self, x): self.x = x
+        def __repr__(self): return f"Point({self.x})"
+
+    with shmbus.EventEmitter(sys.argv[1]) as em:
+        print("ready", flush=True)
+        sys.stdin.readline()
+        em.emit(Point(42))
+""")
+
+
+def test_classes_defined_in_main_travel(tmp_path):
+    script = tmp_path / "emit_main.py"
+    script.write_text(MAIN_SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script), "mainbus"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        with shmbus.subscribe("mainbus") as sub:
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            point = sub.recv(timeout=10)
+            assert type(point).__name__ == "Point" and point.x == 42
+            with pytest.raises(shmbus.Closed):
+                sub.recv(timeout=10)
+        assert proc.wait(10) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+class Unloadable:
+    def __reduce__(self):
+        return (_fail_to_load, ())
+
+
+def _fail_to_load():
+    raise RuntimeError("cannot be rebuilt here")
+
+
+def test_an_event_that_cannot_be_unpickled_is_reported_and_skipped():
+    with shmbus.EventEmitter("badload") as em, em.subscribe() as sub:
+        em.emit("one")
+        em.emit(Unloadable())
+        em.emit("three")
+        assert sub.recv(timeout=1) == "one"
+        with pytest.raises(shmbus.DeserializationError, match="cannot be rebuilt"):
+            sub.recv(timeout=1)
+        assert sub.recv(timeout=1) == "three"
+
+
+def test_keyboard_interrupt_during_recv_loses_and_duplicates_nothing():
+    with shmbus.EventEmitter("rintr", capacity=1000) as em, em.subscribe() as sub:
+        timer = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT))
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            sub.recv(timeout=5)
+        timer.join()
+        for i in range(500):
+            em.emit(i)
+        got: list[int] = []
+        interrupts = 0
+        while len(got) < 500:
+            kill = threading.Timer(0.0005, os.kill, (os.getpid(), signal.SIGINT))
+            try:
+                kill.start()
+                while len(got) < 500:
+                    got.append(sub.recv(timeout=5))
+                kill.join()
+                time.sleep(0.05)  # a late signal lands here, inside the try
+            except KeyboardInterrupt:
+                interrupts += 1
+                kill.join()
+        assert interrupts >= 1
+        assert got == list(range(500))
+
+
+def test_a_subscription_inherited_through_fork_refuses_to_read(procs):
+    with shmbus.EventEmitter("forked") as em, em.subscribe() as sub:
+        out = helpers.context().Queue()
+
+        def child() -> None:
+            try:
+                sub.recv(timeout=1)
+                out.put("read")
+            except shmbus.ShmBusError as exc:
+                sub.close()  # must not remove the parent's ring
+                out.put(str(exc))
+
+        procs(child).join(10)
+        assert "inherited through fork" in out.get(timeout=5)
+        em.emit("still mine")
+        assert sub.recv(timeout=1) == "still mine"
+
+
+def test_subscribing_to_a_closed_bus_is_bus_not_found():
+    em = shmbus.EventEmitter("gone")
+    em.close()
+    with pytest.raises(shmbus.BusNotFound):
+        shmbus.subscribe("gone")
