@@ -203,6 +203,7 @@ class _Stopped(Exception):
 
 
 def _stop_on_sigterm(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # once is enough; a second one kills
     raise _Stopped()
 
 
@@ -226,6 +227,9 @@ def _subscriber_worker(bus_name: str, index: int, delay: float, reports: Any) ->
     except Exception as exc:
         report.error = f"{type(exc).__name__}: {exc}"
     finally:
+        # Only the subscription needed the exception. A SIGTERM from here on (the
+        # parent gave up waiting) must not land a traceback inside the queue's thread.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         reports.put(report)
 
 
@@ -291,9 +295,9 @@ def _await_subscribers(emitter: shmbus.EventEmitter, workers: list[Any], reports
     while emitter.subscriber_count < len(workers):
         for index, worker in enumerate(workers):
             if not worker.is_alive():
+                reason = _reason_from(reports) or _exit_phrase(worker.exitcode)
                 raise DemoFailed(
-                    f"subscriber {index} exited (code {worker.exitcode}) before subscribing"
-                    + _reason_from(reports)
+                    f"subscriber {index} could not subscribe to bus {emitter.name!r}: {reason}"
                 )
         if time.monotonic() >= deadline:
             raise DemoFailed(
@@ -304,13 +308,14 @@ def _await_subscribers(emitter: shmbus.EventEmitter, workers: list[Any], reports
         time.sleep(0.02)
 
 
-def _reason_from(reports: Any) -> str:
-    # A worker that failed to subscribe reported why before it exited.
+def _reason_from(reports: Any) -> str | None:
+    # A worker that failed to subscribe reported why before it exited; one that died
+    # outright reported nothing.
     try:
         report = reports.get(timeout=1.0)
     except queue.Empty:
-        return ""
-    return f": {report.error}" if report.error else ""
+        return None
+    return report.error
 
 
 def _emit_all(emitter: shmbus.EventEmitter, count: int, out: Console) -> None:
@@ -420,7 +425,7 @@ def _print_summary(out: Console, settings: DemoSettings, workers: list[Any],
 def _describe(report: WorkerReport | None, worker: Any, expected: int) -> tuple[bool, str]:
     """Whether one subscriber got everything in order, and a phrase saying what it got."""
     if report is None:
-        return False, f"no report (worker exit code {worker.exitcode})"
+        return False, f"no report: {_exit_phrase(worker.exitcode)}"
     got = f"received {report.received} of {expected}"
     if report.error is not None:
         return False, f"{got}, then {report.error}"
@@ -431,6 +436,17 @@ def _describe(report: WorkerReport | None, worker: Any, expected: int) -> tuple[
     if report.received != expected:
         return False, f"{got}, some missing"
     return True, f"{got}, in order"
+
+
+def _exit_phrase(code: int | None) -> str:
+    if code is None:
+        return "worker still running"
+    if code < 0:  # multiprocessing's way of saying "killed by signal -code"
+        try:
+            return f"worker killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"worker killed by signal {-code}"
+    return f"worker exited with status {code}"
 
 
 # -- gc -------------------------------------------------------------------------------

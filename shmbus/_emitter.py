@@ -47,7 +47,7 @@ from . import _codec, _liveness, _ring
 from ._blob import BlobStore
 from ._errors import Closed, ShmBusError, Timeout
 from ._registry import Registry, validate_name
-from ._wait import deadline_after, expired, slice_until, waiter_from_env
+from ._wait import acquire_by, deadline_after, expired, slice_until, waiter_from_env
 
 DEFAULT_CAPACITY = 256
 """Slots per subscriber ring: `emit` blocks on the 257th event a subscriber has not read."""
@@ -211,9 +211,7 @@ class EventEmitter:
 
     def _enter(self, deadline: float | None) -> None:
         self._check_usable()
-        if deadline is None:
-            self._lock.acquire()
-        elif not self._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+        if not acquire_by(self._lock, deadline):
             raise Timeout("emit timed out waiting for another thread's emit; nothing sent")
         if self._closed:
             self._lock.release()

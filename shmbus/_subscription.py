@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import threading
 import time
 import weakref
 from collections.abc import Iterator
@@ -40,7 +41,7 @@ from ._control import ControlBlock
 from ._errors import Closed, DeserializationError, EmitterDied, ShmBusError, Timeout
 from ._liveness import LifeLock, is_alive
 from ._registry import Registry, validate_name
-from ._wait import Waiter, deadline_after, expired, slice_until, waiter_from_env
+from ._wait import Waiter, acquire_by, deadline_after, expired, slice_until, waiter_from_env
 
 _open_subscriptions: "weakref.WeakSet[Subscription]" = weakref.WeakSet()
 
@@ -124,6 +125,8 @@ class Subscription:
         self._committed = 0
         self._parked: _Outcome | None = None
         self._end: EndReason | None = None
+        self._lock = threading.Lock()
+        self._closing = False
         self._closed = False
         _open_subscriptions.add(self)
 
@@ -159,16 +162,23 @@ class Subscription:
         and `DeserializationError` for an event that cannot be unpickled here (that
         event is consumed; the next call returns the next one).
         """
+        deadline = deadline_after(timeout)
         self._check_usable()
-        if self._parked is not None and self._parked_was_consumed():
+        if not acquire_by(self._lock, deadline):
+            raise Timeout(f"another thread is receiving from {self._name!r}")
+        try:
+            self._check_usable()
+            if self._parked is not None and self._parked_was_consumed():
+                return self._take_parked()
+            seq = self._await_event(deadline)
+            outcome = self._read(seq)
+            self._parked = outcome
+            self._tail += 1
+            self._ring.set_tail(self._tail)
+            self._ring.space.release()
             return self._take_parked()
-        seq = self._await_event(deadline_after(timeout))
-        outcome = self._read(seq)
-        self._parked = outcome
-        self._tail += 1
-        self._ring.set_tail(self._tail)
-        self._ring.space.release()
-        return self._take_parked()
+        finally:
+            self._lock.release()
 
     def __iter__(self) -> Iterator[Any]:
         return self
@@ -182,21 +192,27 @@ class Subscription:
     def close(self) -> None:
         """Leave the bus and remove this subscription's ring. Idempotent.
 
-        An emitter blocked on this subscription's full ring is released at once.
+        An emitter blocked on this subscription's full ring is released at once, and a
+        `recv` blocked in another thread raises `Closed` within one slice.
         """
         if self._closed:
             return
-        self._closed = True
-        _open_subscriptions.discard(self)
-        if self._end is None:
-            self._end = EndReason.UNSUBSCRIBED
         if self._epoch != _liveness.fork_epoch:
-            return  # inherited through fork: the parent owns the ring
-        self._ring.mark_sub_closed()
-        self._ring.space.release()
-        self._ring.detach()
-        self._registry.leave(self._token, self._sub_id, self._life, self._control)
-        self._control.buf.close()
+            self._closed = True  # inherited through fork: the parent owns the ring
+            return
+        self._closing = True
+        with self._lock:  # a recv blocked in another thread leaves within one slice
+            if self._closed:
+                return
+            self._closed = True
+            _open_subscriptions.discard(self)
+            if self._end is None:
+                self._end = EndReason.UNSUBSCRIBED
+            self._ring.mark_sub_closed()
+            self._ring.space.release()
+            self._ring.detach()
+            self._registry.leave(self._token, self._sub_id, self._life, self._control)
+            self._control.buf.close()
 
     def __enter__(self) -> "Subscription":
         return self
@@ -231,6 +247,8 @@ class Subscription:
             self._raise_end()
         while True:
             got = self._waiter.take(self._ring.data, slice_until(deadline))
+            if self._closing:
+                raise Closed(f"this subscription to {self._name!r} was closed")
             seq = self._next_seq()
             if seq is not None and self._is_committed(seq):
                 return seq

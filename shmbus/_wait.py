@@ -27,6 +27,7 @@ does not know who would have posted. Slices bound that to one slice per liveness
 from __future__ import annotations
 
 import os
+import threading
 import time
 from abc import ABC, abstractmethod
 
@@ -125,3 +126,10 @@ def slice_until(deadline: float | None) -> float:
 
 def expired(deadline: float | None) -> bool:
     return deadline is not None and time.monotonic() >= deadline
+
+
+def acquire_by(lock: threading.Lock, deadline: float | None) -> bool:
+    """Take a thread lock, giving up at `deadline`; True if taken."""
+    if deadline is None:
+        return lock.acquire()
+    return lock.acquire(timeout=max(0.0, deadline - time.monotonic()))
