@@ -45,9 +45,15 @@ class BlobStore:
     def put(self, seq: int, payload: bytes) -> int:
         """Write `payload` for event `seq` into a fresh segment; its index."""
         index = self._free.pop() if self._free else self._grow()
+        name = _segment.blob_name(self._token, index)
         try:
-            mapping = _segment.create_segment(_segment.blob_name(self._token, index),
-                                              len(payload))
+            try:
+                mapping = _segment.create_segment(name, len(payload))
+            except posix_ipc.ExistentialError:
+                # Left by an emit interrupted before its event was committed: no
+                # subscriber can refer to it, and the name is this emitter's own.
+                _segment.unlink_segment(name)
+                mapping = _segment.create_segment(name, len(payload))
         except BaseException:
             self._free.append(index)
             raise

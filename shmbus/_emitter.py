@@ -106,11 +106,10 @@ class EventEmitter:
             self._name, record, _ring.SLOT_SIZE, self._capacity
         )
         self._epoch = _liveness.fork_epoch
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._outlets: dict[int, _Outlet] = {}
         self._generation = -1
         self._next_sweep = 0.0
-        self._next_seq = 0
         self._inline_max = _ring.SLOT_SIZE - _ring.SLOT_HEADER_SIZE
         self._blobs = BlobStore(self._token, self._control)
         self._closing = False
@@ -230,7 +229,7 @@ class EventEmitter:
     def _send(self, payload: bytes, deadline: float | None) -> int:
         if self._control.generation != self._generation or time.monotonic() >= self._next_sweep:
             self._refresh()
-        seq = self._next_seq
+        seq = self._control.committed  # the truth, even after an interrupted emit
         if self._blobs.pending:
             self._blobs.reclaim(min((o.oldest_unread() for o in self._outlets.values()),
                                     default=seq))
@@ -245,7 +244,6 @@ class EventEmitter:
                 for outlet in outlets:
                     outlet.ring.write_blob_ref(seq, blob, len(payload))
             self._control.commit(seq + 1)
-            self._next_seq = seq + 1
             _ring_all(outlets)
         except BaseException:
             self._abort(seq, outlets, blob)
@@ -254,7 +252,6 @@ class EventEmitter:
 
     def _abort(self, seq: int, outlets: list[_Outlet], blob: int | None) -> None:
         if self._control.committed == seq + 1:
-            self._next_seq = seq + 1
             _ring_all(outlets)  # may ring a bell twice: one spurious wake-up
         else:
             _give_back_room(outlets)
@@ -326,8 +323,9 @@ class EventEmitter:
             ring = _ring.Ring.attach(self._token, sub_id, _ring.SLOT_SIZE)
         except (posix_ipc.ExistentialError, ShmBusError):
             return  # left already, or unreadable: it cannot be delivered to
-        ring.adopt(self._next_seq)
-        self._outlets[sub_id] = _Outlet(ring, self._next_seq)
+        start = self._control.committed
+        ring.adopt(start)
+        self._outlets[sub_id] = _Outlet(ring, start)
 
     def _drop_departed(self) -> None:
         for outlet in list(self._outlets.values()):

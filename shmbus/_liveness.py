@@ -99,6 +99,16 @@ class LifeLock:
                 _held.discard(self)
             os.close(fd)
 
+    def __del__(self) -> None:
+        # A lock dropped on the floor (an interruption between taking it and storing it)
+        # must not stay held until the process exits.
+        fd, self.fd = getattr(self, "fd", -1), -1
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
 
 def is_alive(path: str) -> bool:
     """True while the process that created `path` with `LifeLock.create` lives.

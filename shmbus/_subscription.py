@@ -67,11 +67,6 @@ class _Outcome:
         self.value = value
         self.error = error
 
-    def unwrap(self) -> Any:
-        if self.error is not None:
-            raise self.error
-        return self.value
-
 
 def subscribe(name: str, *, capacity: int | None = None) -> "Subscription":
     """Subscribe to the bus called `name` from any process of the same user.
@@ -125,7 +120,7 @@ class Subscription:
         self._committed = 0
         self._parked: _Outcome | None = None
         self._end: EndReason | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._closing = False
         self._closed = False
         _open_subscriptions.add(self)
@@ -163,22 +158,15 @@ class Subscription:
         event is consumed; the next call returns the next one).
         """
         deadline = deadline_after(timeout)
-        self._check_usable()
-        if not acquire_by(self._lock, deadline):
-            raise Timeout(f"another thread is receiving from {self._name!r}")
-        try:
-            self._check_usable()
-            if self._parked is not None and self._parked_was_consumed():
-                return self._take_parked()
-            seq = self._await_event(deadline)
-            outcome = self._read(seq)
-            self._parked = outcome
-            self._tail += 1
-            self._ring.set_tail(self._tail)
-            self._ring.space.release()
-            return self._take_parked()
-        finally:
-            self._lock.release()
+        while True:
+            self._park_next(deadline)
+            # No call may stand between taking the parked event and returning it: an
+            # interruption there would drop an event that is already consumed.
+            outcome, self._parked = self._parked, None
+            if outcome is not None:
+                if outcome.error is not None:
+                    raise outcome.error
+                return outcome.value
 
     def __iter__(self) -> Iterator[Any]:
         return self
@@ -231,6 +219,24 @@ class Subscription:
         return f"<shmbus.Subscription {self._name!r} #{self._sub_id} tail={self._tail}>"
 
     # -- receiving, step by step ------------------------------------------------------
+
+    def _park_next(self, deadline: float | None) -> None:
+        """Leave the next event, consumed, in `self._parked`."""
+        self._check_usable()
+        if not acquire_by(self._lock, deadline):
+            raise Timeout(f"another thread is receiving from {self._name!r}")
+        try:
+            self._check_usable()
+            if self._parked is not None and self._parked_was_consumed():
+                return
+            seq = self._await_event(deadline)
+            self._parked = self._read(seq)
+            tail = self._tail + 1
+            self._ring.set_tail(tail)
+            self._tail = tail
+            self._ring.space.release()
+        finally:
+            self._lock.release()
 
     def _check_usable(self) -> None:
         if self._epoch != _liveness.fork_epoch:
@@ -312,11 +318,6 @@ class Subscription:
             return True
         self._parked = None
         return False
-
-    def _take_parked(self) -> Any:
-        outcome, self._parked = self._parked, None
-        assert outcome is not None
-        return outcome.unwrap()
 
 
 @atexit.register

@@ -128,8 +128,13 @@ def expired(deadline: float | None) -> bool:
     return deadline is not None and time.monotonic() >= deadline
 
 
-def acquire_by(lock: threading.Lock, deadline: float | None) -> bool:
-    """Take a thread lock, giving up at `deadline`; True if taken."""
+def acquire_by(lock: "threading.RLock", deadline: float | None) -> bool:
+    """Take a thread lock, giving up at `deadline`; True if taken.
+
+    Callers use re-entrant locks: a `KeyboardInterrupt` can land just after the lock is
+    taken and before the caller's `try`, and only the main thread receives those, so a
+    lock leaked that way stays usable by the thread that will make the next call.
+    """
     if deadline is None:
         return lock.acquire()
     return lock.acquire(timeout=max(0.0, deadline - time.monotonic()))

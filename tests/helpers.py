@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import time
+from collections.abc import Iterator
 from typing import Any, Callable
 
 import multiprocess
@@ -83,3 +86,31 @@ def subscribe_and_hold(name: str, ready: Any, capacity: int | None = None) -> No
 
 def token_of(emitter: Any) -> str:
     return emitter._token
+
+
+class _Interrupts:
+    count = 0
+
+
+@contextlib.contextmanager
+def interrupts_inside_shmbus(every: float) -> Iterator[_Interrupts]:
+    """Raise KeyboardInterrupt at random points, but only while shmbus code runs.
+
+    A CPU-time timer (SIGPROF, so pytest-timeout's SIGALRM stays free) fires every
+    `every` seconds of CPU; its handler raises only when the interrupted frame is the
+    library's, so the test's own bookkeeping is never the thing interrupted.
+    """
+    seen = _Interrupts()
+
+    def handler(signum: int, frame: Any) -> None:
+        if frame is not None and f"{os.sep}shmbus{os.sep}" in frame.f_code.co_filename:
+            seen.count += 1
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGPROF, handler)
+    signal.setitimer(signal.ITIMER_PROF, every, every)
+    try:
+        yield seen
+    finally:
+        signal.setitimer(signal.ITIMER_PROF, 0, 0)
+        signal.signal(signal.SIGPROF, previous)

@@ -255,3 +255,42 @@ def test_emit_with_no_subscribers_delivers_to_none():
     with shmbus.EventEmitter("lonely") as em:
         assert em.emit("x") == 0
         assert em.subscriber_count == 0
+
+
+def test_keyboard_interrupts_anywhere_in_emit_deliver_all_or_nothing():
+    with shmbus.EventEmitter("eintr", capacity=1000) as em:
+        subs = [em.subscribe(), em.subscribe()]
+        returned: list[int] = []  # emits that completed normally
+        received: list[list[int]] = [[], []]
+        attempted = 0
+        interrupted = 0
+        for _ in range(400):  # rounds, until enough interrupts landed inside emit
+            with helpers.interrupts_inside_shmbus(every=0.0002) as interrupts:
+                for _ in range(500):
+                    n = attempted
+                    attempted += 1
+                    try:
+                        em.emit({"n": n, "pad": "x" * (n % 700)})  # inline and large
+                        returned.append(n)
+                    except KeyboardInterrupt:
+                        pass
+            interrupted += interrupts.count
+            for sub, seen in zip(subs, received):
+                seen += [sub.recv(timeout=5)["n"] for _ in range(_available(sub))]
+            if interrupted >= 30:
+                break
+        assert interrupted >= 30
+        em.close()
+        for sub, seen in zip(subs, received):
+            seen += [e["n"] for e in sub]
+            sub.close()
+        assert received[0] == received[1]  # all or nothing: the same events everywhere
+        assert received[0] == sorted(set(received[0]))  # in order, none twice
+        assert set(returned) <= set(received[0])  # every emit that returned arrived
+
+
+def _available(sub) -> int:
+    """Events committed for `sub` and not yet read."""
+    sub._next_seq()
+    start = sub._start if sub._start is not None else sub._control.committed
+    return sub._control.committed - start - sub._tail
