@@ -155,27 +155,37 @@ class Registry:
                     f"{self.read_record(self.emitter_path(old)).get('pid', '?')}); close "
                     "it first or pick another name"
                 )
-            while True:
-                token = secrets.token_hex(4)
-                try:
-                    os.mkdir(self.bus_dir(token), 0o700)
-                    break
-                except FileExistsError:
-                    continue
-            try:
-                record = {**record, "version": REGISTRY_VERSION, "name": name, "token": token}
-                life = LifeLock.create(self.emitter_path(token), _json(record))
-                control = ControlBlock.initialize(
-                    _segment.create_segment(_segment.control_name(token), CONTROL_SIZE),
-                    slot_size, default_capacity,
-                )
-            except BaseException:
-                _remove_tree_quietly(self.bus_dir(token))
-                raise
+            token, life, control = self._new_instance(name, record, slot_size,
+                                                      default_capacity)
             link = os.path.join(self.names_dir, f".{name}.{token}")
             os.symlink(os.path.join("..", "buses", token), link)
             os.replace(link, os.path.join(self.names_dir, name))
         return token, life, control
+
+    def _new_instance(self, name: str, record: dict[str, Any], slot_size: int,
+                      default_capacity: int) -> tuple[str, LifeLock, ControlBlock]:
+        """A fresh token with its directory, emitter record and control block."""
+        while True:
+            token = secrets.token_hex(4)
+            try:
+                os.mkdir(self.bus_dir(token), 0o700)
+            except FileExistsError:
+                continue
+            life: LifeLock | None = None
+            try:
+                record = {**record, "version": REGISTRY_VERSION, "name": name,
+                          "token": token}
+                life = LifeLock.create(self.emitter_path(token), _json(record))
+                buf = _segment.create_segment(_segment.control_name(token), CONTROL_SIZE)
+                return token, life, ControlBlock.initialize(buf, slot_size,
+                                                            default_capacity)
+            except BaseException as exc:
+                _remove_tree_quietly(self.bus_dir(token))
+                if life is not None:
+                    life.release()
+                if not isinstance(exc, posix_ipc.ExistentialError):
+                    raise
+                # The segment name is taken by a bus of another registry: draw again.
 
     # -- the subscribers' side ------------------------------------------------------
 

@@ -177,3 +177,18 @@ def test_a_corrupt_ring_header_is_refused_by_the_emitter_not_misread():
         assert em.emit("hello") == 1  # delivered to the readable ring only
         assert good.recv(timeout=1) == "hello"
         bad.close()
+
+
+def test_a_token_whose_segment_name_is_taken_is_drawn_again(monkeypatch):
+    from shmbus import _segment
+
+    foreign = _segment.create_segment(_segment.control_name("deadbeef"), 128)
+    try:
+        tokens = iter(["deadbeef", "cafef00d"])
+        monkeypatch.setattr(_registry.secrets, "token_hex", lambda n: next(tokens))
+        with shmbus.EventEmitter("clash") as em:
+            assert helpers.token_of(em) == "cafef00d"
+        assert helpers.objects_of("deadbeef") == ["sb_deadbeef"]  # not ours: untouched
+    finally:
+        foreign.close()
+        _segment.unlink_segment(_segment.control_name("deadbeef"))
