@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # usage errors and --help: argparse already said why
         return _status_of(exc)
     try:
-        return args.command(args)
+        status: int = args.command(args)
+        return status
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except (shmbus.ShmBusError, ValueError, DemoFailed) as exc:
@@ -315,7 +316,8 @@ def _reason_from(reports: Any) -> str | None:
         report = reports.get(timeout=1.0)
     except queue.Empty:
         return None
-    return report.error
+    error: str | None = report.error
+    return error
 
 
 def _emit_all(emitter: shmbus.EventEmitter, count: int, out: Console) -> None:

@@ -44,13 +44,14 @@ def encode(event: Any) -> bytes:
 
 def _encode_by_value(event: Any) -> bytes:
     try:
-        return cloudpickle.dumps(event, PROTOCOL)
+        data: bytes = cloudpickle.dumps(event, PROTOCOL)
     except Exception as exc:
         raise SerializationError(
             f"cannot pickle event of type {type(event).__qualname__}: {exc}. "
             "Send plain data, or make the object picklable (see the pickle docs on "
             "__reduce__); nothing was sent."
         ) from exc
+    return data
 
 
 def decode(data: Any) -> Any:

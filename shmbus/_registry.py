@@ -302,8 +302,8 @@ class Registry:
                 self._sweep_bus(token, cleaned)
         with self.root_mutex():
             for entry in _listdir(self.names_dir):
-                token = self.resolve(entry)
-                if token is None or not os.path.isdir(self.bus_dir(token)):
+                target = self.resolve(entry)
+                if target is None or not os.path.isdir(self.bus_dir(target)):
                     _unlink(os.path.join(self.names_dir, entry))
                     if not entry.startswith("."):
                         cleaned.names.append(entry)
