@@ -33,11 +33,14 @@ from __future__ import annotations
 import mmap
 import struct
 
-from ._errors import IncompatibleBus
+from ._errors import IncompatibleBus, ShmBusError
 
 MAGIC = b"shmbusCB"
 LAYOUT_VERSION = 1
 SIZE = 128
+MAX_SUB_ID = 1 << 60
+"""Keeps `/sb_<token>_r<id>d` within 30 characters, which macOS's sem_open takes
+(its 31 counts the NUL). One id per subscribe(), so no bus lives to see it."""
 
 _HEAD = struct.Struct("<8sII")
 _U64 = struct.Struct("<Q")
@@ -118,6 +121,11 @@ class ControlBlock:
     def allocate_sub_id(self) -> int:
         """Call only under the bus's file mutex."""
         sub_id = int(_U64.unpack_from(self.buf, _NEXT_SUB_ID)[0])
+        if sub_id >= MAX_SUB_ID:
+            raise ShmBusError(
+                f"this bus has had {MAX_SUB_ID} subscribers, the most its names allow; "
+                "recreate the bus"
+            )
         _U64.pack_into(self.buf, _NEXT_SUB_ID, sub_id + 1)
         return sub_id
 

@@ -53,6 +53,7 @@ from ._errors import BusExists, BusNotFound, IncompatibleBus, ShmBusError
 from ._liveness import FileMutex, LifeLock, is_alive
 
 REGISTRY_VERSION = 1
+_SQUAT_RETRIES = 8
 DIR_ENV = "SHMBUS_DIR"
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}")
@@ -207,20 +208,34 @@ class Registry:
             with self.bus_mutex(token):
                 if control.closed or not is_alive(self.emitter_path(token)):
                     raise BusNotFound(f"bus {name!r} is closed (its emitter closed or died)")
-                sub_id = control.allocate_sub_id()
-                record = {**record, "version": REGISTRY_VERSION, "id": sub_id,
-                          "capacity": capacity}
-                life = LifeLock.create(self.sub_path(token, sub_id), _json(record))
-                try:
-                    ring = _ring.Ring.create(token, sub_id, capacity, control.slot_size)
-                except BaseException:
-                    _unlink(self.sub_path(token, sub_id))
-                    life.release()
-                    raise
+                sub_id, life, ring = self._new_subscriber(token, control, capacity, record)
                 control.bump_generation()
         except FileNotFoundError:
             raise BusNotFound(f"bus {name!r} is gone (its emitter closed or died)") from None
         return sub_id, life, ring
+
+    def _new_subscriber(self, token: str, control: ControlBlock, capacity: int,
+                        record: dict[str, Any]) -> tuple[int, LifeLock, _ring.Ring]:
+        """Under the bus mutex: record a subscriber, then create its ring."""
+        for _ in range(_SQUAT_RETRIES):
+            sub_id = control.allocate_sub_id()
+            entry = {**record, "version": REGISTRY_VERSION, "id": sub_id,
+                     "capacity": capacity}
+            life = LifeLock.create(self.sub_path(token, sub_id), _json(entry))
+            try:
+                return sub_id, life, _ring.Ring.create(token, sub_id, capacity,
+                                                       control.slot_size)
+            except BaseException as exc:
+                _unlink(self.sub_path(token, sub_id))
+                life.release()
+                if not isinstance(exc, posix_ipc.ExistentialError):
+                    raise
+                # Someone created one of this ring's names first: try the next id.
+        raise ShmBusError(
+            f"the shared-memory names for new subscribers of bus {token} are already "
+            "taken by objects shmbus did not create; another process may be squatting "
+            "them. List /dev/shm for 'sb_" + token + "_r*' to see whose they are."
+        )
 
     def leave(self, token: str, sub_id: int, life: LifeLock,
               control: ControlBlock | None) -> None:
@@ -365,8 +380,8 @@ def _remove_shared_objects(token: str) -> None:
 def _attach_control_quietly(token: str) -> ControlBlock | None:
     try:
         buf = _segment.open_segment(_segment.control_name(token))
-    except posix_ipc.ExistentialError:
-        return None
+    except (posix_ipc.ExistentialError, posix_ipc.PermissionsError):
+        return None  # gone, or another user's: nothing of ours to read
     try:
         return ControlBlock.attach(buf, token)
     except ShmBusError:
@@ -385,8 +400,9 @@ def _ensure_private_dir(path: str) -> None:
     if st.st_uid != os.getuid():
         raise ShmBusError(
             f"registry directory {path} belongs to uid {st.st_uid}, not to you "
-            f"(uid {os.getuid()}); someone may be trying to intercept your buses. "
-            f"Set {DIR_ENV} to a directory of your own."
+            f"(uid {os.getuid()}). A bus is private to the user who created it: run as "
+            f"that user, or set {DIR_ENV} to a directory of your own (if you did not "
+            "expect this directory to exist, someone else may have created it)."
         )
     if st.st_mode & 0o077:
         raise ShmBusError(

@@ -108,19 +108,24 @@ class Ring:
     @classmethod
     def create(cls, token: str, sub_id: int, capacity: int, slot_size: int) -> "Ring":
         """Create the ring and its semaphores; the subscriber that calls this owns them."""
+        # Each step undoes only what this call created: a name that was already taken
+        # (by anyone) is left alone.
         names = ring_object_names(token, sub_id)
         buf = _segment.create_segment(names[0], HEADER_SIZE + capacity * slot_size)
         try:
             _HEAD.pack_into(buf, 0, MAGIC, LAYOUT_VERSION, capacity, slot_size)
             data = _segment.create_semaphore(names[1], 0)
-            try:
-                space = _segment.create_semaphore(names[2], capacity)
-            except BaseException:
-                data.close()
-                raise
         except BaseException:
             buf.close()
-            unlink_ring(token, sub_id)
+            _segment.unlink_segment(names[0])
+            raise
+        try:
+            space = _segment.create_semaphore(names[2], capacity)
+        except BaseException:
+            data.close()
+            buf.close()
+            _segment.unlink_segment(names[0])
+            _segment.unlink_semaphore(names[1])
             raise
         return cls(sub_id, buf, data, space, names)
 

@@ -86,16 +86,25 @@ def open_segment(name: str) -> mmap.mmap:
 
 
 def unlink_segment(name: str) -> bool:
-    """Remove a segment's name; True if it existed. Mappings already made stay valid."""
+    """Remove a segment's name; True if it existed. Mappings already made stay valid.
+
+    A name we may not remove belongs to another user (ours are always ours to remove),
+    so it is left alone.
+    """
     try:
         posix_ipc.unlink_shared_memory(name)
         return True
-    except posix_ipc.ExistentialError:
+    except (posix_ipc.ExistentialError, posix_ipc.PermissionsError):
         return False
 
 
 def create_semaphore(name: str, initial: int) -> posix_ipc.Semaphore:
-    return posix_ipc.Semaphore(name, posix_ipc.O_CREX, mode=MODE, initial_value=initial)
+    try:
+        return posix_ipc.Semaphore(name, posix_ipc.O_CREX, mode=MODE, initial_value=initial)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.ENOMEM):
+            raise
+        raise _out_of_memory(name, mmap.PAGESIZE) from exc  # Linux: a page each
 
 
 def open_semaphore(name: str) -> posix_ipc.Semaphore:
@@ -106,7 +115,7 @@ def unlink_semaphore(name: str) -> bool:
     try:
         posix_ipc.unlink_semaphore(name)
         return True
-    except posix_ipc.ExistentialError:
+    except (posix_ipc.ExistentialError, posix_ipc.PermissionsError):
         return False
 
 
@@ -118,9 +127,13 @@ def _reserve(fd: int, size: int, name: str) -> None:
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.ENOMEM, errno.EFBIG):
             raise
-        raise OutOfSharedMemory(
-            f"shared memory is full: {name} needs {size} bytes and /dev/shm has no room. "
-            "Free space in /dev/shm (`shmbus gc` removes what dead buses left), use "
-            "smaller capacities or events, or give the container more "
-            "(docker run --shm-size=1g)."
-        ) from exc
+        raise _out_of_memory(name, size) from exc
+
+
+def _out_of_memory(name: str, size: int) -> OutOfSharedMemory:
+    return OutOfSharedMemory(
+        f"shared memory is full: {name} needs {size} bytes and /dev/shm has no room. "
+        "Free space in /dev/shm (`shmbus gc` removes what dead buses left), use "
+        "smaller capacities or events, or give the container more "
+        "(docker run --shm-size=1g)."
+    )

@@ -192,3 +192,20 @@ def test_a_token_whose_segment_name_is_taken_is_drawn_again(monkeypatch):
     finally:
         foreign.close()
         _segment.unlink_segment(_segment.control_name("deadbeef"))
+
+
+def test_a_squatted_ring_name_is_skipped_and_left_alone():
+    from shmbus import _segment
+
+    with shmbus.EventEmitter("squat") as em:
+        token = helpers.token_of(em)
+        squatter = _segment.create_semaphore(_segment.data_sem_name(token, 0), 0)
+        try:
+            with em.subscribe() as sub:
+                assert sub.id == 1
+                em.emit("through")
+                assert sub.recv(timeout=1) == "through"
+            assert f"sem.sb_{token}_r0d" in helpers.our_shm_objects()  # not ours to remove
+        finally:
+            squatter.close()
+            _segment.unlink_semaphore(_segment.data_sem_name(token, 0))

@@ -1,0 +1,396 @@
+"""Shared-memory segments: running out of room, and the names they get.
+
+Out of room: each scenario runs a child Python in a mount namespace of its own, with a
+private 1 MiB tmpfs on /dev/shm (`unshare -m` as root, else `unshare --map-root-user -m`
+in an unprivileged user namespace; the tests skip when neither is permitted). The child
+prints what it saw as JSON: the error of each failure, `os.listdir('/dev/shm')` before
+and after it, and the registry. A failure must be a clear `OutOfSharedMemory`, leave
+nothing half-created, and leave the bus working; once everything is closed the private
+/dev/shm is empty and all its space free.
+
+Names: every object is named from the 8-hex-digit token and a number, so the longest
+names (largest subscriber id and large-event index) must still fit macOS's limit.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import mmap
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+import shmbus
+from shmbus import _control, _registry, _ring, _segment
+from tests import helpers
+
+SHM_SIZE = "1m"
+CHILD_TIMEOUT = 30.0
+
+
+# -- leak check ------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def no_leaks(monkeypatch: pytest.MonkeyPatch):
+    """Overrides conftest's check with one scoped to the buses this test creates.
+
+    conftest's version diffs all of /dev/shm before and after the test, so while another
+    suite runs on the machine it reports (and unlinks!) that suite's live objects. This
+    one records every token this process creates a segment for and, afterwards, fails on
+    (and removes) whatever of those tokens is left. The children below cannot leak into
+    the real /dev/shm at all: theirs is private, and checked empty by the tests.
+    """
+    tokens: set[str] = set()
+    create = _segment.create_segment
+
+    def recording(name: str, size: int):
+        tokens.add(name[len(_segment.PREFIX):].split("_")[0])
+        return create(name, size)
+
+    monkeypatch.setattr(_segment, "create_segment", recording)
+    yield tokens
+    leaked = sorted(n for token in tokens for n in helpers.objects_of(token))
+    for name in leaked:
+        helpers.unlink_shm_file(name)
+    assert not leaked, f"the test left shared objects behind: {leaked}"
+
+
+# -- a private, small /dev/shm ---------------------------------------------------------
+
+
+_UNSHARE = (("unshare", "-m"), ("unshare", "--map-root-user", "-m"))
+"""As root, a mount namespace is enough; otherwise a user namespace maps us to root in it
+(files we own, such as the registry, then appear owned by that root: the same uid)."""
+
+
+def _in_small_shm(unshare: tuple[str, ...], argv: list[str]) -> list[str]:
+    mount = f'mount -t tmpfs -o size={SHM_SIZE},mode=1777 tmpfs /dev/shm && exec "$@"'
+    return [*unshare, "sh", "-c", mount, "sh", *argv]
+
+
+@functools.lru_cache(maxsize=None)
+def _small_shm() -> tuple[tuple[str, ...] | None, str]:
+    """How to get a private small /dev/shm here, or None and why not."""
+    if not sys.platform.startswith("linux"):
+        return None, "needs Linux (mount namespaces, tmpfs on /dev/shm)"
+    if shutil.which("unshare") is None:
+        return None, "`unshare` (util-linux) is not installed"
+    failures = []
+    for unshare in _UNSHARE:
+        try:
+            probe = subprocess.run(_in_small_shm(unshare, ["ls", "-A", "/dev/shm"]),
+                                   capture_output=True, text=True, timeout=CHILD_TIMEOUT)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            failures.append(f"`{' '.join(unshare)}`: {exc}")
+            continue
+        if probe.returncode == 0 and not probe.stdout.strip():
+            return unshare, ""
+        said = probe.stderr.strip() or probe.stdout.strip()
+        failures.append(f"`{' '.join(unshare)}`: {said}")
+    return None, ("cannot mount a private tmpfs on /dev/shm (needs root, or unprivileged "
+                  "user namespaces): " + "; ".join(failures))
+
+
+@pytest.fixture
+def small_shm():
+    unshare, reason = _small_shm()
+    if unshare is None:
+        pytest.skip(reason)
+    return functools.partial(run_with_small_shm, unshare)
+
+
+def run_with_small_shm(unshare: tuple[str, ...], scenario: str) -> dict[str, Any]:
+    """Run `scenario` of CHILD_SCRIPT with a private 1 MiB /dev/shm; what it saw."""
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}  # SHMBUS_DIR: this test's
+    done = subprocess.run(_in_small_shm(unshare, [sys.executable, "-c", CHILD_SCRIPT,
+                                                  scenario]),
+                          env=env, capture_output=True, text=True, timeout=CHILD_TIMEOUT)
+    assert done.returncode == 0, f"child crashed ({done.returncode}):\n{done.stderr}"
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["initial"] == [], f"the private /dev/shm was not empty: {seen['initial']}"
+    return seen
+
+
+CHILD_SCRIPT = r'''
+import json, os, sys
+import shmbus
+
+scenario = sys.argv[1]
+root = os.environ["SHMBUS_DIR"]
+seen = {"initial": sorted(os.listdir("/dev/shm"))}
+
+def shm():
+    return sorted(os.listdir("/dev/shm"))
+
+def registry(*parts):
+    try:
+        return sorted(os.listdir(os.path.join(root, *parts)))
+    except FileNotFoundError:
+        return None
+
+def attempt(fn):
+    try:
+        value = fn()
+    except BaseException as exc:
+        return {"ok": False,
+                "type": f"{type(exc).__module__}.{type(exc).__qualname__}",
+                "bases": [c.__name__ for c in type(exc).__mro__],
+                "msg": str(exc)}
+    return {"ok": True, "value": repr(value)[:200]}
+
+def fill(leave_pages):
+    """Take all of /dev/shm but `leave_pages` pages, with a file of our own."""
+    st = os.statvfs("/dev/shm")
+    fd = os.open("/dev/shm/filler", os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        os.posix_fallocate(fd, 0, (st.f_bavail - leave_pages) * st.f_frsize)
+    finally:
+        os.close(fd)
+
+def round_trip(em, capacity=8):
+    sub = shmbus.subscribe(em.name, capacity=capacity)
+    try:
+        em.emit({"round": "trip"}, timeout=5)
+        return sub.recv(timeout=5)
+    finally:
+        sub.close()
+
+def finish():
+    st = os.statvfs("/dev/shm")
+    seen["final"] = shm()
+    seen["final_free_blocks"] = [st.f_bfree, st.f_blocks]
+    seen["final_registry"] = [registry("buses"), registry("names")]
+
+if scenario == "ring_and_large_event":
+    em = shmbus.EventEmitter("oom")
+    small = em.subscribe(capacity=4)
+    seen["token"] = em._token
+
+    seen["before_sub"] = shm()
+    seen["big_sub"] = attempt(lambda: shmbus.subscribe("oom", capacity=10000))
+    seen["after_sub"] = shm()
+    seen["bus_records_after_sub"] = registry("buses", em._token)
+
+    seen["before_emit"] = shm()
+    seen["big_emit"] = attempt(lambda: em.emit(b"x" * (4 << 20), timeout=10))
+    seen["after_emit"] = shm()
+
+    em.emit({"after": "failure"}, timeout=5)
+    em.emit(b"y" * 100_000, timeout=5)  # a large event that fits still works
+    first, second = small.recv(timeout=5), small.recv(timeout=5)
+    seen["received"] = [first, len(second), second == b"y" * 100_000]
+    seen["round_trip"] = round_trip(em)
+    small.close()
+    em.close()
+    finish()
+
+elif scenario == "full_at_bus_creation":
+    fill(0)
+    seen["create"] = attempt(lambda: shmbus.EventEmitter("full"))
+    seen["after_create"] = shm()
+    seen["registry_after_create"] = [registry("buses"), registry("names")]
+    os.unlink("/dev/shm/filler")
+    with shmbus.EventEmitter("full") as em:
+        seen["round_trip"] = round_trip(em)
+    finish()
+
+elif scenario == "no_room_for_semaphores":
+    em = shmbus.EventEmitter("semfull")
+    seen["token"] = em._token
+    fill(1)  # room for a one-page ring, none for its semaphores
+    seen["before_sub"] = shm()
+    seen["sub"] = attempt(lambda: shmbus.subscribe("semfull", capacity=1))
+    seen["after_sub"] = shm()
+    seen["bus_records_after_sub"] = registry("buses", em._token)
+    os.unlink("/dev/shm/filler")
+    seen["round_trip"] = round_trip(em, capacity=1)
+    em.close()
+    finish()
+
+print(json.dumps(seen))
+'''
+
+
+def _needs(message: str) -> int:
+    found = re.search(r"needs (\d+) bytes", message)
+    assert found, f"the message does not say how many bytes were needed: {message!r}"
+    return int(found.group(1))
+
+
+def assert_out_of_shared_memory(result: dict[str, Any]) -> int:
+    """A clear OutOfSharedMemory; the number of bytes it says were needed."""
+    assert not result["ok"], f"expected OutOfSharedMemory, it succeeded: {result}"
+    assert result["type"] == "shmbus._errors.OutOfSharedMemory", result
+    assert {"ShmBusError", "MemoryError"} <= set(result["bases"]), result
+    msg = result["msg"]
+    assert "/dev/shm" in msg and "--shm-size" in msg, f"unhelpful message: {msg!r}"
+    return _needs(msg)
+
+
+def assert_all_gone(seen: dict[str, Any]) -> None:
+    assert seen["final"] == [], f"objects left in the private /dev/shm: {seen['final']}"
+    free, total = seen["final_free_blocks"]
+    assert free == total, f"/dev/shm space still held after closing: {free}/{total} free"
+    assert seen["final_registry"] == [[], []], seen["final_registry"]
+
+
+# -- out of shared memory ---------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_ring_or_large_event_that_does_not_fit_is_a_clear_error_and_harmless(
+        small_shm) -> None:
+    seen = small_shm("ring_and_large_event")
+    token = seen["token"]
+    assert sorted(seen["before_sub"]) == sorted(
+        [f"sb_{token}", f"sb_{token}_r0", f"sem.sb_{token}_r0d", f"sem.sb_{token}_r0s"])
+
+    # A 10000-slot ring (~5 MB) in a 1 MiB /dev/shm.
+    ring_bytes = _ring.HEADER_SIZE + 10000 * _ring.SLOT_SIZE
+    assert assert_out_of_shared_memory(seen["big_sub"]) == ring_bytes
+    assert "_r1 needs" in seen["big_sub"]["msg"], seen["big_sub"]["msg"]
+    assert seen["after_sub"] == seen["before_sub"], "the failed subscribe left objects"
+    assert seen["bus_records_after_sub"] == ["emitter", "sub.0"], (
+        f"the failed subscribe left a registry record: {seen['bus_records_after_sub']}")
+
+    # A 4 MiB event to a small subscription.
+    assert assert_out_of_shared_memory(seen["big_emit"]) >= 4 << 20
+    assert seen["after_emit"] == seen["before_emit"], "the failed emit left objects"
+
+    # The bus goes on: the failed event was never delivered, the next ones are, and a
+    # new subscription works.
+    assert seen["received"] == [{"after": "failure"}, 100_000, True]
+    assert seen["round_trip"] == {"round": "trip"}
+    assert_all_gone(seen)
+
+
+@pytest.mark.timeout(60)
+def test_full_dev_shm_at_bus_creation_is_a_clear_error_and_harmless(small_shm) -> None:
+    seen = small_shm("full_at_bus_creation")
+    assert assert_out_of_shared_memory(seen["create"]) == _control.SIZE
+    assert seen["after_create"] == ["filler"], "the failed EventEmitter left objects"
+    assert seen["registry_after_create"] == [[], []], (
+        f"the failed EventEmitter left registry entries: {seen['registry_after_create']}")
+    assert seen["round_trip"] == {"round": "trip"}
+    assert_all_gone(seen)
+
+
+@pytest.mark.timeout(60)
+def test_no_room_for_ring_semaphores_leaves_nothing_half_created(small_shm) -> None:
+    """On Linux a named semaphore is a file in /dev/shm too (one page of tmpfs)."""
+    seen = small_shm("no_room_for_semaphores")
+    token = seen["token"]
+    assert not seen["sub"]["ok"], f"subscribe fitted after all: {seen['sub']}"
+    assert seen["after_sub"] == seen["before_sub"] == ["filler", f"sb_{token}"], (
+        f"the failed subscribe left objects: {seen['after_sub']}")
+    assert seen["bus_records_after_sub"] == ["emitter"], seen["bus_records_after_sub"]
+    assert seen["round_trip"] == {"round": "trip"}
+    assert_all_gone(seen)
+
+
+@pytest.mark.timeout(60)
+def test_no_room_for_ring_semaphores_is_out_of_shared_memory(small_shm) -> None:
+    seen = small_shm("no_room_for_semaphores")
+    assert_out_of_shared_memory(seen["sub"])
+
+
+# -- names ------------------------------------------------------------------------------
+
+LONGEST_TOKEN = "ffffffff"
+LARGEST_ID = 2**64 - 1
+"""Subscriber ids and the large-event bound are u64 words of the control block."""
+
+MACOS_NAME_MAX = 31
+"""PSHMNAMLEN and PSEMNAMLEN: macOS refuses longer shm_open/sem_open names."""
+
+MACOS_NAME_MAX_COUNTING_NUL = 30
+"""xnu's sem_open (and shm_open before macOS 10.15) compares the length copyinstr()
+reports, which counts the terminating NUL, with 31: 30 characters is what always works."""
+
+
+def names_of(token: str, sub_id: int, blob: int) -> dict[str, str]:
+    return {
+        "control": _segment.control_name(token),
+        "ring": _segment.ring_name(token, sub_id),
+        "data semaphore": _segment.data_sem_name(token, sub_id),
+        "space semaphore": _segment.space_sem_name(token, sub_id),
+        "large event": _segment.blob_name(token, blob),
+    }
+
+
+def test_tokens_are_never_longer_than_eight_hex_digits() -> None:
+    assert _registry._TOKEN.fullmatch(LONGEST_TOKEN)
+    assert not _registry._TOKEN.fullmatch(LONGEST_TOKEN + "f")
+    assert len(_segment.PREFIX + LONGEST_TOKEN) == 12
+
+
+@pytest.mark.parametrize("sub_id, blob", [(0, 0), (2**32 - 1, 2**32 - 1),
+                                          (LARGEST_ID, LARGEST_ID)])
+def test_longest_names_fit_macos_limit(sub_id: int, blob: int) -> None:
+    for kind, name in names_of(LONGEST_TOKEN, sub_id, blob).items():
+        assert len(name) <= MACOS_NAME_MAX, f"{kind} {name!r} has {len(name)} characters"
+        assert re.fullmatch(r"/[A-Za-z0-9_]+", name), f"{kind} {name!r}: not portable"
+        assert LONGEST_TOKEN in name
+
+
+def test_segment_names_fit_even_counting_the_nul() -> None:
+    for sub_id, blob in [(LARGEST_ID, LARGEST_ID)]:
+        names = names_of(LONGEST_TOKEN, sub_id, blob)
+        for kind in ("control", "ring", "large event"):
+            assert len(names[kind]) <= MACOS_NAME_MAX_COUNTING_NUL, (kind, names[kind])
+
+
+def test_semaphore_names_fit_sem_open_for_any_reachable_subscriber_id() -> None:
+    # One id per subscribe(): 2**60 of them is beyond any bus's lifetime.
+    for sub_id in (0, 2**32, 2**60 - 1):
+        names = names_of(LONGEST_TOKEN, sub_id, 0)
+        for kind in ("data semaphore", "space semaphore"):
+            assert len(names[kind]) <= MACOS_NAME_MAX_COUNTING_NUL, (kind, names[kind])
+
+
+def test_subscriber_ids_stop_where_semaphore_names_would_stop_fitting() -> None:
+    buf = mmap.mmap(-1, _control.SIZE)
+    control = _control.ControlBlock.initialize(buf, 512, 1)
+    struct.pack_into("<Q", buf, _control._NEXT_SUB_ID, _control.MAX_SUB_ID - 1)
+    assert control.allocate_sub_id() == _control.MAX_SUB_ID - 1
+    with pytest.raises(shmbus.ShmBusError, match="recreate the bus"):
+        control.allocate_sub_id()
+    names = names_of(LONGEST_TOKEN, _control.MAX_SUB_ID - 1, 0)
+    for kind in ("data semaphore", "space semaphore"):
+        assert len(names[kind]) <= MACOS_NAME_MAX_COUNTING_NUL, (kind, names[kind])
+
+
+def test_names_of_one_kind_never_collide() -> None:
+    # Hex ids end in letters too: "r1" + "d" must not be confused with "r1d".
+    ids = [0, 1, 0xD, 0x1D, 0xDD, 0x1DD, 0x5, 0x15, LARGEST_ID]
+    segments = [_segment.control_name(LONGEST_TOKEN)]
+    segments += [_segment.ring_name(LONGEST_TOKEN, i) for i in ids]
+    segments += [_segment.blob_name(LONGEST_TOKEN, i) for i in ids]
+    semaphores = [_segment.data_sem_name(LONGEST_TOKEN, i) for i in ids]
+    semaphores += [_segment.space_sem_name(LONGEST_TOKEN, i) for i in ids]
+    assert len(set(segments)) == len(segments)
+    assert len(set(semaphores)) == len(semaphores)
+
+
+@pytest.mark.skipif(not os.path.isdir(helpers.SHM_DIR), reason="needs a listable /dev/shm")
+def test_a_bus_with_the_longest_name_creates_only_short_names() -> None:
+    name = "n" * 128
+    with shmbus.EventEmitter(name) as em:
+        sub = em.subscribe()
+        em.emit(b"z" * 10_000, timeout=5)  # a large-event segment too
+        created = helpers.objects_of(helpers.token_of(em))
+        assert sub.recv(timeout=5) == b"z" * 10_000
+        sub.close()
+    assert len(created) == 5, created  # control, ring, 2 semaphores, large event
+    for entry in created:
+        posix_name = "/" + entry.removeprefix("sem.")
+        assert len(posix_name) <= MACOS_NAME_MAX, posix_name
+        assert "nnnn" not in posix_name
