@@ -182,6 +182,7 @@ class EventEmitter:
             self._closed = True
             _open_emitters.discard(self)
             self._control.mark_closed()
+            self._refresh()  # rings that joined since the last emit hear the end too
             _ring_all(self._outlets.values())
             for outlet in self._outlets.values():
                 outlet.ring.detach()

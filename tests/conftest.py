@@ -16,6 +16,14 @@ import pytest
 from tests import helpers
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--chaos-seed", default=None, help="replay a chaos run with this seed")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "chaos: randomized kill/stop runs (tests/chaos)")
+
+
 @pytest.fixture(autouse=True)
 def registry_dir(monkeypatch: pytest.MonkeyPatch):
     # A short path: the registry's paths show up in error messages.
@@ -53,6 +61,7 @@ def procs():
         started.append(proc)
         return proc
 
+    start.started = started  # type: ignore[attr-defined]
     yield start
     for proc in started:
         if proc.is_alive():

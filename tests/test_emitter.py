@@ -294,3 +294,21 @@ def _available(sub) -> int:
     sub._next_seq()
     start = sub._start if sub._start is not None else sub._control.committed
     return sub._control.committed - start - sub._tail
+
+
+def test_a_stopped_subscriber_is_alive_it_blocks_emit_and_then_gets_everything(procs):
+    with shmbus.EventEmitter("stopped", capacity=4) as em:
+        out = start_collectors(procs, "stopped", 1)
+        victim = procs.started[-1]
+        os.kill(victim.pid, signal.SIGSTOP)
+        try:
+            for i in range(4):
+                em.emit(i, timeout=1)
+            with pytest.raises(shmbus.Timeout):
+                em.emit(4, timeout=1.5)  # longer than any reap: a stopped process lives
+            assert em.subscriber_count == 1
+        finally:
+            os.kill(victim.pid, signal.SIGCONT)
+        em.emit(4, timeout=5)
+    events, reason = out.get(timeout=10)
+    assert events == [0, 1, 2, 3, 4] and reason == "closed"

@@ -39,30 +39,6 @@ INTRUDER_TIMEOUT = 30.0
 # -- leak check ------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def no_leaks(monkeypatch: pytest.MonkeyPatch):
-    """Overrides conftest's check with one scoped to the buses this test creates.
-
-    conftest's version diffs all of /dev/shm before and after the test, so while another
-    suite runs on the machine it reports (and unlinks!) that suite's live objects. This
-    one records every token this process creates a segment for and, afterwards, fails on
-    (and removes) whatever of those tokens is left. The intruder checks its own bus.
-    """
-    tokens: set[str] = set()
-    create = _segment.create_segment
-
-    def recording(name: str, size: int):
-        tokens.add(name[len(_segment.PREFIX):].split("_")[0])
-        return create(name, size)
-
-    monkeypatch.setattr(_segment, "create_segment", recording)
-    yield tokens
-    leaked = sorted(n for token in tokens for n in helpers.objects_of(token))
-    for name in leaked:
-        helpers.unlink_shm_file(name)
-    assert not leaked, f"the test left shared objects behind: {leaked}"
-
-
 # -- the other user ------------------------------------------------------------------
 
 

@@ -1,0 +1,358 @@
+"""The chaos driver: long streams of numbered events while processes are killed.
+
+Two scenarios, each driven by a seeded `random.Random` whose seed is printed, so any
+failure can be replayed with `--seed`:
+
+- **Subscribers under fire** (`subscriber_chaos`): this process emits a numbered stream
+  while a chaos loop SIGKILLs subscribers, SIGSTOPs and SIGCONTs them, starts new ones,
+  and lets some close cleanly after a random count; subscribers read at random speeds.
+  Afterwards every subscriber that reported must have received exactly the events
+  emitted while it was subscribed (judged from monotonic timestamps on both sides),
+  once each, in order; the emitter must never have spent more than 1 s blocked on a
+  dead subscriber (read from that ring's `blocked_ns`, which it mapped before the kill);
+  and nothing of the bus may remain in /dev/shm or the registry.
+- **The emitter dies** (`emitter_chaos`): a child emits (small and large events, often
+  blocked on a slow subscriber) until it is SIGKILLed at a random moment; every
+  subscriber must then have received every event whose `emit` had returned, with no gap
+  and no half-written event, and ended with `EmitterDied` within 1 s of the kill.
+
+Run by hand as a soak: `python -m tests.chaos.driver --minutes 10`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import random
+import signal
+import struct
+import sys
+import tempfile
+import threading
+import time
+from typing import Any
+
+import multiprocess
+import posix_ipc
+
+import shmbus
+from shmbus import _registry, _ring, _segment
+
+CTX = multiprocess.get_context("fork")
+SHM = "/dev/shm"
+
+
+@dataclasses.dataclass
+class Figures:
+    events: int = 0
+    kills: int = 0
+    stops: int = 0
+    joins: int = 0
+    clean_closes: int = 0
+    worst_blocked_on_dead: float = 0.0
+    worst_reap: float = 0.0
+    worst_death_detection: float = 0.0
+
+    def add(self, other: "Figures") -> None:
+        for f in dataclasses.fields(self):
+            mine, theirs = getattr(self, f.name), getattr(other, f.name)
+            setattr(self, f.name, max(mine, theirs) if f.name.startswith("worst")
+                    else mine + theirs)
+
+    def __str__(self) -> str:
+        return (f"{self.events:,} events, {self.kills} kills, {self.stops} stops, "
+                f"{self.joins} joins, {self.clean_closes} clean closes; worst: blocked "
+                f"on a dead subscriber {self.worst_blocked_on_dead * 1e3:.0f} ms, reap "
+                f"{self.worst_reap * 1e3:.0f} ms, emitter-death detection "
+                f"{self.worst_death_detection * 1e3:.0f} ms")
+
+
+# -- subscriber processes -------------------------------------------------------------
+
+def _subscriber(name: str, key: int, delay: float, stop_after: int | None, out: Any) -> None:
+    called = time.monotonic()
+    try:
+        sub = shmbus.subscribe(name)
+    except shmbus.BusNotFound:  # started as the run ended
+        out.put(("done", key, None, None, 0, True, "late", time.monotonic()))
+        return
+    out.put(("joined", key, sub.id, called, time.monotonic()))
+    first = last = None
+    count = 0
+    in_order = True
+    for event in sub:
+        n = event[0]
+        if first is None:
+            first = n
+        elif n != last + 1:
+            in_order = False
+        last = n
+        count += 1
+        if len(event) > 1 and event[1] != _payload(n, len(event[1])):
+            in_order = False  # a torn or foreign payload
+        if delay:
+            time.sleep(delay)
+        if stop_after is not None and count >= stop_after:
+            break
+    reason = sub.end_reason.value if sub.end_reason else "stopped"
+    sub.close()
+    out.put(("done", key, first, last, count, in_order, reason, time.monotonic()))
+
+
+def _payload(n: int, size: int) -> bytes:
+    return (n.to_bytes(8, "little") * (size // 8 + 1))[:size]
+
+
+# -- scenario 1: subscribers under fire -----------------------------------------------
+
+def subscriber_chaos(seed: int, seconds: float) -> Figures:
+    rng = random.Random(seed)
+    name = f"chaos-{seed}"
+    figures = Figures()
+    out = CTX.Queue()
+    procs: dict[int, Any] = {}
+    joined: dict[int, tuple[int, float, float]] = {}
+    rings: dict[int, Any] = {}
+    victims: list[tuple[int, int, float]] = []  # key, blocked_ns before, kill time
+    emits: list[tuple[float, float]] = []
+    with shmbus.EventEmitter(name, capacity=rng.choice([2, 8, 64, 256])) as em:
+        token = em._token
+
+        def start(key: int) -> None:
+            delay = rng.choice([0.0, 0.0, 0.0001, 0.001])
+            stop_after = rng.choice([None, None, None, rng.randrange(1, 3000)])
+            proc = CTX.Process(target=_subscriber, args=(name, key, delay, stop_after, out),
+                               daemon=True)
+            proc.start()
+            procs[key] = proc
+
+        def note_joins(block: bool) -> None:
+            while True:
+                try:
+                    msg = out.get(timeout=5 if block else 0)
+                except Exception:
+                    return
+                if msg[0] == "joined":
+                    _, key, sub_id, called, returned = msg
+                    joined[key] = (sub_id, called, returned)
+                    try:
+                        rings[key] = _segment.open_segment(_segment.ring_name(token, sub_id))
+                    except posix_ipc.ExistentialError:
+                        pass  # it read its fill and closed already
+                    if block:
+                        return
+                else:
+                    reports.append(msg)
+
+        reports: list[tuple] = []
+        for key in range(4):
+            start(key)
+            note_joins(block=True)
+        stop_emitting = threading.Event()
+
+        def emit_loop() -> None:
+            n = 0
+            while not stop_emitting.is_set():
+                event = (n, _payload(n, 2000)) if n % 50 == 0 else (n,)
+                began = time.monotonic()
+                em.emit(event)
+                emits.append((began, time.monotonic()))
+                n += 1
+
+        reaped: list[float] = []
+        watch: list[tuple[str, float]] = []  # ring path, kill time
+
+        def watch_reaps() -> None:
+            # How long after a kill the dead ring vanished from /dev/shm.
+            while not stop_emitting.is_set() or watch:
+                for item in list(watch):
+                    if not os.path.exists(item[0]):
+                        reaped.append(time.monotonic() - item[1])
+                        watch.remove(item)
+                time.sleep(0.002)
+
+        emitter = threading.Thread(target=emit_loop)
+        emitter.start()
+        watcher = threading.Thread(target=watch_reaps, daemon=True)
+        watcher.start()
+        deadline = time.monotonic() + seconds
+        next_key = 4
+        try:
+            while time.monotonic() < deadline:
+                time.sleep(rng.uniform(0.01, 0.15))
+                note_joins(block=False)
+                alive = [k for k, p in procs.items() if p.is_alive() and k in rings]
+                action = rng.choice(["kill", "kill", "stop", "join", "join"])
+                if action == "join" or not alive:
+                    start(next_key)
+                    next_key += 1
+                    figures.joins += 1
+                elif action == "kill":
+                    key = rng.choice(alive)
+                    before = _blocked_ns(rings[key])
+                    os.kill(procs[key].pid, signal.SIGKILL)
+                    victims.append((key, before, time.monotonic()))
+                    path = os.path.join(SHM, _segment.ring_name(token, joined[key][0])[1:])
+                    watch.append((path, victims[-1][2]))
+                    figures.kills += 1
+                else:
+                    key = rng.choice(alive)
+                    os.kill(procs[key].pid, signal.SIGSTOP)
+                    time.sleep(rng.uniform(0.01, 0.3))
+                    os.kill(procs[key].pid, signal.SIGCONT)
+                    figures.stops += 1
+        finally:
+            stop_emitting.set()
+            emitter.join(30)
+            watcher.join(5)
+    # The emitter closed: the survivors drain and report.
+    for proc in procs.values():
+        proc.join(30)
+    note_joins(block=False)
+    while True:
+        try:
+            msg = out.get(timeout=0.5)
+        except Exception:
+            break
+        reports.append(msg) if msg[0] == "done" else None
+    figures.events = len(emits)
+    try:
+        _check_subscribers(seed, emits, joined, reports, procs, victims)
+        figures.worst_blocked_on_dead = max(
+            ((_blocked_ns(rings[k]) - before) / 1e9 for k, before, _ in victims), default=0.0)
+        figures.worst_reap = max(reaped, default=0.0)
+        figures.clean_closes = sum(1 for r in reports if r[6] == "stopped")
+        assert figures.worst_blocked_on_dead < 1.0, (
+            f"seed {seed}: emitter blocked {figures.worst_blocked_on_dead:.3f}s on a dead "
+            "subscriber")
+        leftovers = [n for n in os.listdir(SHM) if token in n]
+        assert not leftovers, f"seed {seed}: left in /dev/shm: {leftovers}"
+        assert not os.path.exists(em._registry.bus_dir(token)), f"seed {seed}: registry"
+    finally:
+        for ring in rings.values():
+            ring.close()
+    return figures
+
+
+def _blocked_ns(ring: Any) -> int:
+    return int(struct.unpack_from("<Q", ring, _ring._BLOCKED_NS)[0])
+
+
+def _check_subscribers(seed: int, emits: list[tuple[float, float]],
+                       joined: dict[int, tuple[int, float, float]], reports: list[tuple],
+                       procs: dict[int, Any], victims: list[tuple[int, int, float]]) -> None:
+    killed = {k for k, _, _ in victims}
+    done = {r[1]: r for r in reports}
+    for key, proc in procs.items():
+        if key in killed or (key in done and done[key][6] == "late"):
+            continue
+        assert key in done, f"seed {seed}: subscriber {key} never reported (exit {proc.exitcode})"
+        _, _, first, last, count, in_order, reason, _ = done[key]
+        _, called, returned = joined[key]
+        assert in_order, f"seed {seed}: subscriber {key} saw a gap, a repeat or a torn event"
+        # Everything whose emit began after subscribe() returned must arrive...
+        expected_first = next((i for i, (began, _) in enumerate(emits) if began > returned),
+                              len(emits))
+        if count == 0:
+            assert expected_first == len(emits), f"seed {seed}: {key} received nothing"
+            continue
+        assert last - first + 1 == count
+        # ...and nothing whose emit had returned before subscribe() was called.
+        assert emits[first][1] >= called, f"seed {seed}: {key} got event {first}, too early"
+        assert first <= expected_first, (
+            f"seed {seed}: subscriber {key} missed events {expected_first}..{first - 1}")
+        if reason == "closed":
+            assert last == len(emits) - 1, (
+                f"seed {seed}: subscriber {key} ended at {last} of {len(emits) - 1}")
+
+
+# -- scenario 2: the emitter dies ------------------------------------------------------
+
+def _doomed_emitter(name: str, subscribers: int, capacity: int, progress: Any) -> None:
+    em = shmbus.EventEmitter(name, capacity=capacity)
+    while em.subscriber_count < subscribers:
+        time.sleep(0.005)
+    n = 0
+    while True:
+        em.emit((n, _payload(n, 100_000)) if n % 7 == 0 else (n, _payload(n, 100)))
+        progress.value = n + 1
+        n += 1
+
+
+def emitter_chaos(seed: int, rounds: int) -> Figures:
+    rng = random.Random(seed)
+    figures = Figures()
+    for r in range(rounds):
+        name = f"doomed-{seed}-{r}"
+        out, progress = CTX.Queue(), CTX.Value("q", 0)
+        emitter = CTX.Process(target=_doomed_emitter, daemon=True,
+                              args=(name, 2, rng.choice([1, 4, 64]), progress))
+        emitter.start()
+        subs = []
+        try:
+            _wait_for_name(name)
+            for key, delay in enumerate([0.0, rng.choice([0.0, 0.0005, 0.002])]):
+                p = CTX.Process(target=_subscriber, args=(name, key, delay, None, out),
+                                daemon=True)
+                p.start()
+                subs.append(p)
+            time.sleep(rng.uniform(0.05, 0.5))
+            os.kill(emitter.pid, signal.SIGKILL)
+            killed_at = time.monotonic()
+            emitter.join(5)
+            returned = progress.value
+            reports = [m for m in (out.get(timeout=30) for _ in range(4)) if m[0] == "done"]
+        finally:
+            for p in subs + [emitter]:
+                if p.is_alive():
+                    p.kill()
+                p.join(5)
+        figures.kills += 1
+        for _, key, first, last, count, in_order, reason, ended in reports:
+            assert in_order and (count == 0 or first == 0), (
+                f"seed {seed} round {r}: subscriber {key} stream broken")
+            assert count >= returned, (
+                f"seed {seed} round {r}: subscriber {key} got {count} events, but {returned} "
+                "emits had returned")
+            assert reason == "emitter died", f"seed {seed} round {r}: ended as {reason}"
+            figures.events += count
+            figures.worst_death_detection = max(figures.worst_death_detection,
+                                                ended - killed_at)
+        assert figures.worst_death_detection < 1.0, (
+            f"seed {seed} round {r}: end seen {figures.worst_death_detection:.3f}s after kill")
+        leftovers = [n for n in os.listdir(SHM) if n.startswith(("sb_", "sem.sb_"))]
+        assert not leftovers, f"seed {seed} round {r}: left in /dev/shm: {leftovers}"
+    return figures
+
+
+def _wait_for_name(name: str) -> None:
+    registry = _registry.Registry()
+    deadline = time.monotonic() + 10
+    while registry.resolve(name) is None:
+        assert time.monotonic() < deadline, f"bus {name} never appeared"
+        time.sleep(0.005)
+
+
+# -- soak ----------------------------------------------------------------------------------
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="shmbus chaos soak")
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--seed", type=int, default=None)
+    args = parser.parse_args()
+    os.environ.setdefault("SHMBUS_DIR", tempfile.mkdtemp(prefix="sbsoak-"))
+    end = time.monotonic() + args.minutes * 60
+    total = Figures()
+    seed = args.seed if args.seed is not None else random.randrange(1 << 30)
+    while time.monotonic() < end:
+        print(f"seed {seed}", flush=True)
+        total.add(subscriber_chaos(seed, seconds=20))
+        total.add(emitter_chaos(seed, rounds=10))
+        print(f"  so far: {total}", flush=True)
+        seed += 1
+    print(f"soak done: {total}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

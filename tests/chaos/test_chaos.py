@@ -1,0 +1,37 @@
+"""A bounded chaos run for CI; `python -m tests.chaos.driver --minutes 10` is the soak.
+
+Each test prints its seed and figures; a failure message names the seed, and
+`pytest tests/chaos --chaos-seed N` replays it.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from tests.chaos import driver
+
+pytestmark = [pytest.mark.chaos, pytest.mark.usefixtures("wait_mode")]
+
+
+@pytest.fixture
+def seed(request: pytest.FixtureRequest) -> int:
+    chosen = request.config.getoption("--chaos-seed")
+    return int(chosen) if chosen is not None else random.randrange(1 << 30)
+
+
+@pytest.mark.timeout(120)
+def test_subscribers_killed_stopped_and_joining_lose_nothing(seed, capsys):
+    figures = driver.subscriber_chaos(seed, seconds=12)
+    with capsys.disabled():
+        print(f"\n  subscriber chaos, seed {seed}: {figures}")
+    assert figures.kills > 0 and figures.events > 0
+
+
+@pytest.mark.timeout(120)
+def test_a_killed_emitter_loses_no_returned_event(seed, capsys):
+    figures = driver.emitter_chaos(seed, rounds=8)
+    with capsys.disabled():
+        print(f"\n  emitter chaos, seed {seed}: {figures}")
+    assert figures.kills == 8
