@@ -183,6 +183,7 @@ class EventEmitter:
             _open_emitters.discard(self)
             self._control.mark_closed()
             self._refresh()  # rings that joined since the last emit hear the end too
+            self._drop_departed()  # and the dead are removed now, not by the last one out
             _ring_all(self._outlets.values())
             for outlet in self._outlets.values():
                 outlet.ring.detach()
@@ -329,10 +330,11 @@ class EventEmitter:
         self._outlets[sub_id] = _Outlet(ring, start)
 
     def _drop_departed(self) -> None:
+        # Every record is probed, not only adopted rings: a subscriber that died halfway
+        # through its own close() is no outlet any more, but its objects are still there.
+        live = set(self._registry.live_subscribers(self._token, self._control))
         for outlet in list(self._outlets.values()):
-            if outlet.ring.sub_closed or self._registry.reap_if_dead(
-                self._token, outlet.sub_id, self._control
-            ):
+            if outlet.sub_id not in live or outlet.ring.sub_closed:
                 self._drop(outlet)
 
     def _drop(self, outlet: _Outlet) -> None:

@@ -22,9 +22,15 @@ owner (iceoryx2 has a separate owner lock for this; here it is the same lock).
   file description, so two handles in one process do conflict, and closing an unrelated
   descriptor releases nothing. Linux's OFD locks would do as well, but macOS lacks them.
 
-The one weakness of `flock`: a forked child shares the parent's open file descriptions, so
-the child would keep a dead parent's locks held. `os.register_at_fork` closes every lock
-descriptor of this module in the child, before any of the child's own code runs.
+## Forks
+
+The one weakness of `flock`: a fork child shares the parent's open file descriptions, and
+with them their locks. A child that kept a copy would keep a dead parent "alive"; worse,
+a copy of a descriptor the parent is *about to* lock (say, to probe a dead subscriber)
+would make the child a holder of that lock for the rest of its life. So every descriptor
+this module opens is opened, tracked and closed under `_guard`, which `os.fork` also takes
+(`register_at_fork`): no fork happens between an `open` and its tracking, and the child
+closes every tracked descriptor before any of its own code runs.
 """
 
 from __future__ import annotations
@@ -35,8 +41,10 @@ import os
 import threading
 import weakref
 
-_held: "weakref.WeakSet[LifeLock]" = weakref.WeakSet()
-_held_guard = threading.Lock()
+_guard = threading.RLock()
+_open: "weakref.WeakValueDictionary[int, LifeLock]" = weakref.WeakValueDictionary()
+"""Every descriptor this module has open, for a fork child to close. Weak, so that a
+lock object dropped on the floor is finalized, which closes its descriptor."""
 
 fork_epoch = 0
 """Bumped in every fork child. An object that remembers the epoch it was made in knows,
@@ -45,22 +53,21 @@ must not emit, receive or remove anything, because its owner is the parent."""
 
 
 class LifeLock:
-    """An exclusive flock on one file, held for as long as this object is open."""
+    """A descriptor of a lock file, with whatever flock this process took on it."""
 
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        with _held_guard:
-            _held.add(self)
+    def __init__(self, path: str, flags: int) -> None:
+        with _guard:
+            self.fd = os.open(path, flags | os.O_CLOEXEC, 0o600)
+            _open[self.fd] = self
 
     @classmethod
     def create(cls, path: str, content: bytes) -> "LifeLock":
         """Write `content` to `path`, holding the lock before the file can be seen there."""
         tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        lock = cls(fd)
+        lock = cls(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            os.write(fd, content)
+            fcntl.flock(lock.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.write(lock.fd, content)
             os.rename(tmp, path)
         except BaseException:
             lock.release()
@@ -75,37 +82,43 @@ class LifeLock:
         Whoever gets the lock is the only process that may clean up after the dead owner;
         None is also returned when the file no longer exists (someone else cleaned up).
         """
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
+        lock = cls._open_existing(path)
+        if lock is None:
             return None
-        lock = cls(fd)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            lock.release()
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                return None
-            raise
-        if not _same_file(fd, path):  # unlinked between open and flock: already cleaned
-            lock.release()
+        if not lock._try(fcntl.LOCK_EX) or not _same_file(lock.fd, path):
+            lock.release()  # alive; or unlinked between open and flock: cleaned already
             return None
         return lock
 
+    @classmethod
+    def _open_existing(cls, path: str) -> "LifeLock | None":
+        try:
+            return cls(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+
+    def _try(self, operation: int) -> bool:
+        try:
+            fcntl.flock(self.fd, operation | fcntl.LOCK_NB)
+            return True
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return False
+            raise
+
     def release(self) -> None:
-        fd, self.fd = self.fd, -1
-        if fd >= 0:
-            with _held_guard:
-                _held.discard(self)
-            os.close(fd)
+        with _guard:
+            fd, self.fd = self.fd, -1
+            if fd >= 0:
+                _open.pop(fd, None)
+                os.close(fd)
 
     def __del__(self) -> None:
         # A lock dropped on the floor (an interruption between taking it and storing it)
         # must not stay held until the process exits.
-        fd, self.fd = getattr(self, "fd", -1), -1
-        if fd >= 0:
+        if getattr(self, "fd", -1) >= 0:
             try:
-                os.close(fd)
+                self.release()
             except OSError:
                 pass
 
@@ -115,19 +128,13 @@ def is_alive(path: str) -> bool:
 
     A file that does not exist has no live owner.
     """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
+    probe = LifeLock._open_existing(path)
+    if probe is None:
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError as exc:
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            return True
-        raise
+        return not probe._try(fcntl.LOCK_SH)
     finally:
-        os.close(fd)
-    return False
+        probe.release()
 
 
 class FileMutex:
@@ -143,10 +150,9 @@ class FileMutex:
         self._lock: LifeLock | None = None
 
     def __enter__(self) -> "FileMutex":
-        fd = os.open(self.directory, os.O_RDONLY | os.O_CLOEXEC)
-        lock = LifeLock(fd)
+        lock = LifeLock(self.directory, os.O_RDONLY)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            fcntl.flock(lock.fd, fcntl.LOCK_EX)
         except BaseException:
             lock.release()
             raise
@@ -175,20 +181,28 @@ def _unlink_quietly(path: str) -> None:
         pass
 
 
-def _drop_inherited_locks() -> None:
-    # Runs in a fork child: its copies of the parent's descriptors must not keep the
-    # parent's locks alive after the parent dies.
-    global _held_guard, fork_epoch
-    _held_guard = threading.Lock()  # another thread may have held it at the fork
+def _before_fork() -> None:
+    _guard.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    _guard.release()
+
+
+def _after_fork_in_child() -> None:
+    # The parent's guard was held across the fork; the child starts with a fresh one and
+    # lets go of every descriptor it inherited.
+    global _guard, fork_epoch
+    _guard = threading.RLock()
     fork_epoch += 1
-    for lock in list(_held):
-        fd, lock.fd = lock.fd, -1
-        if fd >= 0:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-    _held.clear()
+    for fd, lock in list(_open.items()):
+        lock.fd = -1
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _open.clear()
 
 
-os.register_at_fork(after_in_child=_drop_inherited_locks)
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                    after_in_child=_after_fork_in_child)

@@ -162,14 +162,18 @@ def subscriber_chaos(seed: int, seconds: float) -> Figures:
 
         reaped: list[float] = []
         watch: list[tuple[str, float]] = []  # ring path, kill time
+        stop_watching = threading.Event()
 
         def watch_reaps() -> None:
             # How long after a kill the dead ring vanished from /dev/shm.
-            while not stop_emitting.is_set() or watch:
+            while True:
+                last_round = stop_watching.is_set()
                 for item in list(watch):
                     if not os.path.exists(item[0]):
                         reaped.append(time.monotonic() - item[1])
                         watch.remove(item)
+                if last_round:
+                    return
                 time.sleep(0.002)
 
         emitter = threading.Thread(target=emit_loop)
@@ -192,6 +196,7 @@ def subscriber_chaos(seed: int, seconds: float) -> Figures:
                     key = rng.choice(alive)
                     before = _blocked_ns(rings[key])
                     os.kill(procs[key].pid, signal.SIGKILL)
+                    procs[key].join(5)  # dead, not dying: its locks are gone
                     victims.append((key, before, time.monotonic()))
                     path = os.path.join(SHM, _segment.ring_name(token, joined[key][0])[1:])
                     watch.append((path, victims[-1][2]))
@@ -205,7 +210,9 @@ def subscriber_chaos(seed: int, seconds: float) -> Figures:
         finally:
             stop_emitting.set()
             emitter.join(30)
-            watcher.join(5)
+    stop_watching.set()  # after close(), which reaps whoever died at the very end
+    watcher.join(5)
+    assert not watch, f"seed {seed}: killed subscribers never reaped: {watch}"
     # The emitter closed: the survivors drain and report.
     for proc in procs.values():
         proc.join(30)
