@@ -79,7 +79,7 @@ def _emit_until_killed(name: str, ready, progress, go) -> None:
 
 def test_when_the_emitter_dies_subscribers_get_every_returned_event_then_end(procs):
     ctx = helpers.context()
-    ready, go, progress = ctx.Queue(), ctx.Queue(), ctx.Value("q", 0)
+    ready, go, progress = ctx.Queue(), ctx.Queue(), ctx.Value("q", 0, lock=False)
     emitter = procs(_emit_until_killed, "doomed", ready, progress, go)
     ready.get(timeout=10)
     sub = shmbus.subscribe("doomed")

@@ -110,7 +110,9 @@ def subscriber_chaos(seed: int, seconds: float) -> Figures:
     rng = random.Random(seed)
     name = f"chaos-{seed}"
     figures = Figures()
-    out = CTX.Queue()
+    # One queue per subscriber: a process SIGKILLed while writing to a shared queue would
+    # leave its lock (an ownerless semaphore) held, and every other writer stuck.
+    outs: dict[int, Any] = {}
     procs: dict[int, Any] = {}
     joined: dict[int, tuple[int, float, float]] = {}
     rings: dict[int, Any] = {}
@@ -122,33 +124,36 @@ def subscriber_chaos(seed: int, seconds: float) -> Figures:
         def start(key: int) -> None:
             delay = rng.choice([0.0, 0.0, 0.0001, 0.001])
             stop_after = rng.choice([None, None, None, rng.randrange(1, 3000)])
-            proc = CTX.Process(target=_subscriber, args=(name, key, delay, stop_after, out),
-                               daemon=True)
+            outs[key] = CTX.Queue()
+            proc = CTX.Process(target=_subscriber, daemon=True,
+                               args=(name, key, delay, stop_after, outs[key]))
             proc.start()
             procs[key] = proc
 
-        def note_joins(block: bool) -> None:
-            while True:
+        def take(msg: tuple) -> None:
+            if msg[0] == "joined":
+                _, key, sub_id, called, returned = msg
+                joined[key] = (sub_id, called, returned)
                 try:
-                    msg = out.get(timeout=5 if block else 0)
-                except Exception:
-                    return
-                if msg[0] == "joined":
-                    _, key, sub_id, called, returned = msg
-                    joined[key] = (sub_id, called, returned)
+                    rings[key] = _segment.open_segment(_segment.ring_name(token, sub_id))
+                except posix_ipc.ExistentialError:
+                    pass  # it read its fill and closed already
+            else:
+                reports.append(msg)
+
+        def note_messages() -> None:
+            for key, queue in outs.items():
+                while key not in killed:  # a killed writer may have left half a message
                     try:
-                        rings[key] = _segment.open_segment(_segment.ring_name(token, sub_id))
-                    except posix_ipc.ExistentialError:
-                        pass  # it read its fill and closed already
-                    if block:
-                        return
-                else:
-                    reports.append(msg)
+                        take(queue.get_nowait())
+                    except Exception:
+                        break
 
         reports: list[tuple] = []
+        killed: set[int] = set()
         for key in range(4):
             start(key)
-            note_joins(block=True)
+            take(outs[key].get(timeout=10))
         stop_emitting = threading.Event()
 
         def emit_loop() -> None:
@@ -185,7 +190,7 @@ def subscriber_chaos(seed: int, seconds: float) -> Figures:
         try:
             while time.monotonic() < deadline:
                 time.sleep(rng.uniform(0.01, 0.15))
-                note_joins(block=False)
+                note_messages()
                 alive = [k for k, p in procs.items() if p.is_alive() and k in rings]
                 action = rng.choice(["kill", "kill", "stop", "join", "join"])
                 if action == "join" or not alive:
@@ -196,6 +201,7 @@ def subscriber_chaos(seed: int, seconds: float) -> Figures:
                     key = rng.choice(alive)
                     before = _blocked_ns(rings[key])
                     os.kill(procs[key].pid, signal.SIGKILL)
+                    killed.add(key)
                     procs[key].join(5)  # dead, not dying: its locks are gone
                     victims.append((key, before, time.monotonic()))
                     path = os.path.join(SHM, _segment.ring_name(token, joined[key][0])[1:])
@@ -216,13 +222,7 @@ def subscriber_chaos(seed: int, seconds: float) -> Figures:
     # The emitter closed: the survivors drain and report.
     for proc in procs.values():
         proc.join(30)
-    note_joins(block=False)
-    while True:
-        try:
-            msg = out.get(timeout=0.5)
-        except Exception:
-            break
-        reports.append(msg) if msg[0] == "done" else None
+    note_messages()
     figures.events = len(emits)
     try:
         _check_subscribers(seed, emits, joined, reports, procs, victims)
@@ -292,7 +292,9 @@ def emitter_chaos(seed: int, rounds: int) -> Figures:
     figures = Figures()
     for r in range(rounds):
         name = f"doomed-{seed}-{r}"
-        out, progress = CTX.Queue(), CTX.Value("q", 0)
+        # lock=False: a multiprocessing lock is an ownerless semaphore, and the emitter is
+        # SIGKILLed; it would leave the lock held and the driver stuck reading the value.
+        out, progress = CTX.Queue(), CTX.Value("q", 0, lock=False)
         emitter = CTX.Process(target=_doomed_emitter, daemon=True,
                               args=(name, 2, rng.choice([1, 4, 64]), progress))
         emitter.start()
@@ -316,6 +318,7 @@ def emitter_chaos(seed: int, rounds: int) -> Figures:
                     p.kill()
                 p.join(5)
         figures.kills += 1
+        figures.events += returned
         for _, key, first, last, count, in_order, reason, ended in reports:
             assert in_order and (count == 0 or first == 0), (
                 f"seed {seed} round {r}: subscriber {key} stream broken")
@@ -323,7 +326,6 @@ def emitter_chaos(seed: int, rounds: int) -> Figures:
                 f"seed {seed} round {r}: subscriber {key} got {count} events, but {returned} "
                 "emits had returned")
             assert reason == "emitter died", f"seed {seed} round {r}: ended as {reason}"
-            figures.events += count
             figures.worst_death_detection = max(figures.worst_death_detection,
                                                 ended - killed_at)
         assert figures.worst_death_detection < 1.0, (

@@ -1,0 +1,29 @@
+"""The control block: a corrupt, truncated or foreign one is refused with a clear error."""
+
+from __future__ import annotations
+
+import pytest
+
+import shmbus
+from shmbus import _control, _segment
+from tests import helpers
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"x" * 16, "control block is 16 bytes"),                              # truncated
+    (b"\x00" * _control.SIZE, "not a shmbus bus"),                         # garbage
+    (_control.MAGIC + b"\x02\x00\x00\x00" + bytes(_control.SIZE - 12),     # another version
+     "layout version 2"),
+])
+def test_subscribers_refuse_a_bad_control_block(content, message):
+    with shmbus.EventEmitter("ctl") as em:
+        name = _segment.control_name(helpers.token_of(em))
+        _segment.unlink_segment(name)  # the emitter keeps its own mapping
+        bad = _segment.create_segment(name, len(content))
+        bad[:] = content
+        bad.close()
+        with pytest.raises(shmbus.IncompatibleBus, match=message):
+            shmbus.subscribe("ctl")
+    assert helpers.objects_of(helpers.token_of(em)) == []  # close removed the bad one too
