@@ -153,8 +153,8 @@ class Registry:
             if old is not None and is_alive(self.emitter_path(old)):
                 raise BusExists(
                     f"bus {name!r} is held by a live emitter (pid "
-                    f"{self.read_record(self.emitter_path(old)).get('pid', '?')}); close "
-                    "it first or pick another name"
+                    f"{self._pid_of(self.emitter_path(old))}); close it first or pick "
+                    "another name"
                 )
             token, life, control = self._new_instance(name, record, slot_size,
                                                       default_capacity)
@@ -342,6 +342,12 @@ class Registry:
                 control.buf.close()
 
     # -- records --------------------------------------------------------------------
+
+    def _pid_of(self, path: str) -> str:
+        try:
+            return str(self.read_record(path).get("pid", "?"))
+        except ShmBusError:
+            return "? (its record is unreadable)"
 
     @staticmethod
     def read_record(path: str) -> dict[str, Any]:

@@ -209,3 +209,11 @@ def test_a_squatted_ring_name_is_skipped_and_left_alone():
         finally:
             squatter.close()
             _segment.unlink_semaphore(_segment.data_sem_name(token, 0))
+
+
+def test_a_live_name_with_a_corrupt_record_is_still_bus_exists():
+    with shmbus.EventEmitter("scrawled") as em:
+        with open(em._registry.emitter_path(helpers.token_of(em)), "r+b") as f:
+            f.write(b"\xff\xfe garbage")
+        with pytest.raises(shmbus.BusExists, match="unreadable"):
+            shmbus.EventEmitter("scrawled")
