@@ -177,20 +177,23 @@ class EventEmitter:
             return
         self._closing = True
         with self._lock:
+            # Every step may be repeated: a close() interrupted halfway is finished by the
+            # next call, or by the one at interpreter exit.
             if self._closed:
                 return
+            if not self._control.buf.closed:
+                self._control.mark_closed()
+                self._refresh()  # rings that joined since the last emit hear the end too
+                self._drop_departed()  # the dead are removed now, not by the last one out
+                _ring_all(self._outlets.values())
+                for outlet in self._outlets.values():
+                    outlet.ring.detach()
+                self._outlets.clear()
+                self._registry.release_name(self._name, self._token)
+                self._registry.finish_emitter(self._token, self._life)
+                self._control.buf.close()
             self._closed = True
             _open_emitters.discard(self)
-            self._control.mark_closed()
-            self._refresh()  # rings that joined since the last emit hear the end too
-            self._drop_departed()  # and the dead are removed now, not by the last one out
-            _ring_all(self._outlets.values())
-            for outlet in self._outlets.values():
-                outlet.ring.detach()
-            self._outlets.clear()
-            self._registry.release_name(self._name, self._token)
-            self._registry.finish_emitter(self._token, self._life)
-            self._control.buf.close()
 
     def __enter__(self) -> "EventEmitter":
         return self
@@ -307,9 +310,12 @@ class EventEmitter:
     # -- membership ---------------------------------------------------------------------
 
     def _refresh(self) -> None:
-        with self._registry.bus_mutex(self._token):
-            generation = self._control.generation
-            ids = set(self._registry.subscriber_ids(self._token))
+        # No mutex: emit must not wait on a joiner that may be stopped mid-join. A ring
+        # listed before it is complete fails to attach and is skipped; its joiner bumps
+        # `generation` once it is complete, read here before listing, so the next emit
+        # looks again.
+        generation = self._control.generation
+        ids = set(self._registry.subscriber_ids(self._token))
         for sub_id in set(self._outlets) - ids:
             self._drop(self._outlets[sub_id])
         for sub_id in sorted(ids - set(self._outlets)):

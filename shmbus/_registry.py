@@ -28,8 +28,11 @@ memory or semaphores.
   emitter or subscription runs one). Taking the lock makes that process the only
   cleaner.
 
-Membership changes (join, leave, reap, remove) happen under the instance mutex; name
-changes and whole-instance removal under the mutex of the root directory.
+Membership changes (join, leave, reap) happen under the instance mutex; name changes,
+bus creation and whole-instance removal under the mutex of the root directory (then the
+instance's), so a sweep never mistakes a bus being created for an abandoned one. The
+emitter reads membership without any mutex (see `EventEmitter._refresh`), so a process
+stopped inside a critical section cannot stall `emit`.
 """
 
 from __future__ import annotations
@@ -247,9 +250,10 @@ class Registry:
                 life.release()
                 if control is not None:
                     control.bump_generation()
-                self._remove_bus_if_abandoned(token)
         except FileNotFoundError:
             life.release()
+            return
+        self.remove_bus_if_abandoned(token)
 
     # -- membership and reaping -----------------------------------------------------
 
@@ -273,11 +277,11 @@ class Registry:
                 _unlink(path)
                 if control is not None:
                     control.bump_generation()
-                self._remove_bus_if_abandoned(token)
         except FileNotFoundError:
             pass
         finally:
             life.release()
+        self.remove_bus_if_abandoned(token)
         return True
 
     def live_subscribers(self, token: str, control: ControlBlock | None) -> list[int]:
@@ -286,15 +290,22 @@ class Registry:
 
     def finish_emitter(self, token: str, life: LifeLock) -> None:
         """A closing emitter lets go; the bus goes now if nobody is left to drain it."""
-        try:
-            with self.bus_mutex(token):
-                life.release()
-                self._remove_bus_if_abandoned(token)
-        except FileNotFoundError:
-            life.release()
+        life.release()
+        self.remove_bus_if_abandoned(token)
 
-    def _remove_bus_if_abandoned(self, token: str) -> bool:
-        """Under the bus mutex: remove the instance if no live process belongs to it."""
+    def remove_bus_if_abandoned(self, token: str) -> bool:
+        """Remove the instance if no live process belongs to it; True if it is gone.
+
+        Under the root mutex, which a bus's creator holds until its record and control
+        block exist: a half-created bus is never mistaken for an abandoned one.
+        """
+        try:
+            with self.root_mutex(), self.bus_mutex(token):
+                return self._remove_abandoned_locked(token)
+        except FileNotFoundError:
+            return True
+
+    def _remove_abandoned_locked(self, token: str) -> bool:
         if is_alive(self.emitter_path(token)):
             return False
         for sub_id in self.subscriber_ids(token):
@@ -330,11 +341,7 @@ class Registry:
             for sub_id in self.subscriber_ids(token):
                 if self.reap_if_dead(token, sub_id, control):
                     cleaned.subscribers.append(f"{token}/sub.{sub_id}")
-            try:
-                with self.bus_mutex(token):
-                    self._remove_bus_if_abandoned(token)
-            except FileNotFoundError:
-                pass
+            self.remove_bus_if_abandoned(token)
             if not os.path.isdir(self.bus_dir(token)):
                 cleaned.buses.append(token)  # by the line above, or by the last reap
         finally:
@@ -386,8 +393,8 @@ def _remove_shared_objects(token: str) -> None:
 def _attach_control_quietly(token: str) -> ControlBlock | None:
     try:
         buf = _segment.open_segment(_segment.control_name(token))
-    except (posix_ipc.ExistentialError, posix_ipc.PermissionsError):
-        return None  # gone, or another user's: nothing of ours to read
+    except (posix_ipc.ExistentialError, posix_ipc.PermissionsError, ValueError):
+        return None  # gone, another user's, or not yet sized: nothing of ours to read
     try:
         return ControlBlock.attach(buf, token)
     except ShmBusError:

@@ -149,7 +149,10 @@ class Ring:
         return cls(sub_id, buf, data, space, names)
 
     def detach(self) -> None:
-        """Close this process's handles; the shared objects stay for their owner."""
+        """Close this process's handles; the shared objects stay for their owner.
+
+        The mapping goes last: callers test `buf.closed` to know whether this ran.
+        """
         for sem in (self.data, self.space):
             try:
                 sem.close()

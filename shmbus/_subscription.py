@@ -28,6 +28,7 @@ event. Either way the caller sees each event exactly once.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import threading
 import time
@@ -35,6 +36,8 @@ import weakref
 from collections.abc import Iterator
 from enum import Enum
 from typing import Any
+
+import posix_ipc
 
 from . import _blob, _codec, _liveness, _ring
 from ._control import ControlBlock
@@ -190,17 +193,22 @@ class Subscription:
             return
         self._closing = True
         with self._lock:  # a recv blocked in another thread leaves within one slice
+            # Every step may be repeated: a close() interrupted halfway is finished by the
+            # next call, or by the one at interpreter exit.
             if self._closed:
                 return
-            self._closed = True
-            _open_subscriptions.discard(self)
             if self._end is None:
                 self._end = EndReason.UNSUBSCRIBED
-            self._ring.mark_sub_closed()
-            self._ring.space.release()
-            self._ring.detach()
-            self._registry.leave(self._token, self._sub_id, self._life, self._control)
-            self._control.buf.close()
+            if not self._ring.buf.closed:
+                self._ring.mark_sub_closed()
+                with contextlib.suppress(posix_ipc.Error):  # closed by an earlier try
+                    self._ring.space.release()  # an emitter blocked on this ring moves on
+                self._ring.detach()
+            if not self._control.buf.closed:
+                self._registry.leave(self._token, self._sub_id, self._life, self._control)
+                self._control.buf.close()
+            self._closed = True
+            _open_subscriptions.discard(self)
 
     def __enter__(self) -> "Subscription":
         return self
@@ -227,7 +235,8 @@ class Subscription:
             raise Timeout(f"another thread is receiving from {self._name!r}")
         try:
             self._check_usable()
-            if self._parked is not None and self._parked_was_consumed():
+            parked = self._parked  # another thread may take it from under us
+            if parked is not None and self._parked_was_consumed(parked):
                 return
             seq = self._await_event(deadline)
             self._parked = self._read(seq)
@@ -310,11 +319,11 @@ class Subscription:
             return _Outcome(seq, None, exc)
         return _Outcome(seq, value, None)
 
-    def _parked_was_consumed(self) -> bool:
+    def _parked_was_consumed(self, parked: _Outcome) -> bool:
         # After an interruption: did `tail` move past the parked event before it landed?
-        assert self._parked is not None and self._start is not None
+        assert self._start is not None
         self._tail = self._ring.tail
-        if self._start + self._tail > self._parked.seq:
+        if self._start + self._tail > parked.seq:
             return True
         self._parked = None
         return False

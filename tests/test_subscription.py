@@ -267,3 +267,23 @@ def test_closing_a_subscription_ends_a_recv_blocked_in_another_thread():
         assert not thread.is_alive() and len(outcome) == 1
         assert sub.end_reason is shmbus.EndReason.UNSUBSCRIBED
         assert em.emit("nobody") == 0
+
+
+def test_a_close_interrupted_halfway_is_finished_by_the_next_one(monkeypatch):
+    em = shmbus.EventEmitter("resume")
+    sub = em.subscribe()
+    token = helpers.token_of(em)
+    for owner, step in ((sub, "leave"), (em, "finish_emitter")):
+        real = getattr(owner._registry, step)
+
+        def interrupted(*args, **kwargs):
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(owner._registry, step, interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            owner.close()
+        assert not owner.closed
+        monkeypatch.setattr(owner._registry, step, real)
+        owner.close()
+        assert owner.closed
+    assert helpers.objects_of(token) == []
