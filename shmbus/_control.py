@@ -15,7 +15,7 @@ A small segment `/sb_<token>` that the emitter creates and every subscriber maps
                                           subscriber joins or leaves
     40      next_sub_id   joiners         id for the next subscriber (under the mutex)
     48      blob_limit    emitter         every large-event segment has an index below it
-    56      events, bytes emitter         totals, for statistics
+    56      events, bytes emitter         reserved for statistics (not written yet)
 
 `committed` is the bus's linearization point: an event exists for subscribers exactly
 when `committed` has moved past its sequence number, and it moves in one 8-byte store.

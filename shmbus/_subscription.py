@@ -5,7 +5,7 @@
 `subscribe(name)` registers a subscriber and creates its ring, both owned by the calling
 process, and returns at once; the emitter adopts the ring on its next `emit` (it notices
 the control block's `generation` moved), so the subscription receives every event
-emitted after `subscribe()` returned, and none before.
+whose `emit` begins after `subscribe()` returned, and none that finished before.
 
 `recv` takes a doorbell token from the ring's `data` semaphore, one slice at a time, and
 reads event `start_seq + tail` once the control block's `committed` has passed it. When
@@ -74,7 +74,7 @@ class _Outcome:
 def subscribe(name: str, *, capacity: int | None = None) -> "Subscription":
     """Subscribe to the bus called `name` from any process of the same user.
 
-    The subscription receives every event emitted after this returns. `capacity` is the
+    The subscription receives every event whose `emit` begins after this returns. `capacity` is the
     number of events its ring holds before the emitter blocks (default: the emitter's).
     Raises `BusNotFound` if no live bus has that name.
     """
