@@ -52,8 +52,6 @@ _DEFAULT_CAPACITY = 28
 _GENERATION = 32
 _NEXT_SUB_ID = 40
 _BLOB_LIMIT = 48
-_EVENTS = 56
-_BYTES = 64
 
 
 class ControlBlock:
@@ -135,12 +133,3 @@ class ControlBlock:
 
     def raise_blob_limit(self, limit: int) -> None:
         _U64.pack_into(self.buf, _BLOB_LIMIT, limit)
-
-    def count(self, events: int, nbytes: int) -> None:
-        e, b = struct.unpack_from("<QQ", self.buf, _EVENTS)
-        struct.pack_into("<QQ", self.buf, _EVENTS, e + events, b + nbytes)
-
-    @property
-    def totals(self) -> tuple[int, int]:
-        e, b = struct.unpack_from("<QQ", self.buf, _EVENTS)
-        return int(e), int(b)

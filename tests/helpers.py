@@ -6,6 +6,7 @@ import contextlib
 import os
 import shutil
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any, Callable
@@ -79,9 +80,8 @@ def subscribe_and_hold(name: str, ready: Any, capacity: int | None = None) -> No
 
     sub = shmbus.subscribe(name, capacity=capacity)
     ready.put(sub.id)
-    while True:
+    while sub:  # holds the subscription until the test kills this process
         time.sleep(1)
-    sub.close()  # pragma: no cover
 
 
 def token_of(emitter: Any) -> str:
@@ -114,3 +114,25 @@ def interrupts_inside_shmbus(every: float) -> Iterator[_Interrupts]:
     finally:
         signal.setitimer(signal.ITIMER_PROF, 0, 0)
         signal.signal(signal.SIGPROF, previous)
+
+
+def closed_while_blocked(blocking_call: Callable[[], Any], close: Callable[[], Any],
+                         after: float = 0.2) -> list[BaseException]:
+    """Block in `blocking_call` on a thread, `close()` from here: what the call raised."""
+    import shmbus
+
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            blocking_call()
+        except shmbus.Closed as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    time.sleep(after)
+    close()
+    thread.join(2)
+    assert not thread.is_alive(), "the blocked call did not end after close()"
+    return raised

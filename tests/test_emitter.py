@@ -171,19 +171,7 @@ def test_close_raises_closed_in_a_blocked_emit_and_later_emits():
     em = shmbus.EventEmitter("closing")
     sub = em.subscribe(capacity=1)
     em.emit(1)
-    errors = []
-
-    def blocked() -> None:
-        try:
-            em.emit(2)
-        except shmbus.Closed as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=blocked)
-    thread.start()
-    time.sleep(0.2)
-    em.close()
-    thread.join(5)
+    errors = helpers.closed_while_blocked(lambda: em.emit(2), em.close)
     assert len(errors) == 1
     with pytest.raises(shmbus.Closed):
         em.emit(3)

@@ -251,20 +251,8 @@ def test_subscribing_to_a_closed_bus_is_bus_not_found():
 def test_closing_a_subscription_ends_a_recv_blocked_in_another_thread():
     with shmbus.EventEmitter("closerecv") as em:
         sub = em.subscribe()
-        outcome = []
-
-        def blocked() -> None:
-            try:
-                sub.recv()
-            except shmbus.Closed as exc:
-                outcome.append(exc)
-
-        thread = threading.Thread(target=blocked)
-        thread.start()
-        time.sleep(0.2)
-        sub.close()
-        thread.join(2)
-        assert not thread.is_alive() and len(outcome) == 1
+        outcome = helpers.closed_while_blocked(sub.recv, sub.close)
+        assert len(outcome) == 1
         assert sub.end_reason is shmbus.EndReason.UNSUBSCRIBED
         assert em.emit("nobody") == 0
 
