@@ -22,6 +22,7 @@ than its buffer blocks forever). Here an event may be as large as memory allows.
 
 from __future__ import annotations
 
+import mmap
 from collections import deque
 from typing import Any
 
@@ -45,23 +46,20 @@ class BlobStore:
     def put(self, seq: int, payload: bytes) -> int:
         """Write `payload` for event `seq` into a fresh segment; its index."""
         index = self._free.pop() if self._free else self._grow()
+        # Tracked before it exists: if anything interrupts what follows, the segment is
+        # still freed by `reclaim` once the rings pass `seq`, instead of outliving them.
+        self._outstanding.append((seq, index))
         name = _segment.blob_name(self._token, index)
         try:
-            try:
-                mapping = _segment.create_segment(name, len(payload))
-            except posix_ipc.ExistentialError:
-                # Left by an emit interrupted before its event was committed: no
-                # subscriber can refer to it, and the name is this emitter's own.
-                _segment.unlink_segment(name)
-                mapping = _segment.create_segment(name, len(payload))
+            mapping = _create_replacing_stale(name, len(payload))
         except BaseException:
+            self._outstanding.remove((seq, index))
             self._free.append(index)
             raise
         try:
             mapping[:] = payload
         finally:
             mapping.close()
-        self._outstanding.append((seq, index))
         return index
 
     def discard(self, index: int) -> None:
@@ -87,6 +85,16 @@ class BlobStore:
         self._limit += 1
         self._control.raise_blob_limit(self._limit)
         return index
+
+
+def _create_replacing_stale(name: str, size: int) -> "mmap.mmap":
+    try:
+        return _segment.create_segment(name, size)
+    except posix_ipc.ExistentialError:
+        # Left by an emit interrupted before its event was committed: no subscriber can
+        # refer to it, and the name is this emitter's own.
+        _segment.unlink_segment(name)
+        return _segment.create_segment(name, size)
 
 
 def load(token: str, index: int, length: int) -> Any:
