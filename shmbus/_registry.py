@@ -266,7 +266,11 @@ class Registry:
         return sorted(ids)
 
     def reap_if_dead(self, token: str, sub_id: int, control: ControlBlock | None) -> bool:
-        """Remove subscriber `sub_id` if its process is dead; True if it is gone."""
+        """Remove subscriber `sub_id` if its process is dead; True if it is gone.
+
+        It never removes the bus: its callers are the live emitter (the bus is not
+        abandoned) and `_sweep_bus`, which checks once after reaping them all.
+        """
         path = self.sub_path(token, sub_id)
         life = LifeLock.take_if_dead(path)
         if life is None:
@@ -281,7 +285,6 @@ class Registry:
             pass
         finally:
             life.release()
-        self.remove_bus_if_abandoned(token)
         return True
 
     def live_subscribers(self, token: str, control: ControlBlock | None) -> list[int]:
