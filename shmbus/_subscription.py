@@ -46,6 +46,8 @@ from ._liveness import LifeLock, is_alive
 from ._registry import Registry, validate_name
 from ._wait import Waiter, acquire_by, deadline_after, expired, slice_until, waiter_from_env
 
+REMOTE_SCHEME = "nats://"
+
 _open_subscriptions: "weakref.WeakSet[Subscription]" = weakref.WeakSet()
 
 
@@ -77,7 +79,14 @@ def subscribe(name: str, *, capacity: int | None = None) -> "Subscription":
     The subscription receives every event whose `emit` begins after this returns. `capacity` is the
     number of events its ring holds before the emitter blocks (default: the emitter's).
     Raises `BusNotFound` if no live bus has that name.
+
+    `name` may also be `nats://host:port/NAME`: the stream of bus NAME that a bridge
+    (`shmbus bridge`) publishes to NATS JetStream, read from any host; see `_remote`.
     """
+    if name.startswith(REMOTE_SCHEME):
+        from ._remote import subscribe_remote
+
+        return subscribe_remote(name, capacity=capacity)  # type: ignore[return-value]
     return Subscription._join(Registry(), name, capacity)
 
 
