@@ -27,6 +27,7 @@ from ._errors import (
     Timeout,
 )
 from ._registry import Cleaned, cleanup
+from ._stats import BusStats, SubscriberStats, buses, stats
 from ._subscription import EndReason, Subscription, subscribe
 
 
@@ -36,6 +37,7 @@ __all__ = [
     "DEFAULT_CAPACITY",
     "BusExists",
     "BusNotFound",
+    "BusStats",
     "Cleaned",
     "Closed",
     "DeserializationError",
@@ -46,8 +48,11 @@ __all__ = [
     "OutOfSharedMemory",
     "SerializationError",
     "ShmBusError",
+    "SubscriberStats",
     "Subscription",
     "Timeout",
+    "buses",
     "cleanup",
+    "stats",
     "subscribe",
 ]

@@ -15,7 +15,8 @@ A small segment `/sb_<token>` that the emitter creates and every subscriber maps
                                           subscriber joins or leaves
     40      next_sub_id   joiners         id for the next subscriber (under the mutex)
     48      blob_limit    emitter         every large-event segment has an index below it
-    56      events, bytes emitter         reserved for statistics (not written yet)
+    56      bytes         emitter         pickled bytes of every committed event: statistics
+    64      -             -               reserved
 
 `committed` is the bus's linearization point: an event exists for subscribers exactly
 when `committed` has moved past its sequence number, and it moves in one 8-byte store.
@@ -52,6 +53,7 @@ _DEFAULT_CAPACITY = 28
 _GENERATION = 32
 _NEXT_SUB_ID = 40
 _BLOB_LIMIT = 48
+_BYTES = 56
 
 
 class ControlBlock:
@@ -133,3 +135,10 @@ class ControlBlock:
 
     def raise_blob_limit(self, limit: int) -> None:
         _U64.pack_into(self.buf, _BLOB_LIMIT, limit)
+
+    @property
+    def bytes_emitted(self) -> int:
+        return int(_U64.unpack_from(self.buf, _BYTES)[0])
+
+    def set_bytes_emitted(self, total: int) -> None:
+        _U64.pack_into(self.buf, _BYTES, total)

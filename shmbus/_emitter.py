@@ -112,6 +112,7 @@ class EventEmitter:
         self._next_sweep = 0.0
         self._inline_max = _ring.SLOT_SIZE - _ring.SLOT_HEADER_SIZE
         self._blobs = BlobStore(self._token, self._control)
+        self._bytes_emitted = 0
         self._closing = False
         self._closed = False
         _open_emitters.add(self)
@@ -249,6 +250,8 @@ class EventEmitter:
                 for outlet in outlets:
                     outlet.ring.write_blob_ref(seq, blob, len(payload))
             self._control.commit(seq + 1)
+            self._bytes_emitted += len(payload)
+            self._control.set_bytes_emitted(self._bytes_emitted)
             _ring_all(outlets)
         except BaseException:
             self._abort(seq, outlets, blob)

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import mmap
 import struct
+from typing import NamedTuple
 
 import posix_ipc
 
@@ -262,3 +263,40 @@ def _check_header(buf: mmap.mmap, name: str, slot_size: int) -> None:
             f"{name}: ring header says {capacity} slots of {found_slot} bytes in a "
             f"{len(buf)}-byte segment on a bus of {slot_size}-byte slots: corrupt."
         )
+
+
+class Figures(NamedTuple):
+    """What a ring's header says, read by someone who is neither of its two sides."""
+
+    capacity: int
+    adopted: bool
+    start_seq: int
+    tail: int
+    sub_closed: bool
+    blocked_ns: int
+
+
+def read_figures(token: str, sub_id: int) -> Figures | None:
+    """A snapshot of ring `sub_id`'s header, or None if it is gone or unreadable.
+
+    Maps only the segment, never the semaphores, and writes nothing: an observer cannot
+    disturb the stream.
+    """
+    name = _segment.ring_name(token, sub_id)
+    try:
+        buf = _segment.open_segment(name)
+    except (posix_ipc.ExistentialError, posix_ipc.PermissionsError, ValueError):
+        return None
+    try:
+        if len(buf) < HEADER_SIZE or _HEAD.unpack_from(buf, 0)[:2] != (MAGIC, LAYOUT_VERSION):
+            return None
+        return Figures(
+            capacity=int(_HEAD.unpack_from(buf, 0)[2]),
+            adopted=bool(_U32.unpack_from(buf, _ADOPTED)[0]),
+            start_seq=int(_U64.unpack_from(buf, _START_SEQ)[0]),
+            tail=int(_U64.unpack_from(buf, _TAIL)[0]),
+            sub_closed=bool(_U32.unpack_from(buf, _SUB_CLOSED)[0]),
+            blocked_ns=int(_U64.unpack_from(buf, _BLOCKED_NS)[0]),
+        )
+    finally:
+        buf.close()

@@ -1,0 +1,139 @@
+"""Live figures of a bus, readable from any process of its user.
+
+## Shape
+
+`stats(name)` and `buses()` read what the bus already keeps for itself: the control
+block's `committed` (events emitted) and byte total, each ring's header (`tail` is the
+events its subscriber consumed; `start_seq` + `tail` against `committed` is how full it
+is; `blocked_ns` is how long the emitter has waited on it), and the registry's records
+(pids) and life locks (who is alive). Nothing is written and no semaphore is touched,
+so watching a bus cannot slow it down or change what anyone receives.
+
+A snapshot is not atomic: the figures are read one after another while the bus runs,
+so a ring's fill may be off by the events emitted during the read. That is the price of
+reading without a lock, which is the only way to read without disturbing.
+
+## Why not counters kept by a monitoring process
+
+A daemon would have to be started, would see only what is sent to it, and could die.
+The bus's own words are always there and always true.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import _ring
+from ._errors import BusNotFound, IncompatibleBus
+from ._liveness import is_alive
+from ._registry import Registry, _attach_control_quietly, validate_name
+
+
+@dataclass(frozen=True)
+class SubscriberStats:
+    """One subscriber's figures at the moment of reading."""
+
+    id: int
+    pid: int | None
+    """None if its record could not be read (it is joining or leaving)."""
+    alive: bool
+    capacity: int
+    fill: int
+    """Events emitted to it that it has not consumed yet: at `capacity`, emit blocks."""
+    delivered: int
+    """Events it has consumed."""
+    blocked_seconds: float
+    """Total time the emitter has spent waiting for room in its ring."""
+
+
+@dataclass(frozen=True)
+class BusStats:
+    """A bus's figures at the moment of reading."""
+
+    name: str
+    token: str
+    emitter_pid: int | None
+    emitter_alive: bool
+    closed: bool
+    capacity: int
+    """The ring capacity a subscriber gets unless it asks for its own."""
+    emitted: int
+    """Events whose `emit` completed (committed), over the life of the bus."""
+    bytes_emitted: int
+    """Pickled bytes of those events (each counted once, whatever the subscribers)."""
+    subscribers: tuple[SubscriberStats, ...]
+
+    @property
+    def blocked_seconds(self) -> float:
+        """How long the emitter has waited on all subscribers together."""
+        return sum(s.blocked_seconds for s in self.subscribers)
+
+
+def stats(name: str, *, root: str | None = None) -> BusStats:
+    """The live figures of the bus called `name`. Raises `BusNotFound` if there is none."""
+    validate_name(name)
+    registry = Registry(root)
+    token = registry.resolve(name)
+    figures = _read_bus(registry, name, token) if token is not None else None
+    if figures is None:
+        raise BusNotFound(
+            f"no bus named {name!r} in {registry.root} (list them with `shmbus ls`)"
+        )
+    return figures
+
+
+def buses(*, root: str | None = None) -> list[BusStats]:
+    """The live figures of every bus of this user, by name."""
+    registry = Registry(root)
+    found = (_read_bus(registry, name, token) for name, token in registry.names())
+    return [figures for figures in found if figures is not None]
+
+
+def _read_bus(registry: Registry, name: str, token: str) -> BusStats | None:
+    control = _attach_control_quietly(token)
+    if control is None:
+        return None  # removed, or not ours
+    try:
+        emitted = control.committed
+        bus = BusStats(
+            name=name,
+            token=token,
+            emitter_pid=_pid(registry, registry.emitter_path(token)),
+            emitter_alive=is_alive(registry.emitter_path(token)),
+            closed=control.closed,
+            capacity=control.default_capacity,
+            emitted=emitted,
+            bytes_emitted=control.bytes_emitted,
+            subscribers=tuple(_read_subscribers(registry, token, emitted)),
+        )
+    finally:
+        control.buf.close()
+    return bus
+
+
+def _read_subscribers(registry: Registry, token: str, emitted: int) -> list[SubscriberStats]:
+    found = []
+    for sub_id in registry.subscriber_ids(token):
+        ring = _ring.read_figures(token, sub_id)
+        if ring is None:
+            continue  # joining or just gone
+        path = registry.sub_path(token, sub_id)
+        consumed_up_to = ring.start_seq + ring.tail
+        found.append(SubscriberStats(
+            id=sub_id,
+            pid=_pid(registry, path),
+            alive=is_alive(path),
+            capacity=ring.capacity,
+            fill=max(0, emitted - consumed_up_to) if ring.adopted else 0,
+            delivered=ring.tail,
+            blocked_seconds=ring.blocked_ns / 1e9,
+        ))
+    return found
+
+
+def _pid(registry: Registry, path: str) -> int | None:
+    try:
+        pid = registry.read_record(path).get("pid")
+    except (IncompatibleBus, OSError):
+        return None
+    return pid if isinstance(pid, int) and pid > 0 else None
