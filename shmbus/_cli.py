@@ -1,92 +1,76 @@
-"""The `shmbus` command: a demo that shows the bus doing its job, and a cleaner.
+"""The `shmbus` command (also `python -m shmbus`): watch, follow, clean, demo, bench, bridge.
 
 ## Shape
 
+    shmbus ls [NAME] [--json]        buses and subscribers with their live figures
+    shmbus tail NAME [-n N] [--json] print a bus's events as they come, like `tail -f`
+    shmbus top [--interval S] [--once | --iterations N]
+                                     a live view: who is holding the emitter back
+    shmbus gc                        remove what dead buses and subscribers left behind
     shmbus demo [--subscribers N] [--events M] [--capacity C] [--slow-ms S]
-    shmbus gc
+                                     fan numbered events out, check they all arrive
+    shmbus bench [--systems ...] [--workloads ...] [--subscribers ...] [--runs R]
+                 [--quick] [--json PATH]
+                                     the benchmark suite of a source checkout
+    shmbus bridge NAME --nats URL [--stream S]
+                                     publish a bus's events to NATS JetStream
 
-`demo` is the README's main job, end to end: this process creates a bus and emits M
-numbered events; N worker processes each subscribe and check that they see every number,
-in order. Worker 0 sleeps S ms per event, so its ring fills and `emit` blocks on it: the
-progress bar advances at the slow worker's pace, which is backpressure made visible. Each
-worker reports what it saw through a queue, and the exit status is 0 only if every worker
-received every event in order.
+- `ls` and `top` read each bus's shared memory read-only (`shmbus.buses()`), so
+  watching cannot slow a bus down (`_cli_figures`). `ls --json` prints the same figures
+  as `dataclasses.asdict(BusStats)`.
+- `tail` is an ordinary subscriber: it sees the events emitted after it subscribed, and
+  while it runs the emitter waits for it like for any other. It prints a str event as
+  it is and anything else as its repr, one per line; `--json` prints one JSON document
+  per line, and the repr as a JSON string for an object JSON cannot represent. When the
+  bus closes it says so on stderr and exits 0; if the emitter died, 1.
+- `gc` runs `shmbus.cleanup()` and says what it removed.
+- `demo` is the README's main job end to end (`_cli_demo`).
+- `bench` imports `benchmarks/run.py` from the source checkout this package was
+  imported from (`_cli_bench`): the benchmarks are not part of the installed package.
+- `bridge` runs `shmbus._bridge.run_bridge`, imported only then, because it needs
+  nats-py, an optional extra.
 
-`gc` runs `shmbus.cleanup()` and says what it removed.
+## Failures
 
-## Why the demo is shaped this way
+Commands raise; `main` alone reports. Foreseeable failures (any `ShmBusError`, a bad
+value's `ValueError`, an `OSError` such as a registry directory you may not write, a
+command's own `CommandFailed`) print one red line on stderr and exit 1, never a
+traceback. argparse's usage errors exit 2, Ctrl-C exits 130, and a closed pipe
+(`shmbus tail x | head`) exits 141 without a word, as other tools do.
 
-- Workers are module-level functions that are given only the bus name and subscribe
-  themselves, so they work under "spawn" and "forkserver" as well as "fork": a
-  subscription is owned by the process that made it and cannot be handed to a child.
-- The emitter waits until every worker has subscribed before it emits, because a
-  subscription receives only events emitted after `subscribe()` returned.
-- Ctrl-C is the parent's business. Workers ignore SIGINT (the terminal sends it to the
-  whole process group) and are stopped by the parent, so that each one closes its own
-  subscription and no traceback from a child lands on the user's terminal. Teardown
-  always runs: the emitter is closed, workers are joined, terminated or killed, and a
-  sweep removes whatever a killed worker left in /dev/shm.
+## Why argparse and rich, and not click or typer
 
-Foreseeable failures (any `ShmBusError`, a bad argument's `ValueError`, a demo that cannot
-start) print one red line on stderr and exit 1; Ctrl-C exits 130; argparse's own usage
-errors exit 2.
+argparse is in the standard library and its usage errors are already what users expect;
+rich is a dependency anyway (tables, progress bars, the live view). Output is plain
+text when stdout is not a terminal, so everything can be piped and grepped.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import math
+import json
 import os
-import queue
-import signal
 import sys
-import threading
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, TextIO
 
-import multiprocess
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
 from rich.table import Table
-from rich.text import Text
 
 import shmbus
-from shmbus._registry import default_root
+from shmbus._registry import DIR_ENV, default_root
 
-SUBSCRIBE_TIMEOUT = 30.0
-"""How long the demo waits for its workers to subscribe. Starting a worker under "spawn"
-takes a fresh interpreter and imports; on a loaded 2-core machine that is seconds."""
-
-REPORT_GRACE = 10.0
-"""After the bus closes, how long the workers get to drain their rings and report, on top
-of what the slow worker needs to sleep through a full ring."""
-
-STOP_GRACE = 3.0
-"""How long a worker asked to stop (SIGTERM) gets to close its subscription before it is
-killed."""
-
-MAX_SUBSCRIBERS = 64
-"""Each subscriber is a process; past this the demo shows process start-up, not the bus."""
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_INTERRUPTED = 130
-
-
-class DemoFailed(Exception):
-    """The demo could not run (a worker never subscribed); not a bug in shmbus."""
+from . import _cli_bench, _cli_demo, _cli_figures
+from ._cli_common import (
+    EXIT_BROKEN_PIPE,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    CommandFailed,
+    at_least,
+    error_line,
+    notice_line,
+    plural,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,53 +85,32 @@ def main(argv: list[str] | None = None) -> int:
         return status
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
-    except (shmbus.ShmBusError, ValueError, DemoFailed) as exc:
-        _error(str(exc))
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+    except (shmbus.ShmBusError, ValueError, CommandFailed) as exc:
+        error_line(str(exc))
         return EXIT_FAILED
-
-
-# -- arguments ------------------------------------------------------------------------
+    except OSError as exc:
+        error_line(_describe_os_error(exc))
+        return EXIT_FAILED
 
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="shmbus", description="A multi-process, shared-memory event bus."
+        prog="shmbus", description="A multi-process, shared-memory event bus.",
+        epilog=f"Buses are found through the registry directory ${DIR_ENV} "
+        f"(now {default_root()}).",
     )
     parser.add_argument("--version", action="version", version=f"shmbus {shmbus.__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
-
-    demo = commands.add_parser(
-        "demo",
-        help="emit numbered events to subscriber processes and check they all arrive in order",
-        description="One emitter in this process fans numbered events out to N subscriber "
-        "processes; subscriber 0 is slow, so emit is throttled to its pace (backpressure). "
-        "Exits 0 only if every subscriber received every event in order.",
-    )
-    demo.add_argument("--subscribers", type=int, default=3, metavar="N",
-                      help="subscriber processes to start (default: 3)")
-    demo.add_argument("--events", type=int, default=2000, metavar="M",
-                      help="events to emit (default: 2000)")
-    demo.add_argument("--capacity", type=int, default=64, metavar="C",
-                      help="ring slots per subscriber (default: 64)")
-    demo.add_argument("--slow-ms", type=float, default=1.0, metavar="S",
-                      help="milliseconds subscriber 0 sleeps per event (default: 1.0)")
-    demo.add_argument("--start-method", choices=multiprocess.get_all_start_methods(),
-                      default=_default_start_method(),
-                      help="how worker processes are started (default: %(default)s)")
-    demo.set_defaults(command=_run_demo)
-
-    gc = commands.add_parser(
-        "gc", help="remove what dead buses and subscribers left behind",
-        description="Remove the shared memory, semaphores and registry entries of buses "
-        "and subscribers whose processes died. Live buses are never touched.",
-    )
-    gc.set_defaults(command=_run_gc)
+    _cli_figures.add_commands(commands)
+    _add_tail(commands)
+    _add_gc(commands)
+    _cli_demo.add_command(commands)
+    _cli_bench.add_command(commands)
+    _add_bridge(commands)
     return parser
-
-
-def _default_start_method() -> str:
-    # fork is the cheapest on Linux; elsewhere forking a process with threads is unsafe.
-    return "fork" if sys.platform.startswith("linux") else "spawn"
 
 
 def _status_of(exc: SystemExit) -> int:
@@ -156,309 +119,113 @@ def _status_of(exc: SystemExit) -> int:
     return exc.code if isinstance(exc.code, int) else EXIT_FAILED
 
 
-@dataclass(frozen=True)
-class DemoSettings:
-    subscribers: int
-    events: int
-    capacity: int
-    slow_ms: float
-    start_method: str
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "DemoSettings":
-        """The demo's settings, or ValueError naming the option that is out of range."""
-        if not 1 <= args.subscribers <= MAX_SUBSCRIBERS:
-            raise ValueError(
-                f"--subscribers must be between 1 and {MAX_SUBSCRIBERS}, got {args.subscribers}"
-            )
-        if args.events < 0:
-            raise ValueError(f"--events must be 0 or more, got {args.events}")
-        if not (math.isfinite(args.slow_ms) and args.slow_ms >= 0):
-            raise ValueError(f"--slow-ms must be a finite number >= 0, got {args.slow_ms}")
-        # --capacity is checked by EventEmitter itself, which knows the platform's limit.
-        return cls(args.subscribers, args.events, args.capacity, args.slow_ms,
-                   args.start_method)
+def _describe_os_error(exc: OSError) -> str:
+    what = exc.strerror or str(exc)
+    if not isinstance(exc, PermissionError):
+        return f"{what}: {exc.filename}" if exc.filename else what
+    root = os.path.abspath(default_root())
+    hint = f"point {DIR_ENV} at a directory of your own that you can write"
+    if exc.filename is None or os.path.abspath(exc.filename) == root:
+        return f"{what} on the registry directory {root} (${DIR_ENV}): {hint}"
+    return f"{what}: {exc.filename} (the registry is {root}, ${DIR_ENV}): {hint}"
 
 
-# -- demo: the worker side ----------------------------------------------------------
+def _silence_stdout() -> None:
+    # The reader is gone; without this the interpreter's final flush of stdout raises
+    # BrokenPipeError again and prints "Exception ignored" on the way out.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
-@dataclass
-class WorkerReport:
-    """What one subscriber process saw, sent back to the demo through a queue."""
-
-    index: int
-    pid: int
-    received: int = 0
-    first_disorder: str | None = None
-    error: str | None = None
-    end: str | None = None
-
-    @property
-    def in_order(self) -> bool:
-        return self.first_disorder is None
+# -- tail -----------------------------------------------------------------------------
 
 
-class _Stopped(Exception):
-    """Raised in a worker by SIGTERM: the demo is tearing down early."""
-
-
-def _stop_on_sigterm(signum: int, frame: Any) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # once is enough; a second one kills
-    raise _Stopped()
-
-
-def _subscriber_worker(bus_name: str, index: int, delay: float, reports: Any) -> None:
-    """A demo subscriber: receive until the bus closes, checking order; report back."""
-    # The terminal's Ctrl-C reaches every process in the group; the parent decides.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # An exception, unlike the default SIGTERM death, lets `with` close the subscription.
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
-    report = WorkerReport(index=index, pid=os.getpid())
-    try:
-        with shmbus.subscribe(bus_name) as sub:
-            for event in sub:
-                _check_order(report, event)
-                if delay:
-                    time.sleep(delay)
-            end = sub.end_reason
-            report.end = end.value if end is not None else None
-    except _Stopped:
-        report.error = "stopped before the bus closed"
-    except Exception as exc:
-        report.error = f"{type(exc).__name__}: {exc}"
-    finally:
-        # Only the subscription needed the exception. A SIGTERM from here on (the
-        # parent gave up waiting) must not land a traceback inside the queue's thread.
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        reports.put(report)
-
-
-def _check_order(report: WorkerReport, event: Any) -> None:
-    expected = report.received
-    report.received += 1
-    seq = event.get("seq") if isinstance(event, dict) else None
-    if seq != expected and report.first_disorder is None:
-        report.first_disorder = f"event {expected} had seq {seq!r}"
-
-
-# -- demo: the emitter side ---------------------------------------------------------
-
-
-def _run_demo(args: argparse.Namespace) -> int:
-    settings = DemoSettings.from_args(args)
-    out = Console(highlight=False)
-    context = multiprocess.get_context(settings.start_method)
-    reports = context.Queue()
-    workers: list[Any] = []
-    emitter = shmbus.EventEmitter(capacity=settings.capacity)
-    finished = False
-    try:
-        workers = _start_workers(context, emitter.name, settings, reports)
-        _await_subscribers(emitter, workers, reports, SUBSCRIBE_TIMEOUT)
-        started = time.perf_counter()
-        _emit_all(emitter, settings.events, out)
-        emitted = time.perf_counter() - started
-        emitter.close()  # the end of the stream: every worker drains its ring and reports
-        drain = REPORT_GRACE + settings.capacity * settings.slow_ms / 1000
-        received = _collect_reports(reports, workers, drain)
-        delivered = time.perf_counter() - started
-        finished = True
-    finally:
-        with _sigint_ignored():  # a second Ctrl-C must not strand the teardown
-            emitter.close()
-            _stop_workers(workers, grace=REPORT_GRACE if finished else 0.0)
-    ok = _print_summary(out, settings, workers, received, emitted, delivered)
-    return EXIT_OK if ok else EXIT_FAILED
-
-
-def _start_workers(context: Any, bus_name: str, settings: DemoSettings,
-                   reports: Any) -> list[Any]:
-    workers = []
-    # Started with SIGINT ignored, the children inherit that (through exec too, for
-    # spawn), so a Ctrl-C during their start-up cannot print a child's traceback.
-    with _sigint_ignored():
-        for index in range(settings.subscribers):
-            delay = settings.slow_ms / 1000 if index == 0 else 0.0
-            worker = context.Process(
-                target=_subscriber_worker, args=(bus_name, index, delay, reports),
-                name=f"shmbus-demo-subscriber-{index}", daemon=True,
-            )
-            worker.start()
-            workers.append(worker)
-    return workers
-
-
-def _await_subscribers(emitter: shmbus.EventEmitter, workers: list[Any], reports: Any,
-                       timeout: float) -> None:
-    """Return once every worker has subscribed; DemoFailed if one dies or time runs out."""
-    deadline = time.monotonic() + timeout
-    while emitter.subscriber_count < len(workers):
-        for index, worker in enumerate(workers):
-            if not worker.is_alive():
-                reason = _reason_from(reports) or _exit_phrase(worker.exitcode)
-                raise DemoFailed(
-                    f"subscriber {index} could not subscribe to bus {emitter.name!r}: {reason}"
-                )
-        if time.monotonic() >= deadline:
-            raise DemoFailed(
-                f"only {emitter.subscriber_count} of {len(workers)} subscribers had "
-                f"subscribed to bus {emitter.name!r} after {timeout:.0f} s; is the machine "
-                "overloaded?"
-            )
-        time.sleep(0.02)
-
-
-def _reason_from(reports: Any) -> str | None:
-    # A worker that failed to subscribe reported why before it exited; one that died
-    # outright reported nothing.
-    try:
-        report = reports.get(timeout=1.0)
-    except queue.Empty:
-        return None
-    error: str | None = report.error
-    return error
-
-
-def _emit_all(emitter: shmbus.EventEmitter, count: int, out: Console) -> None:
-    # Advancing the bar per event would cost more than the emit itself when nobody is
-    # slow; a few hundred steps are as smooth as the eye can see.
-    step = max(1, count // 500)
-    with Progress(
-        TextColumn("emitting"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
-        _RateColumn(), TimeElapsedColumn(), console=out,
-    ) as progress:
-        task = progress.add_task("emit", total=count)
-        for seq in range(count):
-            emitter.emit({"seq": seq, "payload": f"event {seq}"})
-            if (seq + 1) % step == 0:
-                progress.update(task, completed=seq + 1)
-        progress.update(task, completed=count)
-
-
-class _RateColumn(ProgressColumn):
-    """Events per second: rich's own speed column assumes bytes."""
-
-    def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text(f"{speed:,.0f} events/s" if speed else "", style="progress.data.speed")
-
-
-def _collect_reports(reports: Any, workers: list[Any], timeout: float
-                     ) -> dict[int, WorkerReport]:
-    """Every worker's report, or as many as arrive before the deadline."""
-    received: dict[int, WorkerReport] = {}
-    deadline = time.monotonic() + timeout
-    while len(received) < len(workers) and time.monotonic() < deadline:
-        try:
-            report = reports.get(timeout=0.2)
-        except queue.Empty:
-            # A worker that exited has flushed its report already: none is coming.
-            if all(not w.is_alive() for i, w in enumerate(workers) if i not in received):
-                break
-            continue
-        received[report.index] = report
-    return received
-
-
-def _stop_workers(workers: list[Any], grace: float) -> None:
-    """Join every worker; terminate, then kill, those that outstay `grace`."""
-    deadline = time.monotonic() + grace
-    for worker in workers:
-        worker.join(max(0.0, deadline - time.monotonic()))
-    lingering = [w for w in workers if w.is_alive()]
-    for worker in lingering:
-        worker.terminate()
-    for worker in lingering:
-        worker.join(STOP_GRACE)
-    killed = [w for w in lingering if w.is_alive()]
-    for worker in killed:
-        worker.kill()
-        worker.join()
-    if lingering:
-        # A worker stopped mid-way may not have removed its ring; its flock died with it,
-        # so the sweep can tell it is dead and remove what it left.
-        shmbus.cleanup()
-
-
-@contextlib.contextmanager
-def _sigint_ignored() -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread():
-        yield  # only the main thread may set handlers; nor does it get SIGINT then
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def _print_summary(out: Console, settings: DemoSettings, workers: list[Any],
-                   received: dict[int, WorkerReport], emitted: float,
-                   delivered: float) -> bool:
-    """Print the per-subscriber table and totals; whether every subscriber was perfect."""
-    table = Table(title="Subscribers", title_justify="left")
-    table.add_column("#", justify="right", no_wrap=True)
-    table.add_column("pid", justify="right", no_wrap=True)
-    table.add_column("pace", no_wrap=True)
-    table.add_column("result")
-    all_ok = True
-    for index, worker in enumerate(workers):
-        report = received.get(index)
-        ok, result = _describe(report, worker, settings.events)
-        all_ok = all_ok and ok
-        pace = f"slow, {settings.slow_ms:g} ms/event" if index == 0 and settings.slow_ms else "fast"
-        pid = str(report.pid if report else worker.pid)
-        table.add_row(str(index), pid, pace, Text(result, style="green" if ok else "red"))
-    out.print(table)
-    rate = settings.events / delivered if delivered > 0 else 0.0
-    out.print(
-        f"{settings.events} events to {len(workers)} subscribers: emitted in {emitted:.2f} s, "
-        f"all delivered in {delivered:.2f} s ({rate:,.0f} events/s)",
-        soft_wrap=True,
+def _add_tail(commands: Any) -> None:
+    tail = commands.add_parser(
+        "tail", help="print a bus's events as they come, like tail -f",
+        description="Subscribe to bus NAME and print every event emitted from now on, one "
+        "per line (a str as it is, anything else as its repr), until the bus closes or "
+        "Ctrl-C. This is a real subscriber: the emitter waits for it like for any other.",
     )
-    if all_ok:
-        out.print("[green]OK[/]: every subscriber received every event, in order")
-    else:
-        out.print("[red]FAILED[/]: not every subscriber received every event in order")
-    return all_ok
+    tail.add_argument("name", metavar="NAME", help="the bus to follow")
+    tail.add_argument("-n", "--count", type=int, default=None, metavar="N",
+                      help="exit after N events")
+    tail.add_argument("--json", action="store_true",
+                      help="one JSON document per line (the repr, as a string, for an "
+                      "event JSON cannot represent)")
+    tail.add_argument("--capacity", type=int, default=None, metavar="C",
+                      help="ring slots for this subscriber (default: the bus's)")
+    tail.set_defaults(command=_run_tail)
 
 
-def _describe(report: WorkerReport | None, worker: Any, expected: int) -> tuple[bool, str]:
-    """Whether one subscriber got everything in order, and a phrase saying what it got."""
-    if report is None:
-        return False, f"no report: {_exit_phrase(worker.exitcode)}"
-    got = f"received {report.received} of {expected}"
-    if report.error is not None:
-        return False, f"{got}, then {report.error}"
-    if not report.in_order:
-        return False, f"{got}, out of order: {report.first_disorder}"
-    if report.end != shmbus.EndReason.CLOSED.value:
-        return False, f"{got}, stream ended: {report.end}"
-    if report.received != expected:
-        return False, f"{got}, some missing"
-    return True, f"{got}, in order"
+def _run_tail(args: argparse.Namespace) -> int:
+    limit = at_least("--count", args.count, 1) if args.count is not None else None
+    line_of = _json_line if args.json else _text_line
+    with shmbus.subscribe(args.name, capacity=args.capacity) as sub:
+        printed = _follow(sub, line_of, limit, sys.stdout)
+        end = sub.end_reason
+    if limit is not None and printed >= limit:
+        return EXIT_OK
+    if end is shmbus.EndReason.EMITTER_DIED:
+        error_line(f"the emitter of bus {args.name!r} died after {plural(printed, 'event', 'events')} "
+                   "here; every event it finished emitting was printed")
+        return EXIT_FAILED
+    notice_line(f"bus {args.name!r} closed after {plural(printed, 'event', 'events')}")
+    return EXIT_OK
 
 
-def _exit_phrase(code: int | None) -> str:
-    if code is None:
-        return "worker still running"
-    if code < 0:  # multiprocessing's way of saying "killed by signal -code"
+def _follow(sub: Any, line_of: Any, limit: int | None, out: TextIO) -> int:
+    """Print events until the stream ends or `limit` is reached; how many were taken."""
+    taken = 0
+    while limit is None or taken < limit:
         try:
-            return f"worker killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"worker killed by signal {-code}"
-    return f"worker exited with status {code}"
+            event = sub.recv()
+        except shmbus.DeserializationError as exc:
+            # Consumed, but not readable here (its class is not importable, say):
+            # say so and go on, as the library itself does.
+            notice_line(f"event not shown: {exc}")
+            taken += 1
+            continue
+        except shmbus.Closed:
+            break
+        out.write(line_of(event) + "\n")
+        out.flush()  # a follower is read by a person or a pipe now, not at exit
+        taken += 1
+    return taken
+
+
+def _text_line(event: Any) -> str:
+    return event if isinstance(event, str) else repr(event)
+
+
+def _json_line(event: Any) -> str:
+    try:
+        # allow_nan=False: NaN is not JSON, and jq and most parsers reject it.
+        return json.dumps(event, allow_nan=False, ensure_ascii=False)
+    except (TypeError, ValueError):
+        # Not representable as a whole (a set, a custom object, a tuple key): the repr
+        # is the only faithful rendering that keeps the line valid JSON.
+        return json.dumps(repr(event), ensure_ascii=False)
 
 
 # -- gc -------------------------------------------------------------------------------
+
+
+def _add_gc(commands: Any) -> None:
+    gc = commands.add_parser(
+        "gc", help="remove what dead buses and subscribers left behind",
+        description="Remove the shared memory, semaphores and registry entries of buses "
+        "and subscribers whose processes died. Live buses are never touched.",
+    )
+    gc.set_defaults(command=_run_gc)
 
 
 def _run_gc(args: argparse.Namespace) -> int:
     out = Console(highlight=False)
     cleaned = shmbus.cleanup()
     if not cleaned:
-        out.print(f"nothing to remove (registry {default_root()})")
+        out.print(f"nothing to remove (registry {default_root()})", markup=False)
         return EXIT_OK
     table = Table(title=f"Removed from {default_root()}", title_justify="left")
     table.add_column("kind", no_wrap=True)
@@ -469,24 +236,50 @@ def _run_gc(args: argparse.Namespace) -> int:
             table.add_row(kind, entry)
     out.print(table)
     out.print(
-        f"removed {_count(cleaned.buses, 'bus', 'buses')}, "
-        f"{_count(cleaned.subscribers, 'subscriber', 'subscribers')} and "
-        f"{_count(cleaned.names, 'stale name', 'stale names')}"
+        f"removed {plural(len(cleaned.buses), 'bus', 'buses')}, "
+        f"{plural(len(cleaned.subscribers), 'subscriber', 'subscribers')} and "
+        f"{plural(len(cleaned.names), 'stale name', 'stale names')}",
+        markup=False,
     )
     return EXIT_OK
 
 
-def _count(items: list[str], one: str, many: str) -> str:
-    return f"{len(items)} {one if len(items) == 1 else many}"
+# -- bridge ---------------------------------------------------------------------------
 
 
-# -- output ---------------------------------------------------------------------------
-
-
-def _error(message: str) -> None:
-    # markup=False: messages quote bus names and paths, which may hold '[' ']'.
-    # soft_wrap: one line however narrow the terminal, so it greps and pastes whole.
-    Console(stderr=True, highlight=False).print(
-        f"shmbus: error: {message}", style="bold red", markup=False, soft_wrap=True
+def _add_bridge(commands: Any) -> None:
+    bridge = commands.add_parser(
+        "bridge", help="publish a bus's events to a NATS JetStream stream",
+        description="Subscribe to bus NAME and publish every event to NATS JetStream, "
+        "until the bus closes or Ctrl-C; other hosts read it with "
+        "shmbus.subscribe('nats://host:port/NAME'). Needs nats-py: "
+        "pip install 'shmbus[nats]'.",
     )
+    bridge.add_argument("name", metavar="NAME", help="the bus to bridge")
+    bridge.add_argument("--nats", required=True, metavar="URL",
+                        help="the NATS server, e.g. nats://127.0.0.1:4222")
+    bridge.add_argument("--stream", default=None, metavar="S",
+                        help="the JetStream stream to publish to (default: the bridge's)")
+    bridge.set_defaults(command=_run_bridge)
 
+
+def _run_bridge(args: argparse.Namespace) -> int:
+    try:
+        from ._bridge import run_bridge
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not exc.name.startswith("nats"):
+            raise
+        raise CommandFailed(
+            "shmbus bridge needs nats-py, which is not installed: "
+            "pip install 'shmbus[nats]'"
+        ) from None
+    out = Console(highlight=False)
+    where = f"{args.nats}" + (f" (stream {args.stream})" if args.stream else "")
+
+    def ready() -> None:
+        out.print(f"bridging bus {args.name!r} to {where}; Ctrl-C to stop", markup=False)
+
+    published = run_bridge(args.name, args.nats, stream=args.stream, on_ready=ready)
+    out.print(f"bus {args.name!r} closed: published "
+              f"{plural(published, 'event', 'events')} to {where}", markup=False)
+    return EXIT_OK
