@@ -51,3 +51,17 @@ class IncompatibleBus(ShmBusError):
 
 class OutOfSharedMemory(ShmBusError, MemoryError):
     """The shared-memory filesystem has no room for a ring or a large event."""
+
+
+class WorkerError(ShmBusError):
+    """A `WorkerPool` worker failed in a way its own exception cannot tell.
+
+    It died without reporting (SIGKILL, the OOM killer), was stopped by a signal, or its
+    handler raised an exception that could not be re-created here. Also the `__cause__` of
+    a re-created handler exception. `remote_traceback` is the worker's traceback text, if
+    there was one.
+    """
+
+    def __init__(self, message: str, remote_traceback: str | None = None) -> None:
+        super().__init__(message)
+        self.remote_traceback = remote_traceback
