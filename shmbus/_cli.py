@@ -48,6 +48,7 @@ text when stdout is not a terminal, so everything can be piped and grepped.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -162,6 +163,10 @@ def _add_tail(commands: Any) -> None:
 def _run_tail(args: argparse.Namespace) -> int:
     limit = at_least("--count", args.count, 1) if args.count is not None else None
     line_of = _json_line if args.json else _text_line
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        # An event's text may hold characters the terminal's encoding lacks; one event
+        # must not end the stream.
+        sys.stdout.reconfigure(errors="backslashreplace")
     with shmbus.subscribe(args.name, capacity=args.capacity) as sub:
         printed = _follow(sub, line_of, limit, sys.stdout)
         end = sub.end_reason

@@ -5,9 +5,11 @@
 The suite lives in `benchmarks/run.py` next to the `shmbus` package of a source checkout;
 it is not installed with the package (it needs the peers it compares against, and its
 results belong to the repository). `bench` finds it from where `shmbus` was imported,
-puts the checkout on `sys.path` and imports `benchmarks.run`, then calls its
-`run_suite` with a progress callback that advances a rich progress bar by one
-measurement, and prints the harness's own table (`print_table`).
+puts the checkout on `sys.path` and imports `benchmarks.run`. `count_measurements`
+sizes a rich progress bar, `run_suite` calls back before each measurement, which moves
+the bar, and `print_table` prints the suite's own tables. Measurements that failed
+(lost or reordered events, a stall, a crash) have no figure: the rest is still printed
+(and saved with `--json`), then one error line and exit status 1.
 
 ## Why not run `python benchmarks/run.py` in a subprocess
 
@@ -57,6 +59,9 @@ def add_command(commands: Any) -> None:
                        help="runs per measurement (default: the suite's)")
     bench.add_argument("--quick", action="store_true",
                        help="few events and one run: a smoke test, not a measurement")
+    bench.add_argument("--no-latency", action="store_true", help="skip the latency runs")
+    bench.add_argument("--no-growth", action="store_true",
+                       help="skip the long runs that measure memory growth")
     bench.add_argument("--json", default=None, metavar="PATH", dest="json_path",
                        help="also write the results as JSON to PATH")
     bench.set_defaults(command=run_bench)
@@ -78,35 +83,59 @@ def load_suite(root: Path) -> ModuleType:
         )
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
-    return importlib.import_module("benchmarks.run")
+    try:
+        return importlib.import_module("benchmarks.run")
+    except ImportError as exc:
+        raise CommandFailed(
+            f"cannot import {folder / 'run.py'}: {exc}; install what the benchmarks need "
+            "with `pip install -e '.[bench]'`"
+        ) from None
 
 
 def run_bench(args: argparse.Namespace) -> int:
     options = _suite_options(args)
     suite = load_suite(checkout_root())
     out = Console(highlight=False)
-    total = suite.count_measurements(**options)
+    total = suite.count_measurements(**options)  # checks the options, before any bar
+    failed: Exception | None = None
     with Progress(
-        TextColumn("[progress.description]{task.description}"), BarColumn(),
-        MofNCompleteColumn(), TimeElapsedColumn(), console=out, transient=False,
+        TextColumn("{task.description}", markup=False), BarColumn(),
+        MofNCompleteColumn(), TimeElapsedColumn(), console=out,
     ) as progress:
         task = progress.add_task("starting", total=total)
+        started = 0
 
-        def advance(label: str) -> None:
-            progress.update(task, advance=1, description=label)
+        def starting(label: str) -> None:
+            # The suite announces a measurement before it runs it: the one before is done.
+            nonlocal started
+            progress.update(task, completed=started, description=label)
+            started += 1
 
-        results = suite.run_suite(**options, progress=advance)
-        progress.update(task, description="done")
+        try:
+            results = suite.run_suite(**options, progress=starting)
+        except suite.BenchmarkFailed as exc:  # the rest was measured: show it all
+            results, failed = exc.results, exc
+        progress.update(task, completed=total, description="done")
     suite.print_table(results, out)
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(results, indent=2) + "\n")
         out.print(f"results written to {args.json_path}", markup=False)
+    if failed is not None:
+        raise CommandFailed(_failure_line(results["failures"], total))
     return EXIT_OK
+
+
+def _failure_line(failures: list[dict[str, str]], total: int) -> str:
+    first = failures[0]
+    more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+    return (f"{len(failures)} of {total} measurements failed, so they have no figure; "
+            f"first: {first['measurement']}: {first['error']}{more}").replace("\n", " ")
 
 
 def _suite_options(args: argparse.Namespace) -> dict[str, Any]:
     """The keyword arguments of `run_suite` that the user set, checked."""
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = {"quick": args.quick, "latency": not args.no_latency,
+                               "growth": not args.no_growth}
     if args.systems:
         options["systems"] = args.systems
     if args.workloads:
@@ -115,6 +144,4 @@ def _suite_options(args: argparse.Namespace) -> dict[str, Any]:
         options["subscribers"] = [at_least("--subscribers", n, 1) for n in args.subscribers]
     if args.runs is not None:
         options["runs"] = at_least("--runs", args.runs, 1)
-    if args.quick:
-        options["quick"] = True
     return options

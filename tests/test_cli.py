@@ -621,3 +621,30 @@ def test_bench_outside_a_source_checkout_says_it_needs_one(tmp_path: Path,
 
     assert_one_error_line(result, "shmbus bench needs a source checkout")
     assert str(site / "benchmarks" / "run.py") in result.stderr
+
+
+BENCH_SMOKE = ["bench", "--quick", "--systems", "shmbus", "--workloads", "small",
+               "--subscribers", "1", "--no-latency", "--no-growth"]
+
+
+@pytest.mark.timeout(60)
+def test_bench_runs_the_checkouts_suite_with_a_progress_bar(tmp_path: Path,
+                                                            registry: Path) -> None:
+    saved = tmp_path / "results.json"
+
+    result = run_cli(registry, *BENCH_SMOKE, "--json", str(saved), cwd=REPO_ROOT)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "done" in result.stdout and "1/1" in result.stdout  # the bar, finished
+    assert "Throughput, small" in result.stdout
+    [throughput] = json.loads(saved.read_text())["throughput"]
+    assert (throughput["system"], throughput["subscribers"]) == ("shmbus", 1)
+    assert throughput["events_per_s"]["median"] > 0
+    assert_registry_empty(registry)
+
+
+@pytest.mark.timeout(60)
+def test_bench_with_an_unknown_system_is_one_error_line(registry: Path) -> None:
+    result = run_cli(registry, "bench", "--systems", "carrier-pigeon", cwd=REPO_ROOT)
+
+    assert_one_error_line(result, "unknown system(s) ['carrier-pigeon']")
