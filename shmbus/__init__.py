@@ -25,7 +25,9 @@ from ._errors import (
     SerializationError,
     ShmBusError,
     Timeout,
+    WorkerError,
 )
+from ._pool import WorkerPool, WorkerResult, worker_index
 from ._registry import Cleaned, cleanup
 from ._stats import BusStats, SubscriberStats, buses, stats
 from ._subscription import EndReason, Subscription, subscribe
@@ -51,8 +53,12 @@ __all__ = [
     "SubscriberStats",
     "Subscription",
     "Timeout",
+    "WorkerError",
+    "WorkerPool",
+    "WorkerResult",
     "buses",
     "cleanup",
     "stats",
     "subscribe",
+    "worker_index",
 ]

@@ -41,19 +41,20 @@ class BlobStore:
         self._control = control
         self._free: list[int] = []
         self._limit = 0
-        self._outstanding: deque[tuple[int, int]] = deque()  # (seq, index), seq ascending
+        self.outstanding: deque[tuple[int, int]] = deque()
+        """(seq, index) of every segment not freed yet, seq ascending; empty is falsy."""
 
     def put(self, seq: int, payload: bytes) -> int:
         """Write `payload` for event `seq` into a fresh segment; its index."""
         index = self._free.pop() if self._free else self._grow()
         # Tracked before it exists: if anything interrupts what follows, the segment is
         # still freed by `reclaim` once the rings pass `seq`, instead of outliving them.
-        self._outstanding.append((seq, index))
+        self.outstanding.append((seq, index))
         name = _segment.blob_name(self._token, index)
         try:
             mapping = _create_replacing_stale(name, len(payload))
         except BaseException:
-            self._outstanding.remove((seq, index))
+            self.outstanding.remove((seq, index))
             self._free.append(index)
             raise
         try:
@@ -64,21 +65,21 @@ class BlobStore:
 
     def discard(self, index: int) -> None:
         """Undo `put` for an event that was never committed."""
-        if self._outstanding and self._outstanding[-1][1] == index:
-            self._outstanding.pop()
+        # Not necessarily the last one put: a chunk of events may hold several, and an
+        # interrupted `put` may have left one behind them (freed later by `reclaim`).
+        for entry in reversed(self.outstanding):
+            if entry[1] == index:
+                self.outstanding.remove(entry)
+                break
         _segment.unlink_segment(_segment.blob_name(self._token, index))
         self._free.append(index)
 
     def reclaim(self, oldest_unread: int) -> None:
         """Free the segments of every event below `oldest_unread` (read by everyone)."""
-        while self._outstanding and self._outstanding[0][0] < oldest_unread:
-            _, index = self._outstanding.popleft()
+        while self.outstanding and self.outstanding[0][0] < oldest_unread:
+            _, index = self.outstanding.popleft()
             _segment.unlink_segment(_segment.blob_name(self._token, index))
             self._free.append(index)
-
-    @property
-    def pending(self) -> bool:
-        return bool(self._outstanding)
 
     def _grow(self) -> int:
         index = self._limit

@@ -38,16 +38,25 @@ import os
 import threading
 import time
 import weakref
-from collections import deque
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import posix_ipc
 
 from . import _codec, _liveness, _ring
+from ._control import BYTES_WORD, COMMITTED_WORD, GENERATION_WORD
 from ._blob import BlobStore
 from ._errors import Closed, ShmBusError, Timeout
 from ._registry import Registry, validate_name
-from ._wait import acquire_by, deadline_after, expired, slice_until, waiter_from_env
+from ._wait import (
+    acquire_by,
+    deadline_after,
+    expired,
+    post_each,
+    slice_until,
+    take_posted,
+    waiter_from_env,
+)
 
 DEFAULT_CAPACITY = 256
 """Slots per subscriber ring: `emit` blocks on the 257th event a subscriber has not read."""
@@ -58,8 +67,6 @@ whose ring still has room stops counting as a recipient within about this long."
 
 if TYPE_CHECKING:
     from ._subscription import Subscription
-
-_ring_doorbells = posix_ipc.Semaphore.release
 
 _open_emitters: "weakref.WeakSet[EventEmitter]" = weakref.WeakSet()
 
@@ -108,6 +115,8 @@ class EventEmitter:
         self._epoch = _liveness.fork_epoch
         self._lock = threading.RLock()
         self._outlets: dict[int, _Outlet] = {}
+        self._everyone: list[_Outlet] = []  # self._outlets' values, for the hot path
+        self._doorbells: list[posix_ipc.Semaphore] = []  # their `data` semaphores
         self._generation = -1
         self._next_sweep = 0.0
         self._inline_max = _ring.SLOT_SIZE - _ring.SLOT_HEADER_SIZE
@@ -146,12 +155,36 @@ class EventEmitter:
         event cannot be pickled, and `Closed` after `close()`.
         """
         payload = _codec.encode(event)
-        deadline = deadline_after(timeout)
+        deadline = None if timeout is None else deadline_after(timeout)
         self._enter(deadline)
         try:
-            return self._send(payload, deadline)
+            return self._send([payload], 0, deadline)[1]
         finally:
             self._lock.release()
+
+    def emit_many(self, events: Iterable[Any], *, timeout: float | None = None) -> int:
+        """Deliver every one of `events`, in order; how many were emitted.
+
+        The same as calling `emit` for each, with the same ordering and no-loss rules,
+        but markedly cheaper per event: the events are committed in chunks of up to a
+        quarter of the smallest ring, each chunk all-or-nothing like one `emit`. Every
+        event is pickled before any is sent, so a `SerializationError` sends nothing.
+        A `Timeout` (or an interruption) can land between chunks: then the events before
+        it were emitted and the rest were not, and `Timeout.emitted` says how many were.
+        """
+        payloads = [_codec.encode(event) for event in events]
+        deadline = deadline_after(timeout)
+        self._enter(deadline)
+        sent = 0
+        try:
+            while sent < len(payloads):
+                sent += self._send(payloads, sent, deadline)[0]
+        except Timeout as exc:
+            exc.emitted = sent
+            raise
+        finally:
+            self._lock.release()
+        return sent
 
     def subscribe(self, *, capacity: int | None = None) -> "Subscription":
         """A new subscription to this bus, owned by the calling process."""
@@ -186,13 +219,14 @@ class EventEmitter:
                 self._control.mark_closed()
                 self._refresh()  # rings that joined since the last emit hear the end too
                 self._drop_departed()  # the dead are removed now, not by the last one out
-                _ring_all(self._outlets.values())
+                _ring_all(list(self._outlets.values()), 1)
                 for outlet in self._outlets.values():
                     outlet.ring.detach()
                 self._outlets.clear()
+                self._list_outlets()
                 self._registry.release_name(self._name, self._token)
                 self._registry.finish_emitter(self._token, self._life)
-                self._control.buf.close()
+                self._control.close()
             self._closed = True
             _open_emitters.discard(self)
 
@@ -215,8 +249,9 @@ class EventEmitter:
     # -- emit, step by step -----------------------------------------------------------
 
     def _enter(self, deadline: float | None) -> None:
-        self._check_usable()
-        if not acquire_by(self._lock, deadline):
+        if self._closed or self._epoch != _liveness.fork_epoch:
+            self._check_usable()
+        if not (self._lock.acquire() if deadline is None else acquire_by(self._lock, deadline)):
             raise Timeout("emit timed out waiting for another thread's emit; nothing sent")
         if self._closed:
             self._lock.release()
@@ -232,54 +267,98 @@ class EventEmitter:
         if self._closed:
             raise Closed(f"bus {self._name!r} is closed")
 
-    def _send(self, payload: bytes, deadline: float | None) -> int:
-        if self._control.generation != self._generation or time.monotonic() >= self._next_sweep:
+    def _send(self, payloads: list[bytes], first: int, deadline: float | None
+              ) -> tuple[int, int]:
+        """Commit the next chunk of `payloads` from `first` on as consecutive events, all
+        or none; (events sent, subscribers reached)."""
+        words = self._control.words
+        if words[GENERATION_WORD] != self._generation or time.monotonic() >= self._next_sweep:
             self._refresh()
-        seq = self._control.committed  # the truth, even after an interrupted emit
-        if self._blobs.pending:
+        if first or len(payloads) > 1:
+            # Sized after `_refresh`: a chunk must fit in every ring, new ones included.
+            payloads = payloads[first : first + self._chunk_size()]
+        seq = words[COMMITTED_WORD]  # the truth, even after an interrupted emit
+        if self._blobs.outstanding:
             self._blobs.reclaim(min((o.oldest_unread() for o in self._outlets.values()),
                                     default=seq))
-        outlets = self._reserve(seq, deadline)
-        blob = None
+        count = len(payloads)
+        outlets = self._reserve(seq, count, deadline)
+        blobs: list[int] = []
         try:
-            if len(payload) <= self._inline_max:
-                for outlet in outlets:
-                    outlet.ring.write_inline(seq, payload)
-            elif outlets:
-                blob = self._blobs.put(seq, payload)
-                for outlet in outlets:
-                    outlet.ring.write_blob_ref(seq, blob, len(payload))
-            self._control.commit(seq + 1)
-            self._bytes_emitted += len(payload)
-            self._control.set_bytes_emitted(self._bytes_emitted)
-            _ring_all(outlets)
+            if outlets:
+                self._write(seq, payloads, outlets, blobs)
+            words[COMMITTED_WORD] = seq + count
+            self._bytes_emitted += len(payloads[0]) if count == 1 else sum(map(len, payloads))
+            words[BYTES_WORD] = self._bytes_emitted
+            post_each(self._doorbells if outlets is self._everyone else
+                      [o.ring.data for o in outlets], count)
         except BaseException:
-            self._abort(seq, outlets, blob)
+            self._abort(seq + count, outlets, count, blobs)
             raise
-        return len(outlets)
+        return count, len(outlets)
 
-    def _abort(self, seq: int, outlets: list[_Outlet], blob: int | None) -> None:
-        if self._control.committed == seq + 1:
-            _ring_all(outlets)  # may ring a bell twice: one spurious wake-up
+    def _write(self, seq: int, payloads: list[bytes], outlets: list[_Outlet],
+               blobs: list[int]) -> None:
+        for payload in payloads:
+            if len(payload) <= self._inline_max:
+                slot = _ring.inline_slot(seq, payload)
+            else:
+                blob = self._blobs.put(seq, payload)
+                blobs.append(blob)
+                slot = _ring.blob_slot(seq, blob, len(payload))
+            for outlet in outlets:
+                outlet.ring.write_slot(seq, slot)
+            seq += 1
+
+    def _abort(self, end: int, outlets: list[_Outlet], count: int, blobs: list[int]) -> None:
+        if self._control.committed == end:
+            _ring_all(outlets, count)  # may ring a bell twice: one spurious wake-up
         else:
-            _give_back_room(outlets)
-            if blob is not None:
+            _give_back_room(outlets, count)
+            for blob in reversed(blobs):
                 self._blobs.discard(blob)
 
-    def _reserve(self, seq: int, deadline: float | None) -> list[_Outlet]:
+    def _chunk_size(self) -> int:
+        smallest = min((o.capacity for o in self._outlets.values()), default=self._capacity)
+        return max(1, smallest // 4)
+
+    def _reserve(self, seq: int, count: int, deadline: float | None) -> list[_Outlet]:
+        """Room for events `seq` to `seq + count - 1` in every ring that still listens.
+
+        Returns `self._everyone` itself when every ring had room at once.
+        """
+        last = seq + count - 1
+        everyone = self._everyone
+        for outlet in everyone:
+            if last - outlet.start - outlet.known_tail >= outlet.capacity:
+                if not outlet.has_room(last):
+                    return self._reserve_waiting(last, count, deadline)
+        if count == 1:
+            for outlet in everyone:
+                try:
+                    outlet.ring.space.acquire(0)
+                except posix_ipc.BusyError:
+                    pass  # see take_posted
+        else:
+            for outlet in everyone:
+                take_posted(outlet.ring.space, count)
+        return everyone
+
+    def _reserve_waiting(self, last: int, count: int, deadline: float | None) -> list[_Outlet]:
         reserved: list[_Outlet] = []
         try:
             full = []
-            for outlet in self._outlets.values():
-                if _take_room_now(outlet, seq):
+            for outlet in self._everyone:
+                if outlet.has_room(last):
+                    take_posted(outlet.ring.space, count)
                     reserved.append(outlet)
                 else:
                     full.append(outlet)
             for outlet in full:
-                if self._await_room(outlet, seq, deadline):
+                if self._await_room(outlet, last, deadline):
                     reserved.append(outlet)
         except BaseException:
-            _give_back_room(reserved)
+            _give_back_room(reserved, count)
             raise
         return reserved
 
@@ -337,6 +416,7 @@ class EventEmitter:
         start = self._control.committed
         ring.adopt(start)
         self._outlets[sub_id] = _Outlet(ring, start)
+        self._list_outlets()
 
     def _drop_departed(self) -> None:
         # Every record is probed, not only adopted rings: a subscriber that died halfway
@@ -348,24 +428,20 @@ class EventEmitter:
 
     def _drop(self, outlet: _Outlet) -> None:
         if self._outlets.pop(outlet.sub_id, None) is not None:
+            self._list_outlets()
             outlet.ring.detach()
 
-
-def _take_room_now(outlet: _Outlet, seq: int) -> bool:
-    try:
-        outlet.ring.space.acquire(0)
-    except posix_ipc.BusyError:
-        return False
-    return outlet.has_room(seq)
+    def _list_outlets(self) -> None:
+        self._everyone = list(self._outlets.values())
+        self._doorbells = [outlet.ring.data for outlet in self._everyone]
 
 
-def _ring_all(outlets: Any) -> None:
-    # One C-level loop: a KeyboardInterrupt cannot land between two doorbells.
-    deque(map(_ring_doorbells, [o.ring.data for o in outlets]), maxlen=0)
+def _ring_all(outlets: list[_Outlet], count: int) -> None:
+    post_each([o.ring.data for o in outlets], count)
 
 
-def _give_back_room(outlets: list[_Outlet]) -> None:
-    deque(map(_ring_doorbells, [o.ring.space for o in outlets]), maxlen=0)
+def _give_back_room(outlets: list[_Outlet], count: int) -> None:
+    post_each([o.ring.space for o in outlets], count)
 
 
 def _generated_name() -> str:

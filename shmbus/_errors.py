@@ -18,7 +18,13 @@ class ShmBusError(Exception):
 
 
 class Timeout(ShmBusError, TimeoutError):
-    """A call did not complete within its `timeout`. Nothing was delivered or consumed."""
+    """A call did not complete within its `timeout`. Nothing was delivered or consumed.
+
+    Except by `emit_many`, which may have emitted the first events of its batch before
+    timing out: `emitted` says how many (it is None for every other call).
+    """
+
+    emitted: int | None = None
 
 
 class Closed(ShmBusError):

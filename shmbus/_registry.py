@@ -349,7 +349,7 @@ class Registry:
                 cleaned.buses.append(token)  # by the line above, or by the last reap
         finally:
             if control is not None:
-                control.buf.close()
+                control.close()
 
     # -- records --------------------------------------------------------------------
 
@@ -388,7 +388,7 @@ def _remove_shared_objects(token: str) -> None:
     control = _attach_control_quietly(token)
     if control is not None:
         limit = control.blob_limit
-        control.buf.close()
+        control.close()
         _blob.unlink_all(token, limit)
     _segment.unlink_segment(_segment.control_name(token))
 
@@ -396,7 +396,7 @@ def _remove_shared_objects(token: str) -> None:
 def _attach_control_quietly(token: str) -> ControlBlock | None:
     try:
         buf = _segment.open_segment(_segment.control_name(token))
-    except (posix_ipc.ExistentialError, posix_ipc.PermissionsError, ValueError):
+    except (posix_ipc.ExistentialError, posix_ipc.PermissionsError):
         return None  # gone, another user's, or not yet sized: nothing of ours to read
     try:
         return ControlBlock.attach(buf, token)

@@ -22,16 +22,21 @@ Event `seq` lives in slot `seq % capacity`. The ring holds events `start_seq + t
 ## Counters are the truth, semaphores are the doorbells
 
 `space` (emitter sleeps on it; starts at `capacity`) and `data` (subscriber sleeps on it)
-carry one token per slot freed and per event committed, and each side takes one token per
-event, so in the steady state they count exactly. But a side only ever acts on what the
-counters (`tail`, `committed`) say: a token without room or data is discarded as a
-spurious wake-up, and room or data found after a slice without a token is used anyway.
-So a token lost or doubled by an interruption (a `KeyboardInterrupt` can land between a
-semaphore call returning and the next bytecode) costs at most one slice of latency, and
-can never make the emitter overwrite a slot or the subscriber read one twice.
+get one token per slot freed and per event committed. Each side looks at the counters
+(`tail`, `committed`) first and acts only on what they say; it takes at most one token
+per event it handles, without waiting when the counters already say go, and sleeps on
+the semaphore only when they say wait. So a token posted late (after the counters moved)
+or doubled by an interruption (a `KeyboardInterrupt` can land between a semaphore call
+returning and the next bytecode) is a spurious wake-up, and one lost costs at most one
+slice of latency: neither can make the emitter overwrite a slot or the subscriber read
+one twice. The tokens never pile up either, since no side posts more than one per event.
 
-The token taken before reading is also what orders memory: `sem_post` publishes the
-slot written before it, and a successful `sem_wait` sees it.
+Memory order: the emitter writes a slot before it stores `committed`, and a subscriber
+reads `committed` before the slot; the subscriber writes `tail` after reading the slot,
+and the emitter reads `tail` before overwriting it. Each counter is one aligned 8-byte
+access. x86-64's ordering (TSO) keeps these in program order; on ARM64 they rely on the
+semaphore operations in between, which do not cover every path (see the README's
+platform notes).
 """
 
 from __future__ import annotations
@@ -71,6 +76,7 @@ _START_SEQ = 24
 _TAIL = 32
 _SUB_CLOSED = 40
 _BLOCKED_NS = 48
+TAIL_WORD = _TAIL // 8
 
 
 def validate_capacity(capacity: object) -> int:
@@ -97,6 +103,8 @@ class Ring:
         magic, version, capacity, slot_size = _HEAD.unpack_from(buf, 0)
         self.sub_id = sub_id
         self.buf = buf
+        # Header counters as aligned machine words, as in the control block.
+        self.words = memoryview(buf)[:HEADER_SIZE].cast("Q")
         self.data = data
         self.space = space
         self.names = names
@@ -159,6 +167,7 @@ class Ring:
                 sem.close()
             except posix_ipc.Error:
                 pass
+        self.words.release()
         try:
             self.buf.close()
         except BufferError:
@@ -180,10 +189,10 @@ class Ring:
 
     @property
     def tail(self) -> int:
-        return int(_U64.unpack_from(self.buf, _TAIL)[0])
+        return self.words[TAIL_WORD]
 
     def set_tail(self, tail: int) -> None:
-        _U64.pack_into(self.buf, _TAIL, tail)
+        self.words[TAIL_WORD] = tail
 
     @property
     def sub_closed(self) -> bool:
@@ -201,16 +210,10 @@ class Ring:
 
     # -- slots --------------------------------------------------------------------------
 
-    def write_inline(self, seq: int, payload: bytes) -> None:
+    def write_slot(self, seq: int, slot: bytes) -> None:
+        """Put a slot made by `inline_slot` or `blob_slot` where event `seq` belongs."""
         off = HEADER_SIZE + (seq % self.capacity) * self.slot_size
-        _SLOT.pack_into(self.buf, off, seq, KIND_INLINE, len(payload))
-        start = off + SLOT_HEADER_SIZE
-        self.buf[start : start + len(payload)] = payload
-
-    def write_blob_ref(self, seq: int, index: int, length: int) -> None:
-        off = HEADER_SIZE + (seq % self.capacity) * self.slot_size
-        _SLOT.pack_into(self.buf, off, seq, KIND_BLOB, _BLOB_REF.size)
-        _BLOB_REF.pack_into(self.buf, off + SLOT_HEADER_SIZE, index, length)
+        self.buf[off : off + len(slot)] = slot
 
     def read(self, seq: int) -> tuple[int, bytes]:
         """(kind, payload) of event `seq`: inline pickle bytes, or a packed blob ref."""
@@ -224,6 +227,19 @@ class Ring:
             )
         start = off + SLOT_HEADER_SIZE
         return kind, self.buf[start : start + length]
+
+
+def inline_slot(seq: int, payload: bytes) -> bytes:
+    """Event `seq` as one ring slot holding its pickle (at most `slot_size - 16` bytes).
+
+    Built once per event and copied into each ring with one slice assignment.
+    """
+    return _SLOT.pack(seq, KIND_INLINE, len(payload)) + payload
+
+
+def blob_slot(seq: int, index: int, length: int) -> bytes:
+    """Event `seq` as one ring slot referring to large-event segment `index`."""
+    return _SLOT.pack(seq, KIND_BLOB, _BLOB_REF.size) + _BLOB_REF.pack(index, length)
 
 
 def unpack_blob_ref(payload: bytes) -> tuple[int, int]:
@@ -285,7 +301,7 @@ def read_figures(token: str, sub_id: int) -> Figures | None:
     name = _segment.ring_name(token, sub_id)
     try:
         buf = _segment.open_segment(name)
-    except (posix_ipc.ExistentialError, posix_ipc.PermissionsError, ValueError):
+    except (posix_ipc.ExistentialError, posix_ipc.PermissionsError):
         return None
     try:
         if len(buf) < HEADER_SIZE or _HEAD.unpack_from(buf, 0)[:2] != (MAGIC, LAYOUT_VERSION):

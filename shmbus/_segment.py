@@ -77,9 +77,12 @@ def create_segment(name: str, size: int) -> mmap.mmap:
 
 
 def open_segment(name: str) -> mmap.mmap:
-    """Map an existing segment whole. Raises `posix_ipc.ExistentialError` if it is gone."""
+    """Map an existing segment whole. Raises `posix_ipc.ExistentialError` if it is gone,
+    or not sized yet: its creator is between creating and sizing it."""
     shm = posix_ipc.SharedMemory(name)
     try:
+        if shm.size == 0:
+            raise posix_ipc.ExistentialError(f"{name} is being created")
         return mmap.mmap(shm.fd, shm.size)
     finally:
         shm.close_fd()

@@ -107,7 +107,7 @@ def _read_bus(registry: Registry, name: str, token: str) -> BusStats | None:
             subscribers=tuple(_read_subscribers(registry, token, emitted)),
         )
     finally:
-        control.buf.close()
+        control.close()
     return bus
 
 

@@ -40,11 +40,21 @@ from typing import Any
 import posix_ipc
 
 from . import _blob, _codec, _liveness, _ring
-from ._control import ControlBlock
+from ._ring import TAIL_WORD
+from ._control import COMMITTED_WORD, ControlBlock
 from ._errors import Closed, DeserializationError, EmitterDied, ShmBusError, Timeout
 from ._liveness import LifeLock, is_alive
 from ._registry import Registry, validate_name
-from ._wait import Waiter, acquire_by, deadline_after, expired, slice_until, waiter_from_env
+from ._wait import (
+    Waiter,
+    acquire_by,
+    deadline_after,
+    expired,
+    post_each,
+    slice_until,
+    take_posted,
+    waiter_from_env,
+)
 
 REMOTE_SCHEME = "nats://"
 
@@ -62,14 +72,18 @@ class EndReason(Enum):
     """This subscription was closed by its own process."""
 
 
-class _Outcome:
-    """A decoded event, or the error decoding it raised, parked until it is returned."""
+class _Parked:
+    """Events consumed from the ring but not yet returned to the caller, in order.
 
-    __slots__ = ("seq", "value", "error")
+    `values` are decoded events from `seq` on; or `values` is empty and `error` is the
+    `DeserializationError` of event `seq`, which is reported alone.
+    """
 
-    def __init__(self, seq: int, value: Any, error: DeserializationError | None) -> None:
+    __slots__ = ("seq", "values", "error")
+
+    def __init__(self, seq: int, values: list[Any], error: DeserializationError | None) -> None:
         self.seq = seq
-        self.value = value
+        self.values = values
         self.error = error
 
 
@@ -109,7 +123,7 @@ class Subscription:
             record = {"pid": os.getpid(), "created": time.time()}
             sub_id, life, ring = registry.join(name, token, control, wanted, record)
         except BaseException:
-            control.buf.close()
+            control.close()
             raise
         self = object.__new__(cls)
         self._init(registry, name, token, control, sub_id, life, ring, waiter)
@@ -130,7 +144,8 @@ class Subscription:
         self._start: int | None = None
         self._tail = 0
         self._committed = 0
-        self._parked: _Outcome | None = None
+        self._parked: _Parked | None = None
+        self._surplus: _Parked | None = None  # what an interrupted recv_many left over
         self._end: EndReason | None = None
         self._lock = threading.RLock()
         self._closing = False
@@ -171,14 +186,32 @@ class Subscription:
         """
         deadline = deadline_after(timeout)
         while True:
-            self._park_next(deadline)
-            # No call may stand between taking the parked event and returning it: an
-            # interruption there would drop an event that is already consumed.
-            outcome, self._parked = self._parked, None
-            if outcome is not None:
-                if outcome.error is not None:
-                    raise outcome.error
-                return outcome.value
+            self._park(deadline, 1)
+            # No call may stand between taking the parked events and returning them: an
+            # interruption there would drop events that are already consumed.
+            parked, self._parked = self._parked, None
+            if parked is not None:
+                if parked.error is not None:
+                    raise parked.error
+                return parked.values[0]
+
+    def recv_many(self, max_n: int, *, timeout: float | None = None) -> list[Any]:
+        """The next events, at least one and at most `max_n`: all that are ready now.
+
+        Waits as `recv` does for the first event, never for more. Markedly cheaper per
+        event than `recv` when events arrive faster than they are handled. Ends and errors
+        as `recv`: an undecodable event is raised alone, never inside a list.
+        """
+        if isinstance(max_n, bool) or not isinstance(max_n, int) or max_n < 1:
+            raise ValueError(f"max_n must be an int >= 1, got {max_n!r}")
+        deadline = deadline_after(timeout)
+        while True:
+            self._park(deadline, max_n)
+            parked, self._parked = self._parked, None  # see recv
+            if parked is not None:
+                if parked.error is not None:
+                    raise parked.error
+                return parked.values
 
     def __iter__(self) -> Iterator[Any]:
         return self
@@ -215,7 +248,7 @@ class Subscription:
                 self._ring.detach()
             if not self._control.buf.closed:
                 self._registry.leave(self._token, self._sub_id, self._life, self._control)
-                self._control.buf.close()
+                self._control.close()
             self._closed = True
             _open_subscriptions.discard(self)
 
@@ -237,24 +270,74 @@ class Subscription:
 
     # -- receiving, step by step ------------------------------------------------------
 
-    def _park_next(self, deadline: float | None) -> None:
-        """Leave the next event, consumed, in `self._parked`."""
-        self._check_usable()
-        if not acquire_by(self._lock, deadline):
+    def _park(self, deadline: float | None, max_n: int) -> None:
+        """Leave the next events, consumed, in `self._parked`: between 1 and `max_n`."""
+        if self._closed or self._epoch != _liveness.fork_epoch:
+            self._check_usable()
+        if not (self._lock.acquire() if deadline is None else acquire_by(self._lock, deadline)):
             raise Timeout(f"another thread is receiving from {self._name!r}")
         try:
-            self._check_usable()
-            parked = self._parked  # another thread may take it from under us
-            if parked is not None and self._parked_was_consumed(parked):
-                return
-            seq = self._await_event(deadline)
-            self._parked = self._read(seq)
-            tail = self._tail + 1
-            self._ring.set_tail(tail)
-            self._tail = tail
-            self._ring.space.release()
+            if self._closed:
+                self._check_usable()
+            if self._parked is not None or self._surplus is not None:
+                if self._hand_out_leftovers(max_n):
+                    return
+            seq = self._ready_seq()
+            if seq is None:
+                seq = self._await_event(deadline)
+            else:
+                try:
+                    self._ring.data.acquire(0)  # a token posted late: a spurious wake-up
+                except posix_ipc.BusyError:
+                    pass
+            if max_n > 1:
+                self._committed = self._control.words[COMMITTED_WORD]
+            self._consume(self._read(seq, min(max_n, self._committed - seq)))
         finally:
             self._lock.release()
+
+    def _ready_seq(self) -> int | None:
+        """The next event's sequence number if it is readable now, without waiting."""
+        if self._start is None or self._end is not None:
+            return None
+        seq = self._start + self._tail
+        if seq < self._committed:
+            return seq
+        self._committed = self._control.words[COMMITTED_WORD]
+        return seq if seq < self._committed else None
+
+    def _hand_out_leftovers(self, max_n: int) -> bool:
+        parked = self._parked  # another thread may take it from under us
+        if parked is not None and self._parked_was_consumed(parked):
+            self._split_parked(parked, max_n)
+            return True
+        if self._surplus is not None:
+            self._split_parked(self._surplus, max_n)
+            return True
+        return False
+
+    def _consume(self, parked: _Parked) -> None:
+        # Decoded before `tail` moves, parked before the caller gets it: see the module
+        # docstring on interruptions.
+        self._parked = parked
+        count = len(parked.values) or 1
+        tail = self._tail + count
+        self._ring.words[TAIL_WORD] = tail
+        self._tail = tail
+        if count == 1:
+            self._ring.space.release()
+        else:
+            post_each([self._ring.space], count)
+            take_posted(self._ring.data, count - 1)  # the first went with the wait
+
+    def _split_parked(self, parked: _Parked, max_n: int) -> None:
+        """Hand out at most `max_n` of events consumed by an interrupted call."""
+        if len(parked.values) <= max_n:
+            self._parked, self._surplus = parked, None
+            return
+        head = _Parked(parked.seq, parked.values[:max_n], None)
+        rest = _Parked(parked.seq + max_n, parked.values[max_n:], None)
+        self._parked, self._surplus = head, rest  # no call in between: one step
 
     def _check_usable(self) -> None:
         if self._epoch != _liveness.fork_epoch:
@@ -316,19 +399,26 @@ class Subscription:
             )
         raise Closed(f"bus {self._name!r} is closed and every event has been received")
 
-    def _read(self, seq: int) -> _Outcome:
-        kind, payload = self._ring.read(seq)
-        try:
-            if kind == _ring.KIND_INLINE:
-                value = _codec.decode(payload)
-            else:
-                index, length = _ring.unpack_blob_ref(payload)
-                value = _blob.load(self._token, index, length)
-        except DeserializationError as exc:
-            return _Outcome(seq, None, exc)
-        return _Outcome(seq, value, None)
+    def _read(self, seq: int, count: int) -> _Parked:
+        """Decode events `seq` to `seq + count - 1`, stopping before an undecodable one
+        unless it is the first."""
+        values: list[Any] = []
+        read = self._ring.read
+        for index in range(seq, seq + count):
+            kind, payload = read(index)
+            try:
+                if kind == _ring.KIND_INLINE:
+                    values.append(_codec.decode(payload))
+                else:
+                    blob, length = _ring.unpack_blob_ref(payload)
+                    values.append(_blob.load(self._token, blob, length))
+            except DeserializationError as exc:
+                if values:
+                    break  # the next call reports it
+                return _Parked(seq, [], exc)
+        return _Parked(seq, values, None)
 
-    def _parked_was_consumed(self, parked: _Outcome) -> bool:
+    def _parked_was_consumed(self, parked: _Parked) -> bool:
         # After an interruption: did `tail` move past the parked event before it landed?
         assert self._start is not None
         self._tail = self._ring.tail

@@ -42,6 +42,15 @@ POLL_MAX_SLEEP = 1e-3
 """The polling backend adds at most about this much latency to a wake-up, and costs an
 idle subscriber about a thousand cheap system calls per second."""
 
+SPIN = 100e-6
+"""Before sleeping on a semaphore, a waiter yields the CPU and retries for this long.
+
+A subscriber that sleeps after every event makes the emitter pay a kernel wake-up per
+event per subscriber; one that yields instead lets the emitter (often waiting for a core)
+run ahead, then reads a batch without sleeping. 0.1 ms of yielding per wait roughly
+doubled small-event throughput with 4 subscribers on 2 cores, and costs an idle waiter at
+most that much CPU per event it waits for."""
+
 WAIT_ENV = "SHMBUS_WAIT"
 
 
@@ -59,7 +68,9 @@ class Waiter(ABC):
             pass
         if timeout <= 0:
             return False
-        return self._take_blocking(sem, timeout)
+        if _yield_until_posted(sem, min(timeout, SPIN)):
+            return True
+        return self._take_blocking(sem, max(0.0, timeout - SPIN))
 
     @abstractmethod
     def _take_blocking(self, sem: posix_ipc.Semaphore, timeout: float) -> bool: ...
@@ -138,3 +149,38 @@ def acquire_by(lock: "threading.RLock", deadline: float | None) -> bool:
     if deadline is None:
         return lock.acquire()
     return lock.acquire(timeout=max(0.0, deadline - time.monotonic()))
+
+
+def take_posted(sem: posix_ipc.Semaphore, count: int) -> None:
+    """Take up to `count` tokens that are there now, without waiting.
+
+    Each side takes at most one token per event it handles, whether or not the other
+    side has posted it yet; a token posted late is a spurious wake-up for a later wait,
+    which the counters make harmless (see `_ring`).
+    """
+    try:
+        for _ in range(count):
+            sem.acquire(0)
+    except posix_ipc.BusyError:
+        pass
+
+
+def post_each(sems: list[posix_ipc.Semaphore], count: int = 1) -> None:
+    """Post `count` tokens to every one of `sems`, in one C-level loop: a
+    `KeyboardInterrupt` cannot land between two of them."""
+    any(map(_post, sems * count if count > 1 else sems))  # release() returns None
+
+
+_post = posix_ipc.Semaphore.release
+
+
+def _yield_until_posted(sem: posix_ipc.Semaphore, spin: float) -> bool:
+    until = time.perf_counter() + spin
+    while True:
+        os.sched_yield()
+        try:
+            sem.acquire(0)
+            return True
+        except posix_ipc.BusyError:
+            if time.perf_counter() >= until:
+                return False

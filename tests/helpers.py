@@ -74,6 +74,27 @@ def collect(name: str, out: Any, ready: Any = None, capacity: int | None = None,
     out.put((events, reason))
 
 
+def collect_in_batches(name: str, out: Any, ready: Any, capacity: int | None,
+                       max_n: int) -> None:
+    """Worker: as `collect`, with recv_many(max_n); also reports each batch's size."""
+    import shmbus
+
+    sub = shmbus.subscribe(name, capacity=capacity)
+    ready.put(sub.id)
+    events: list = []
+    sizes = []
+    while True:
+        try:
+            batch = sub.recv_many(max_n)
+        except shmbus.Closed:
+            break
+        events += batch
+        sizes.append(len(batch))
+    reason = sub.end_reason.value if sub.end_reason else None
+    sub.close()
+    out.put((events, reason, sizes))
+
+
 def subscribe_and_hold(name: str, ready: Any, capacity: int | None = None) -> None:
     """Worker: subscribe and never read, until killed."""
     import shmbus

@@ -300,3 +300,79 @@ def test_a_stopped_subscriber_is_alive_it_blocks_emit_and_then_gets_everything(p
         em.emit(4, timeout=5)
     events, reason = out.get(timeout=10)
     assert events == [0, 1, 2, 3, 4] and reason == "closed"
+
+
+# -- emit_many ------------------------------------------------------------------------
+
+
+def test_emit_many_delivers_every_event_in_order_through_small_rings(procs):
+    with shmbus.EventEmitter("many", capacity=16) as em:
+        out = start_collectors(procs, "many", 2, capacity=3)  # chunks of one event
+        other = start_collectors(procs, "many", 1)  # 16 slots
+        events = [{"seq": i, "pad": "x" * (i % 600)} for i in range(2000)]  # some large
+        sent = sum(em.emit_many(events[i : i + 97]) for i in range(0, 2000, 97))
+    assert sent == 2000
+    for events_seen, reason in [out.get(timeout=30), out.get(timeout=30), other.get(timeout=30)]:
+        assert events_seen == events
+        assert reason == "closed"
+
+
+def test_emit_many_mixes_with_emit_in_one_order(procs):
+    with shmbus.EventEmitter("mixed", capacity=8) as em:
+        out = start_collectors(procs, "mixed", 1)
+        for i in range(0, 600, 6):
+            em.emit(i)
+            em.emit_many(range(i + 1, i + 6))
+    assert out.get(timeout=30)[0] == list(range(600))
+
+
+def test_emit_many_pickles_everything_before_sending_anything():
+    with shmbus.EventEmitter("manybad") as em, em.subscribe() as sub:
+        with pytest.raises(shmbus.SerializationError):
+            em.emit_many([1, 2, threading.Lock(), 4])
+        em.emit("after")
+        assert sub.recv(timeout=1) == "after"
+
+
+def test_emit_many_timeout_says_how_many_chunks_went_out():
+    with shmbus.EventEmitter("manyfull", capacity=8) as em, em.subscribe() as sub:
+        # Chunks of 8 // 4 = 2 events: three fit in the ring, the fourth times out.
+        with pytest.raises(shmbus.Timeout) as refused:
+            em.emit_many(range(10), timeout=0.2)
+        assert refused.value.emitted == 8 - 8 % 2
+        assert sub.recv_many(100, timeout=1) == list(range(8))
+        assert em.emit_many([]) == 0
+
+
+def test_keyboard_interrupts_anywhere_in_emit_many_deliver_whole_chunks_in_order():
+    with shmbus.EventEmitter("eintr-many", capacity=1024) as em:
+        subs = [em.subscribe(), em.subscribe()]
+        received: list[list[int]] = [[], []]
+        returned: list[int] = []
+        attempted = 0
+        interrupted = 0
+        for _ in range(400):
+            with helpers.interrupts_inside_shmbus(every=0.0002) as interrupts:
+                for _ in range(50):
+                    batch = [{"n": attempted + i, "pad": "x" * (i * 37 % 700)}
+                             for i in range(20)]
+                    attempted += 20
+                    try:
+                        em.emit_many(batch)
+                        returned += [e["n"] for e in batch]
+                    except KeyboardInterrupt:
+                        pass
+            interrupted += interrupts.count
+            for sub, seen in zip(subs, received):
+                while _available(sub):
+                    seen += [e["n"] for e in sub.recv_many(1000, timeout=5)]
+            if interrupted >= 30:
+                break
+        assert interrupted >= 30
+        em.close()
+        for sub, seen in zip(subs, received):
+            seen += [e["n"] for e in sub]
+            sub.close()
+        assert received[0] == received[1]
+        assert received[0] == sorted(set(received[0]))
+        assert set(returned) <= set(received[0])

@@ -196,7 +196,12 @@ emit_op = st.tuples(st.just("emit"), wire_sizes, st.booleans())
 # ("burst", count, pickled size): `count` emits in a row, each as above with timeout=0,
 # so that rings of up to 64 slots fill up and refuse.
 burst_op = st.tuples(st.just("burst"), st.integers(1, 70), small_wire_sizes)
+# ("batch", count, pickled size): one emit_many of `count` events with timeout=0, which
+# commits them in chunks of a quarter of the smallest ring while every ring has room.
+batch_op = st.tuples(st.just("batch"), st.integers(1, 70), small_wire_sizes)
 recv_op = st.tuples(st.just("recv"), st.integers(0, 2))  # which open subscription
+# ("recv_many", which, max_n): one recv_many(max_n, timeout=0).
+recv_many_op = st.tuples(st.just("recv_many"), st.integers(0, 2), st.integers(1, 70))
 # ("drain", which, count): up to `count` receives in a row from one subscription.
 drain_op = st.tuples(st.just("drain"), st.integers(0, 2), st.integers(1, 70))
 subscribe_op = st.tuples(st.just("subscribe"), st.none() | capacities)
@@ -204,7 +209,7 @@ unsubscribe_op = st.tuples(st.just("unsubscribe"), st.integers(0, 2))
 
 operations = st.lists(
     st.one_of(emit_op, recv_op, emit_op, recv_op, burst_op, drain_op, subscribe_op,
-              unsubscribe_op),
+              unsubscribe_op, batch_op, recv_many_op),
     max_size=60,
 )
 
@@ -307,6 +312,49 @@ def test_ring_matches_a_model_of_bounded_fifo_queues(
             s.handle.recv(timeout=0)
         return False
 
+    def emit_many(where: str, count: int, wire: int) -> None:
+        """One emit_many(timeout=0): the model commits whole chunks while all have room."""
+        nonlocal committed, attempts
+        made = [make_event(attempts + i, wire) for i in range(count)]
+        attempts += count
+        targets = live()
+        chunk = max(1, min((s.capacity for s in targets), default=capacity) // 4)
+        expected = 0
+        while expected < count and all(
+                len(s.queue) + expected + min(chunk, count - expected) <= s.capacity
+                for s in targets):
+            expected += min(chunk, count - expected)
+        note(f"{where}: emit_many of {count} in chunks of {chunk}, expecting {expected}")
+        events = [ev for ev, _ in made]
+        if expected == count:
+            assert em.emit_many(events, timeout=0) == count
+        else:
+            hypothesis.event("emit_many stopped between chunks: a ring is full")
+            with pytest.raises(shmbus.Timeout) as refused:
+                em.emit_many(events, timeout=0)
+            assert refused.value.emitted == expected, f"{where}: emitted"
+        for ev, size in made[:expected]:
+            for s in targets:
+                s.queue.append((committed, ev, size))
+            if size > INLINE_MAX and targets:
+                large_sent.append(committed)
+            committed += 1
+
+    def recv_many(where: str, which: int, max_n: int) -> None:
+        targets = live()
+        if not targets:
+            return
+        s = targets[which % len(targets)]
+        if not s.queue:
+            with pytest.raises(shmbus.Timeout):
+                s.handle.recv_many(max_n, timeout=0)
+            return
+        got = s.handle.recv_many(max_n, timeout=0)
+        assert len(got) == min(max_n, len(s.queue)), f"{where}: recv_many got {len(got)}"
+        for i, event in enumerate(got):
+            seq, want, _ = s.queue.popleft()
+            check_event(event, want, f"{where}: recv_many #{s.handle.id} item {i} (seq {seq})")
+
     # Everything opened is closed on the way out, pass or fail, even if a close raises.
     with ExitStack() as cleanup:
         em = shmbus.EventEmitter(capacity=capacity)
@@ -324,6 +372,10 @@ def test_ring_matches_a_model_of_bounded_fifo_queues(
                         break
             elif kind == "recv":
                 recv(f"step {step}", op[1])
+            elif kind == "batch":
+                emit_many(f"step {step}", op[1], op[2])
+            elif kind == "recv_many":
+                recv_many(f"step {step}", op[1], op[2])
             elif kind == "drain":
                 for k in range(op[2]):
                     if not recv(f"step {step}.{k}", op[1]):

@@ -275,3 +275,72 @@ def test_a_close_interrupted_halfway_is_finished_by_the_next_one(monkeypatch):
         owner.close()
         assert owner.closed
     assert helpers.objects_of(token) == []
+
+
+# -- recv_many ------------------------------------------------------------------------
+
+
+def test_recv_many_returns_what_is_ready_up_to_max_n():
+    with shmbus.EventEmitter("rmany") as em, em.subscribe() as sub:
+        em.emit_many(range(10))
+        assert sub.recv_many(4, timeout=1) == [0, 1, 2, 3]
+        assert sub.recv_many(100, timeout=1) == [4, 5, 6, 7, 8, 9]
+        with pytest.raises(shmbus.Timeout):
+            sub.recv_many(5, timeout=0.05)
+        threading.Timer(0.1, em.emit, ("late",)).start()
+        assert sub.recv_many(5, timeout=5) == ["late"]  # waits for the first, not for more
+
+
+def test_recv_many_rejects_a_bad_max_n():
+    with shmbus.EventEmitter("rmanybad") as em, em.subscribe() as sub:
+        for bad in (0, -1, 1.5, True, None):
+            with pytest.raises(ValueError, match="max_n"):
+                sub.recv_many(bad)  # type: ignore[arg-type]
+
+
+def test_recv_many_reports_an_undecodable_event_alone():
+    with shmbus.EventEmitter("rmanyload") as em, em.subscribe() as sub:
+        em.emit_many(["one", "two", Unloadable(), "four"])
+        assert sub.recv_many(10, timeout=1) == ["one", "two"]
+        with pytest.raises(shmbus.DeserializationError):
+            sub.recv_many(10, timeout=1)
+        assert sub.recv_many(10, timeout=1) == ["four"]
+
+
+def test_recv_many_drains_then_ends_like_recv(procs):
+    with shmbus.EventEmitter("rmanyend", capacity=64) as em:
+        out, ready = helpers.context().Queue(), helpers.context().Queue()
+        procs(helpers.collect_in_batches, "rmanyend", out, ready, 4, 3)
+        ready.get(timeout=10)
+        em.emit_many(range(1000))
+    events, reason, sizes = out.get(timeout=30)
+    assert events == list(range(1000))
+    assert reason == "closed"
+    assert max(sizes) == 3
+
+
+def test_keyboard_interrupts_anywhere_in_recv_many_lose_and_duplicate_nothing():
+    with shmbus.EventEmitter("rmanyintr", capacity=1000) as em, em.subscribe() as sub:
+        sent: list = []
+        got: list = []
+        interrupted = 0
+        for round_ in range(400):
+            batch = [{"n": len(sent) + i, "pad": "x" * (i % 700)} for i in range(1000)]
+            em.emit_many(batch)
+            sent += batch
+            with helpers.interrupts_inside_shmbus(every=0.0002) as interrupts:
+                while len(got) < len(sent):
+                    try:
+                        # Single and batch receives alternate, so that what an
+                        # interrupted recv_many consumed is also handed out by recv.
+                        if len(got) % 3:
+                            got += sub.recv_many(7, timeout=5)
+                        else:
+                            got.append(sub.recv(timeout=5))
+                    except KeyboardInterrupt:
+                        pass
+            interrupted += interrupts.count
+            if interrupted >= 30:
+                break
+        assert interrupted >= 30
+        assert got == sent
