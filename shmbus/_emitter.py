@@ -33,6 +33,7 @@ writer, and every wait is on a semaphore that can only make a waiter wake early.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import os
 import threading
@@ -45,13 +46,17 @@ import posix_ipc
 
 from . import _codec, _liveness, _ring
 from ._control import BYTES_WORD, COMMITTED_WORD, GENERATION_WORD
+from ._bell import Bell, Ringer
 from ._blob import BlobStore
 from ._errors import Closed, ShmBusError, Timeout
 from ._registry import Registry, validate_name
+from ._ring import EMITTER_WAITING, SUB_WAITING
 from ._wait import (
+    POLL_MAX_SLEEP,
     acquire_by,
     deadline_after,
     expired,
+    fence,
     post_each,
     slice_until,
     take_posted,
@@ -74,10 +79,11 @@ _open_emitters: "weakref.WeakSet[EventEmitter]" = weakref.WeakSet()
 class _Outlet:
     """The emitter's view of one adopted ring."""
 
-    __slots__ = ("ring", "start", "known_tail", "capacity", "sub_id")
+    __slots__ = ("ring", "start", "known_tail", "capacity", "sub_id", "bell")
 
-    def __init__(self, ring: _ring.Ring, start: int) -> None:
+    def __init__(self, ring: _ring.Ring, start: int, bell: str) -> None:
         self.ring = ring
+        self.bell = bell  # rung when its subscriber waits from asyncio
         self.sub_id = ring.sub_id
         self.start = start
         self.capacity = ring.capacity
@@ -122,6 +128,8 @@ class EventEmitter:
         self._inline_max = _ring.SLOT_SIZE - _ring.SLOT_HEADER_SIZE
         self._blobs = BlobStore(self._token, self._control)
         self._bytes_emitted = 0
+        self._bell: Bell | None = None  # created by the first aemit that has to wait
+        self._ringer = Ringer()
         self._closing = False
         self._closed = False
         _open_emitters.add(self)
@@ -186,6 +194,28 @@ class EventEmitter:
             self._lock.release()
         return sent
 
+    async def aemit(self, event: Any, *, timeout: float | None = None) -> int:
+        """`emit` for asyncio: the event loop runs while this waits for room.
+
+        Waiting costs no thread and no CPU (see `_bell`). Cancelling the awaiting task is
+        like a timeout: no subscriber ever sees the event.
+        """
+        payload = _codec.encode(event)
+        deadline = deadline_after(timeout)
+        while True:
+            # Each try is synchronous, and cancellation lands only at the `await`: the
+            # event is committed whole or not at all.
+            outcome = self._try_send(payload)
+            if isinstance(outcome, int):
+                return outcome
+            if expired(deadline):
+                names = ", ".join(str(o.sub_id) for o in outcome) or "another thread's emit"
+                raise Timeout(
+                    f"aemit timed out waiting for room in the ring of subscriber(s) "
+                    f"{names} of bus {self._name!r}; no subscriber received the event"
+                )
+            await self._await_room_async(outcome, deadline)
+
     def subscribe(self, *, capacity: int | None = None) -> "Subscription":
         """A new subscription to this bus, owned by the calling process."""
         from ._subscription import Subscription
@@ -221,7 +251,12 @@ class EventEmitter:
                 self._drop_departed()  # the dead are removed now, not by the last one out
                 _ring_all(list(self._outlets.values()), 1)
                 for outlet in self._outlets.values():
+                    if outlet.ring.flags[SUB_WAITING]:
+                        self._ringer.ring(outlet.bell)
                     outlet.ring.detach()
+                self._ringer.close()
+                if self._bell is not None:
+                    self._bell.close()
                 self._outlets.clear()
                 self._list_outlets()
                 self._registry.release_name(self._name, self._token)
@@ -267,8 +302,8 @@ class EventEmitter:
         if self._closed:
             raise Closed(f"bus {self._name!r} is closed")
 
-    def _send(self, payloads: list[bytes], first: int, deadline: float | None
-              ) -> tuple[int, int]:
+    def _send(self, payloads: list[bytes], first: int, deadline: float | None,
+              wait: bool = True) -> tuple[int, int]:
         """Commit the next chunk of `payloads` from `first` on as consecutive events, all
         or none; (events sent, subscribers reached)."""
         words = self._control.words
@@ -282,7 +317,7 @@ class EventEmitter:
             self._blobs.reclaim(min((o.oldest_unread() for o in self._outlets.values()),
                                     default=seq))
         count = len(payloads)
-        outlets = self._reserve(seq, count, deadline)
+        outlets = self._reserve(seq, count, deadline, wait)
         blobs: list[int] = []
         try:
             if outlets:
@@ -292,6 +327,9 @@ class EventEmitter:
             words[BYTES_WORD] = self._bytes_emitted
             post_each(self._doorbells if outlets is self._everyone else
                       [o.ring.data for o in outlets], count)
+            for outlet in outlets:
+                if outlet.ring.flags[SUB_WAITING]:  # read after a post: see `_bell`
+                    self._ringer.ring(outlet.bell)
         except BaseException:
             self._abort(seq + count, outlets, count, blobs)
             raise
@@ -322,7 +360,8 @@ class EventEmitter:
         smallest = min((o.capacity for o in self._outlets.values()), default=self._capacity)
         return max(1, smallest // 4)
 
-    def _reserve(self, seq: int, count: int, deadline: float | None) -> list[_Outlet]:
+    def _reserve(self, seq: int, count: int, deadline: float | None, wait: bool
+                 ) -> list[_Outlet]:
         """Room for events `seq` to `seq + count - 1` in every ring that still listens.
 
         Returns `self._everyone` itself when every ring had room at once.
@@ -332,7 +371,7 @@ class EventEmitter:
         for outlet in everyone:
             if last - outlet.start - outlet.known_tail >= outlet.capacity:
                 if not outlet.has_room(last):
-                    return self._reserve_waiting(last, count, deadline)
+                    return self._reserve_waiting(last, count, deadline, wait)
         if count == 1:
             for outlet in everyone:
                 try:
@@ -344,7 +383,8 @@ class EventEmitter:
                 take_posted(outlet.ring.space, count)
         return everyone
 
-    def _reserve_waiting(self, last: int, count: int, deadline: float | None) -> list[_Outlet]:
+    def _reserve_waiting(self, last: int, count: int, deadline: float | None, wait: bool
+                         ) -> list[_Outlet]:
         reserved: list[_Outlet] = []
         try:
             full = []
@@ -354,13 +394,67 @@ class EventEmitter:
                     reserved.append(outlet)
                 else:
                     full.append(outlet)
-            for outlet in full:
+            if not wait:
+                still_full = [o for o in full if not self._room_or_gone(o, last)]
+                if still_full:
+                    raise _RingsFull(still_full)
+                reserved += [o for o in full if o.sub_id in self._outlets]
+            for outlet in full if wait else ():
                 if self._await_room(outlet, last, deadline):
                     reserved.append(outlet)
         except BaseException:
             _give_back_room(reserved, count)
             raise
         return reserved
+
+    def _room_or_gone(self, outlet: _Outlet, last: int) -> bool:
+        """Without waiting: True if `outlet` has room now (a token taken) or its
+        subscriber is gone (dropped); False if it is full."""
+        if outlet.ring.sub_closed:
+            self._drop(outlet)
+            return True
+        if outlet.has_room(last):
+            take_posted(outlet.ring.space, 1)
+            return True
+        if self._registry.reap_if_dead(self._token, outlet.sub_id, self._control):
+            self._drop(outlet)
+            return True
+        return False
+
+    def _try_send(self, payload: bytes) -> "int | list[_Outlet]":
+        """Emit without waiting: subscribers reached, or the outlets whose rings are
+        full (none if another thread holds the emitter)."""
+        self._check_usable()
+        if not self._lock.acquire(blocking=False):
+            return []
+        try:
+            self._check_usable()
+            return self._send([payload], 0, None, wait=False)[1]
+        except _RingsFull as full:
+            return full.outlets
+        finally:
+            self._lock.release()
+
+    async def _await_room_async(self, full: list[_Outlet], deadline: float | None) -> None:
+        if not full:
+            await asyncio.sleep(POLL_MAX_SLEEP)  # another thread is emitting
+            return
+        if self._bell is None:
+            self._bell = Bell(self._registry.bell_path(self._token, "emitter"))
+        began = time.monotonic_ns()
+        for outlet in full:
+            outlet.ring.flags[EMITTER_WAITING] = 1
+        try:
+            fence(full[0].ring.space)
+            seq = self._control.committed
+            if not any(o.ring.sub_closed or o.has_room(seq) for o in full):
+                await self._bell.wait(slice_until(deadline))
+        finally:
+            blocked = time.monotonic_ns() - began
+            for outlet in full:
+                if outlet.sub_id in self._outlets:  # still attached
+                    outlet.ring.flags[EMITTER_WAITING] = 0
+                    outlet.ring.add_blocked_ns(blocked)
 
     def _await_room(self, outlet: _Outlet, seq: int, deadline: float | None) -> bool:
         """Wait until `outlet` has room: True, or False if its subscriber left."""
@@ -415,7 +509,7 @@ class EventEmitter:
             return  # left already, or unreadable: it cannot be delivered to
         start = self._control.committed
         ring.adopt(start)
-        self._outlets[sub_id] = _Outlet(ring, start)
+        self._outlets[sub_id] = _Outlet(ring, start, self._registry.bell_path(self._token, sub_id))
         self._list_outlets()
 
     def _drop_departed(self) -> None:
@@ -429,11 +523,19 @@ class EventEmitter:
     def _drop(self, outlet: _Outlet) -> None:
         if self._outlets.pop(outlet.sub_id, None) is not None:
             self._list_outlets()
+            self._ringer.forget(outlet.bell)
             outlet.ring.detach()
 
     def _list_outlets(self) -> None:
         self._everyone = list(self._outlets.values())
         self._doorbells = [outlet.ring.data for outlet in self._everyone]
+
+
+class _RingsFull(Exception):
+    """`_send(wait=False)` found these rings full; nothing was sent."""
+
+    def __init__(self, outlets: list[_Outlet]) -> None:
+        self.outlets = outlets
 
 
 def _ring_all(outlets: list[_Outlet], count: int) -> None:

@@ -119,6 +119,10 @@ class Registry:
     def sub_path(self, token: str, sub_id: int) -> str:
         return os.path.join(self.buses_dir, token, f"sub.{sub_id}")
 
+    def bell_path(self, token: str, owner: int | str) -> str:
+        """The bell (see `_bell`) of subscriber `owner`, or of the emitter."""
+        return os.path.join(self.buses_dir, token, f"bell.{owner}")
+
     def root_mutex(self) -> FileMutex:
         return FileMutex(self.root)
 
@@ -246,6 +250,7 @@ class Registry:
         try:
             with self.bus_mutex(token):
                 _ring.unlink_ring(token, sub_id)
+                _unlink(self.bell_path(token, sub_id))
                 _unlink(self.sub_path(token, sub_id))
                 life.release()
                 if control is not None:
@@ -278,6 +283,7 @@ class Registry:
         try:
             with self.bus_mutex(token):
                 _ring.unlink_ring(token, sub_id)
+                _unlink(self.bell_path(token, sub_id))
                 _unlink(path)
                 if control is not None:
                     control.bump_generation()

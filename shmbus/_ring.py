@@ -11,6 +11,9 @@ two POSIX semaphores beside it:
             tail                 written by the subscriber only: events consumed so far
             sub_closed           set by the subscriber when it closes
             blocked_ns           written by the emitter only: time spent waiting on it
+            sub_waiting          written by the subscriber only: it waits on its bell
+            emitter_waiting      written by the emitter only: it waits on its bell
+                                 for room in this ring (see `_bell`)
     slot    seq (u64), kind (u32), length (u32), payload: the event's pickle inline if it
             fits in `slot_size - 16` bytes, else a reference to a large-event segment
 
@@ -77,6 +80,11 @@ _TAIL = 32
 _SUB_CLOSED = 40
 _BLOCKED_NS = 48
 TAIL_WORD = _TAIL // 8
+_WAITING = 56
+SUB_WAITING = 0
+"""Index in `Ring.flags`: the subscriber listens on its bell for events."""
+EMITTER_WAITING = 1
+"""Index in `Ring.flags`: the emitter listens on its bell for room in this ring."""
 
 
 def validate_capacity(capacity: object) -> int:
@@ -105,6 +113,8 @@ class Ring:
         self.buf = buf
         # Header counters as aligned machine words, as in the control block.
         self.words = memoryview(buf)[:HEADER_SIZE].cast("Q")
+        # The two bell flags, 4 bytes each: each side writes only its own.
+        self.flags = memoryview(buf)[_WAITING : _WAITING + 8].cast("I")
         self.data = data
         self.space = space
         self.names = names
@@ -168,6 +178,7 @@ class Ring:
             except posix_ipc.Error:
                 pass
         self.words.release()
+        self.flags.release()
         try:
             self.buf.close()
         except BufferError:

@@ -29,27 +29,30 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import os
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from enum import Enum
 from typing import Any
 
 import posix_ipc
 
 from . import _blob, _codec, _liveness, _ring
-from ._ring import TAIL_WORD
+from ._bell import Bell, Ringer
 from ._control import COMMITTED_WORD, ControlBlock
 from ._errors import Closed, DeserializationError, EmitterDied, ShmBusError, Timeout
 from ._liveness import LifeLock, is_alive
 from ._registry import Registry, validate_name
+from ._ring import EMITTER_WAITING, SUB_WAITING, TAIL_WORD
 from ._wait import (
     Waiter,
     acquire_by,
     deadline_after,
     expired,
+    fence,
     post_each,
     slice_until,
     take_posted,
@@ -146,6 +149,8 @@ class Subscription:
         self._committed = 0
         self._parked: _Parked | None = None
         self._surplus: _Parked | None = None  # what an interrupted recv_many left over
+        self._bell: Bell | None = None  # created by the first async wait
+        self._ringer: Ringer | None = None
         self._end: EndReason | None = None
         self._lock = threading.RLock()
         self._closing = False
@@ -213,6 +218,27 @@ class Subscription:
                     raise parked.error
                 return parked.values
 
+    async def arecv(self, *, timeout: float | None = None) -> Any:
+        """`recv` for asyncio: the event loop runs while this waits.
+
+        Waiting costs no thread and no CPU (see `_bell`). Cancelling the awaiting task
+        is like a timeout: nothing is consumed, the next call returns the next event.
+        """
+        return await self._arecv(self.recv, timeout)
+
+    async def arecv_many(self, max_n: int, *, timeout: float | None = None) -> list[Any]:
+        """`recv_many` for asyncio, waiting as `arecv` does."""
+        return await self._arecv(functools.partial(self.recv_many, max_n), timeout)
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return await self.arecv()
+        except Closed:
+            raise StopAsyncIteration from None
+
     def __iter__(self) -> Iterator[Any]:
         return self
 
@@ -241,10 +267,16 @@ class Subscription:
                 return
             if self._end is None:
                 self._end = EndReason.UNSUBSCRIBED
+            if self._bell is not None:
+                self._bell.close()
             if not self._ring.buf.closed:
                 self._ring.mark_sub_closed()
                 with contextlib.suppress(posix_ipc.Error):  # closed by an earlier try
                     self._ring.space.release()  # an emitter blocked on this ring moves on
+                if self._ring.flags[EMITTER_WAITING]:
+                    self._ring_emitter_bell()
+                if self._ringer is not None:
+                    self._ringer.close()
                 self._ring.detach()
             if not self._control.buf.closed:
                 self._registry.leave(self._token, self._sub_id, self._life, self._control)
@@ -329,6 +361,8 @@ class Subscription:
         else:
             post_each([self._ring.space], count)
             take_posted(self._ring.data, count - 1)  # the first went with the wait
+        if self._ring.flags[EMITTER_WAITING]:  # read after a post: see `_bell`
+            self._ring_emitter_bell()
 
     def _split_parked(self, parked: _Parked, max_n: int) -> None:
         """Hand out at most `max_n` of events consumed by an interrupted call."""
@@ -338,6 +372,37 @@ class Subscription:
         head = _Parked(parked.seq, parked.values[:max_n], None)
         rest = _Parked(parked.seq + max_n, parked.values[max_n:], None)
         self._parked, self._surplus = head, rest  # no call in between: one step
+
+    async def _arecv(self, receive: Callable[..., Any], timeout: float | None) -> Any:
+        # Each try is synchronous, and cancellation lands only at the `await`: an event
+        # is either returned or left in the ring, never consumed and then dropped.
+        deadline = deadline_after(timeout)
+        while True:
+            try:
+                return receive(timeout=0)
+            except Timeout:
+                if expired(deadline):
+                    raise Timeout(f"no event on bus {self._name!r} within the timeout") from None
+            await self._await_bell(deadline)
+
+    async def _await_bell(self, deadline: float | None) -> None:
+        if self._bell is None:
+            self._check_usable()
+            self._bell = Bell(self._registry.bell_path(self._token, self._sub_id))
+        flags = self._ring.flags
+        flags[SUB_WAITING] = 1
+        try:
+            fence(self._ring.data)
+            if self._ready_seq() is None and not self._control.closed:
+                await self._bell.wait(slice_until(deadline))
+        finally:
+            if not self._ring.buf.closed:
+                flags[SUB_WAITING] = 0
+
+    def _ring_emitter_bell(self) -> None:
+        if self._ringer is None:
+            self._ringer = Ringer()
+        self._ringer.ring(self._registry.bell_path(self._token, "emitter"))
 
     def _check_usable(self) -> None:
         if self._epoch != _liveness.fork_epoch:

@@ -165,6 +165,16 @@ def take_posted(sem: posix_ipc.Semaphore, count: int) -> None:
         pass
 
 
+def fence(sem: posix_ipc.Semaphore) -> None:
+    """Order a flag stored before this call before the counters read after it.
+
+    Plain loads and stores give no store-then-load order, even on x86; a post and a take
+    (net zero tokens) are atomic operations that do. See `_bell`.
+    """
+    sem.release()
+    take_posted(sem, 1)
+
+
 def post_each(sems: list[posix_ipc.Semaphore], count: int = 1) -> None:
     """Post `count` tokens to every one of `sems`, in one C-level loop: a
     `KeyboardInterrupt` cannot land between two of them."""

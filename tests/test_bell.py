@@ -1,0 +1,248 @@
+"""asyncio: aemit, arecv and `async for`, which wait on bells instead of semaphores.
+
+Each test runs its coroutine with `asyncio.run`, against real processes on the other side
+where it matters, and checks the loop kept running (a ticker task) while a call waited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import threading
+import time
+from typing import Any
+
+import pytest
+
+import shmbus
+from tests import helpers
+
+pytestmark = [pytest.mark.usefixtures("wait_mode"), pytest.mark.timeout(60)]
+
+
+class Ticker:
+    """A task that counts event-loop turns of 1 ms while it runs."""
+
+    def __init__(self) -> None:
+        self.ticks = 0
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            self.ticks += 1
+            await asyncio.sleep(0.001)
+
+    def stop(self) -> None:
+        self._task.cancel()
+
+
+def _read_slowly(name: str, count: int, out: Any, ready: Any) -> None:
+    with shmbus.subscribe(name) as sub:
+        ready.put(sub.id)
+        got = []
+        for _ in range(count):
+            got.append(sub.recv(timeout=10))
+            time.sleep(0.001)
+        out.put(got)
+
+
+def _emit_from_another_process(name: str, count: int, ready: Any, pause: float = 0) -> None:
+    with shmbus.EventEmitter(name, capacity=8) as em:
+        ready.put("created")
+        while em.subscriber_count == 0:
+            time.sleep(0.01)
+        for i in range(count):
+            em.emit({"i": i})
+            if pause and i % 10 == 0:
+                time.sleep(pause)
+
+
+def test_aemit_waits_for_a_slow_subscriber_without_blocking_the_loop(procs):
+    async def main() -> None:
+        with shmbus.EventEmitter("aemit", capacity=4) as em:
+            out, ready = helpers.context().Queue(), helpers.context().Queue()
+            procs(_read_slowly, "aemit", 200, out, ready)
+            ready.get(timeout=10)
+            ticker = Ticker()
+            threads = threading.active_count()
+            started = time.monotonic()
+            for i in range(200):
+                assert await em.aemit(i) == 1
+                assert threading.active_count() == threads  # no thread per call
+            ticker.stop()
+            # The reader's bell wakes aemit as soon as there is room (about 0.25 s in
+            # all); were aemit left to its 0.1 s slices, its 50 waits would take 5 s.
+            assert time.monotonic() - started < 2.5
+            # 200 events at 1 ms each, at most 4 ahead: the loop turned all along.
+            assert ticker.ticks >= 50
+            assert out.get(timeout=10) == list(range(200))
+
+    asyncio.run(main())
+
+
+def test_async_for_reads_a_bus_of_another_process_to_its_end(procs):
+    async def main() -> None:
+        ready = helpers.context().Queue()
+        procs(_emit_from_another_process, "afor", 500, ready)
+        ready.get(timeout=10)
+        sub = shmbus.subscribe("afor")
+        ticker = Ticker()
+        got = [event["i"] async for event in sub]
+        ticker.stop()
+        assert got == list(range(500))
+        assert sub.end_reason is shmbus.EndReason.CLOSED
+        assert ticker.ticks >= 1
+        sub.close()
+
+    asyncio.run(main())
+
+
+def test_a_waiting_arecv_costs_no_cpu_and_wakes_at_once():
+    async def main() -> None:
+        with shmbus.EventEmitter("idle") as em, em.subscribe() as sub:
+            await asyncio.sleep(0)
+            loop = asyncio.get_running_loop()
+            sent_at: list[float] = []
+
+            def emit_later() -> None:
+                sent_at.append(time.monotonic())
+                em.emit("wake")
+
+            loop.call_later(0.55, emit_later)  # between two of its 0.1 s slices
+            cpu = time.process_time()
+            assert await sub.arecv(timeout=5) == "wake"
+            woke_after = time.monotonic() - sent_at[0]
+            spent = time.process_time() - cpu
+            assert spent < 0.1, f"arecv used {spent:.3f} s of CPU in 0.5 s of waiting"
+            assert woke_after < 0.03, f"arecv woke {woke_after * 1000:.0f} ms after emit"
+
+    asyncio.run(main())
+
+
+def test_cancelling_aemit_sends_nothing_and_cancelling_arecv_consumes_nothing():
+    async def main() -> None:
+        with shmbus.EventEmitter("cancel", capacity=2) as em, em.subscribe() as sub:
+            await em.aemit(1)
+            await em.aemit(2)
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(em.aemit("never"), 0.2)  # the ring is full
+            assert await sub.arecv_many(10, timeout=1) == [1, 2]
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(sub.arecv(), 0.2)  # nothing to read
+            await em.aemit(3)
+            assert await sub.arecv(timeout=1) == 3
+
+    asyncio.run(main())
+
+
+def test_random_cancellations_lose_and_duplicate_nothing(procs):
+    async def main() -> None:
+        ready = helpers.context().Queue()
+        procs(_emit_from_another_process, "storm", 2000, ready, 0.002)
+        ready.get(timeout=10)
+        sub = shmbus.subscribe("storm")
+        rng = random.Random(7)
+        got: list[int] = []
+        cancelled = 0
+        while True:
+            task = asyncio.ensure_future(sub.arecv())
+            done, _ = await asyncio.wait({task}, timeout=rng.choice([0, 0.0001, 0.001, 0.01]))
+            if not done:
+                task.cancel()
+                cancelled += 1
+            try:
+                got.append((await task)["i"])
+            except asyncio.CancelledError:
+                pass
+            except shmbus.Closed:
+                break
+        sub.close()
+        assert got == list(range(2000))
+        assert cancelled >= 20
+
+    asyncio.run(main())
+
+
+def test_timeouts_raise_timeout():
+    async def main() -> None:
+        with shmbus.EventEmitter("atimeout", capacity=1) as em, em.subscribe() as sub:
+            with pytest.raises(shmbus.Timeout):
+                await sub.arecv(timeout=0.1)
+            await em.aemit("fills the ring")
+            started = time.monotonic()
+            with pytest.raises(shmbus.Timeout, match="subscriber"):
+                await em.aemit("no room", timeout=0.2)
+            assert 0.15 < time.monotonic() - started < 1.0
+            assert await sub.arecv(timeout=1) == "fills the ring"
+            with pytest.raises(shmbus.Timeout):
+                await sub.arecv(timeout=0)
+
+    asyncio.run(main())
+
+
+def test_an_async_subscriber_hears_of_the_emitters_death_within_a_second(procs):
+    def emit_then_wait(name: str, ready: Any) -> None:
+        em = shmbus.EventEmitter(name)
+        ready.put("created")
+        while em.subscriber_count == 0:
+            time.sleep(0.01)
+        em.emit("last words")
+        time.sleep(60)
+
+    async def main() -> None:
+        ready = helpers.context().Queue()
+        proc = procs(emit_then_wait, "adies", ready)
+        ready.get(timeout=10)
+        with shmbus.subscribe("adies") as sub:
+            assert await sub.arecv(timeout=5) == "last words"
+            waiting = asyncio.ensure_future(sub.arecv())
+            await asyncio.sleep(0.2)
+            killed = time.monotonic()
+            os.kill(proc.pid, signal.SIGKILL)
+            with pytest.raises(shmbus.EmitterDied):
+                await waiting
+            assert time.monotonic() - killed < 1.0
+
+    asyncio.run(main())
+    shmbus.cleanup()  # the dead emitter's bus
+
+
+def test_many_subscriptions_wait_in_one_loop(procs):
+    async def main() -> None:
+        with shmbus.EventEmitter("crowd", capacity=4) as em:
+            subs = [em.subscribe() for _ in range(20)]
+            readers = [asyncio.ensure_future(_read_all(sub, 100)) for sub in subs]
+            await asyncio.sleep(0.05)  # every reader is now waiting on its bell
+            for i in range(100):
+                await em.aemit(i)
+            results = await asyncio.gather(*readers)
+            assert results == [list(range(100))] * 20
+            for sub in subs:
+                sub.close()
+
+    async def _read_all(sub: shmbus.Subscription, count: int) -> list[int]:
+        return [await sub.arecv(timeout=10) for _ in range(count)]
+
+    asyncio.run(main())
+
+
+def test_bells_are_removed_with_their_owners(registry_dir):
+    async def main() -> None:
+        em = shmbus.EventEmitter("bells", capacity=1)
+        sub = em.subscribe()
+        with pytest.raises(shmbus.Timeout):
+            await sub.arecv(timeout=0.05)  # creates the subscriber's bell
+        await em.aemit(1)
+        with pytest.raises(shmbus.Timeout):
+            await em.aemit(2, timeout=0.05)  # creates the emitter's bell
+        bus_dir = os.path.join(registry_dir, "buses", helpers.token_of(em))
+        assert sorted(n for n in os.listdir(bus_dir) if n.startswith("bell.")) == [
+            f"bell.{sub.id}", "bell.emitter"]
+        sub.close()
+        assert [n for n in os.listdir(bus_dir) if n.startswith("bell.")] == ["bell.emitter"]
+        em.close()
+        assert not os.path.exists(bus_dir)
+
+    asyncio.run(main())
