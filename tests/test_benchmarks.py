@@ -1,0 +1,122 @@
+"""The benchmark harness (benchmarks/): its results, and that it refuses lost events.
+
+Real processes, real queues and buses, tiny event counts: these check the harness, not
+anyone's speed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from benchmarks import harness, run
+from benchmarks.systems import EmitterPort
+from benchmarks.systems.mp_queue import MultiprocessingQueue
+from benchmarks.verify import DeliveryError, OrderVerifier
+from benchmarks.workloads import SMALL_TEXT, WORKLOADS
+
+TINY: dict[str, Any] = dict(systems=["shmbus", "mp-queue"], workloads=["small"], subscribers=[1, 2],
+            runs=1, events={"small": 300, "latency": 40, "growth": 600})
+
+
+@pytest.mark.timeout(120)
+def test_quick_suite_gives_every_figure_and_prints() -> None:
+    labels: list[str] = []
+    results = run.run_suite(**TINY, progress=labels.append)
+
+    assert len(labels) == run.count_measurements(**TINY) == 2 * 2 + 2 + 2
+    json.loads(json.dumps(results))  # JSON-able as it is
+    assert results["failures"] == []
+    throughput = {(r["system"], r["subscribers"]): r for r in results["throughput"]}
+    assert set(throughput) == {("shmbus", 1), ("shmbus", 2), ("mp-queue", 1), ("mp-queue", 2)}
+    for row in throughput.values():
+        rate = row["events_per_s"]
+        assert 0 < rate["min"] <= rate["median"] <= rate["max"]
+        assert row["rss_peak_bytes"]["emitter"] > 0 and row["rss_peak_bytes"]["subscriber"] > 0
+    assert throughput[("shmbus", 2)]["vs_reference"] == 1.0
+    assert throughput[("shmbus", 2)]["shm_peak_bytes"] > 0
+    assert throughput[("mp-queue", 1)]["shm_peak_bytes"] is None
+    for row in results["latency"]:
+        assert 0 < row["p50_us"]["median"] <= row["p99_us"]["median"] <= row["max_us"]["median"]
+    assert [r["system"] for r in results["growth"]] == ["shmbus", "mp-queue"]
+    assert all(r["emitter"]["delta"] is not None for r in results["growth"])
+    assert results["machine"]["cpu_count"] >= 1
+    assert results["shmbus_shared_memory"]["ring_bytes_per_subscriber"] == 256 * 512 + 64
+
+    out = io.StringIO()
+    run.print_table(results, Console(file=out, width=100))
+    assert "mp-queue" in out.getvalue() and "latency" in out.getvalue()
+
+
+def test_small_event_is_about_100_bytes_pickled() -> None:
+    import pickle
+
+    small = WORKLOADS["small"]
+    size = len(pickle.dumps(small.event(123_456, 10**15, SMALL_TEXT), protocol=5))
+    assert 80 <= size <= small.message_bytes
+
+
+def test_verifier_catches_a_gap_a_repeat_a_short_stream_and_a_damaged_body() -> None:
+    small = WORKLOADS["small"]
+
+    def verifier() -> OrderVerifier:
+        return OrderVerifier(5, small.body_field, small.body_ok)
+
+    def event(seq: int, body: str = SMALL_TEXT) -> dict[str, Any]:
+        return small.event(seq, 0, body)
+
+    gap = verifier()
+    gap.check(event(0))
+    with pytest.raises(DeliveryError, match="1..1 were lost"):
+        gap.check(event(2))
+    repeat = verifier()
+    repeat.check(event(0))
+    with pytest.raises(DeliveryError, match="repeated or reordered"):
+        repeat.check(event(0))
+    short = verifier()
+    for seq in range(4):
+        short.check(event(seq))
+    with pytest.raises(DeliveryError, match="received 4 of 5"):
+        short.finish()
+    with pytest.raises(DeliveryError, match="damaged"):
+        verifier().check(event(0, body="torn"))
+
+
+class _SkipsEventSeven(EmitterPort):
+    def __init__(self, inner: EmitterPort) -> None:
+        self.inner = inner
+
+    def emit(self, event: Any) -> None:
+        if event["seq"] != 7:
+            self.inner.emit(event)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class _LossyQueue(MultiprocessingQueue):
+    """A real multiprocessing.Queue behind an emitter that drops one event."""
+
+    def open_emitter(self) -> tuple[EmitterPort, Any]:
+        port, address = super().open_emitter()
+        return _SkipsEventSeven(port), address
+
+
+def test_a_lost_event_fails_the_measurement() -> None:
+    with pytest.raises(harness.MeasurementFailed, match="events 7..7 were lost"):
+        harness.measure(_LossyQueue, WORKLOADS["small"], 2, harness.Job(50))
+
+
+def test_unknown_names_and_missing_libraries_are_reported() -> None:
+    with pytest.raises(ValueError, match="unknown system"):
+        run.count_measurements(systems=["no-such-queue"])
+
+    class Missing(MultiprocessingQueue):
+        requires = (("no_such_module_for_shmbus_bench", "no-such-dist"),)
+
+    assert Missing.unavailable() == (
+        "no-such-dist is not installed: pip install -e '.[bench]'")
