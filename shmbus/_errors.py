@@ -71,3 +71,29 @@ class WorkerError(ShmBusError):
     def __init__(self, message: str, remote_traceback: str | None = None) -> None:
         super().__init__(message)
         self.remote_traceback = remote_traceback
+
+
+class NatsError(ShmBusError):
+    """NATS JetStream, as the bridge or a remote subscription found it, cannot carry the bus."""
+
+
+class NatsUnavailable(NatsError, ConnectionError):
+    """No NATS server answered at the given URL."""
+
+
+class EventsLost(ShmBusError):
+    """Events `first` to `last` of a bridged bus will never arrive; the next recv() goes on.
+
+    Raised by a remote subscription in their place: they were emitted while no bridge was
+    subscribed, or held by a bridge that died alone, or could not be carried at all (too
+    large for the NATS server, or not unpicklable in the bridge process).
+    """
+
+    def __init__(self, message: str, first: int = 0, last: int = -1) -> None:
+        super().__init__(message)
+        self.first = first
+        self.last = last
+
+    @property
+    def count(self) -> int:
+        return self.last - self.first + 1
