@@ -4,23 +4,26 @@
 
 The harness process forks (the `fork` start method) an emitter, waits until it has
 opened its end, forks the subscribers, waits until each has opened its end, then lets
-the emitter go. The emitter sends events `0 .. n-1` (as fast as it can, or spaced for
-latency) and reports the `perf_counter()` of its first emit; each subscriber checks
-every event (`verify.OrderVerifier`) and reports the `perf_counter()` of its last
-receipt, plus one-way latencies. Only then is the emitter told to close its end, so no
-system can be credited with events still in flight when it tears down. Throughput is
-`n / (last receipt of the slowest subscriber - first emit)`; `perf_counter` is one clock
-for every process on Linux and macOS.
+the emitter go. The emitter sends `warmup` events, and waits until every subscriber has
+them all: a system's first pass over its buffers and pools pays page faults that its
+steady state does not (iceoryx2's 258 preallocated samples per subscriber, faster-fifo's
+ring), and a short run would time mostly that. Then it sends the `n` measured events
+(as fast as it can, or spaced for latency) and reports the `perf_counter()` of the
+first; each subscriber checks every event (`verify.OrderVerifier`) and reports the
+`perf_counter()` of its last receipt, plus one-way latencies. Only then is the emitter
+told to close its end, so no system can be credited with events still in flight when it
+tears down. Throughput is `n / (last receipt of the slowest subscriber - first measured
+emit)`; `perf_counter` is one clock for every process on Linux and macOS.
 
-Each child reports over a pipe of its own. The harness waits on those pipes and on the
-children's sentinels together, so a child that dies is noticed at once, and every child
-is killed and reaped in a `finally`, then the system's `cleanup` runs, whatever
-happened. A measurement whose children reported an error, lost an event, stalled or died
-raises `MeasurementFailed`: there is no figure for it.
+Each child reports over a pipe of its own. The harness waits on every child's pipe at
+once, so a child that fails or dies (its pipe closes) is noticed at once, whatever phase
+the others are in; every child is killed and reaped in a `finally`, then the system's
+`cleanup` runs, whatever happened. A measurement whose children reported an error, lost
+an event, stalled or died raises `MeasurementFailed`: there is no figure for it.
 
-Memory, per process: RSS (psutil) right after the fork, at 10% of the events (after
-warm-up) and at the end, and the kernel's high-water mark (`ru_maxrss`; psutil has no
-peak, and sampling would miss short spikes). Forked children start with the harness's
+Memory, per process: RSS (psutil) right after the fork, after the warm-up and at the
+end (their difference is the growth over the measured events), and the kernel's
+high-water mark (`ru_maxrss`; psutil has no peak, and sampling would miss short spikes). Forked children start with the harness's
 pages mapped, so the figures include the harness process's baseline (reported too). A
 thread samples /dev/shm (Linux) every 20 ms for the bytes the run's objects occupy there
 (only shmbus and iceoryx2 name objects there; faster-fifo's buffer is an unlinked file,
@@ -48,7 +51,7 @@ from typing import Any, Callable
 import multiprocess
 from multiprocess import connection
 
-from benchmarks.systems import BATCH, STALL_SECONDS, EmitterPort, System
+from benchmarks.systems import BATCH, STALL_SECONDS, EmitterPort, ReceiverPort, System
 from benchmarks.verify import DeliveryError, OrderVerifier
 from benchmarks.workloads import Workload
 
@@ -62,7 +65,6 @@ BACKSTOP_SECONDS = 600.0
 SETUP_SECONDS = 60.0
 SHM_DIR = "/dev/shm"
 SHM_SAMPLE_SECONDS = 0.02
-WARM_FRACTION = 10
 
 
 class MeasurementFailed(Exception):
@@ -71,12 +73,14 @@ class MeasurementFailed(Exception):
 
 @dataclass(frozen=True)
 class Job:
-    """What the emitter does: `events` events, back to back or `interval` seconds apart."""
+    """What the emitter does: `warmup` events, then `events` measured ones, back to back
+    or at least `interval` seconds apart."""
 
     events: int
-    interval: float | None = None
     warmup: int = 0
-    """Leading events left out of the latency figures."""
+    """Leading events delivered and verified but not measured: they fault in each
+    system's buffers and pools, so that no system is timed on its cold start."""
+    interval: float | None = None
 
 
 def measure(system_class: type[System], workload: Workload, subscribers: int, job: Job,
@@ -84,14 +88,14 @@ def measure(system_class: type[System], workload: Workload, subscribers: int, jo
     """Run `job` once on a fresh instance of the system; raw figures of that run."""
     system = system_class(subscribers, workload, bound)
     context = multiprocess.get_context("fork")
-    go, finish = context.Event(), context.Event()
+    phases = _Phases(context)
     children: list[_Child] = []
     shm_before = _shm_names()
     sampler: _ShmSampler | None = None
     failed = True
     system.prepare()
     try:
-        emitter = _Child(context, "emitter", _emitter_main, system, job, go, finish)
+        emitter = _Child(context, "emitter", _emitter_main, system, job, phases)
         children.append(emitter)
         address = _await({emitter: "ready"}, children, SETUP_SECONDS)[emitter]
         receivers = []
@@ -101,11 +105,14 @@ def measure(system_class: type[System], workload: Workload, subscribers: int, jo
             children.append(receivers[-1])
         _await({r: "ready" for r in receivers}, children, SETUP_SECONDS)
         sampler = _ShmSampler(shm_before, system.shm_prefixes(address))
-        go.set()
+        phases.go.set()
+        if job.warmup:
+            _await({r: "warm" for r in receivers}, children, BACKSTOP_SECONDS)
+        phases.timed.set()
         reports = _await({emitter: "emitted", **{r: "done" for r in receivers}}, children,
                          BACKSTOP_SECONDS)
         emitted, received = reports[emitter], {r: reports[r] for r in receivers}
-        finish.set()
+        phases.finish.set()
         emitter_done = _await({emitter: "done"}, children, SETUP_SECONDS)[emitter]
         for child in children:
             child.process.join(SETUP_SECONDS)
@@ -129,6 +136,19 @@ def measure(system_class: type[System], workload: Workload, subscribers: int, jo
         "shm_peak_bytes": sampler.peak if sampler is not None else None,
         "bound": system.bound_note(),
     }
+
+
+class _Phases:
+    """The harness's signals to the emitter: start the warm-up, start the measured
+    events (every subscriber has the warm-up), close (every subscriber is done)."""
+
+    def __init__(self, context: Any) -> None:
+        self.go, self.timed, self.finish = context.Event(), context.Event(), context.Event()
+
+    @staticmethod
+    def wait(event: Any, what: str) -> None:
+        if not event.wait(BACKSTOP_SECONDS):
+            raise TimeoutError(f"the harness never said {what}")
 
 
 class _Child:
@@ -201,8 +221,8 @@ def _child_main(conn: Any, main: Callable[..., None], *args: Any) -> None:
         conn.close()
 
 
-def _emitter_main(send: Callable[[Any], None], system: System, job: Job, go: Any,
-                  finish: Any) -> None:
+def _emitter_main(send: Callable[[Any], None], system: System, job: Job,
+                  phases: _Phases) -> None:
     # No try/finally around the port: after a failure the error report must go out
     # first, and closing (zmq's term, a queue's flush) could wait forever on a receiver
     # that is gone. The harness kills this process and runs the system's cleanup.
@@ -210,26 +230,24 @@ def _emitter_main(send: Callable[[Any], None], system: System, job: Job, go: Any
     body = system.workload.make_body()
     port, address = system.open_emitter()
     send(("ready", address))
-    if not go.wait(BACKSTOP_SECONDS):
-        raise TimeoutError("the harness never said go")
+    phases.wait(phases.go, "go")
     port.start()
+    _emit(port, system, job, body, range(job.warmup))
+    phases.wait(phases.timed, "the warm-up is over")
+    warm = _rss()
     start = time.perf_counter()
-    warm = _emit_all(port, system, job, body)
+    _emit(port, system, job, body, range(job.warmup, job.warmup + job.events))
     end = _rss()
     send(("emitted", {"start": start}))
-    if not finish.wait(BACKSTOP_SECONDS):
-        raise TimeoutError("the harness never said finish")
+    phases.wait(phases.finish, "finish")
     port.close()
     send(("done", {"rss": _rss_figures(after_fork, warm, end)}))
 
 
-def _emit_all(port: EmitterPort, system: System, job: Job, body: Any) -> int | None:
-    """Emit events 0 .. n-1 as the job says; the RSS after the warm-up events."""
-    make, clock, n = system.workload.event, time.perf_counter_ns, job.events
-    warm_at = n // WARM_FRACTION
-    warm = None
+def _emit(port: EmitterPort, system: System, job: Job, body: Any, seqs: range) -> None:
+    make, clock = system.workload.event, time.perf_counter_ns
     if job.interval is not None:
-        for seq in range(n):
+        for seq in seqs:
             event = make(seq, clock(), body)
             if system.batched:
                 port.emit_many([event])
@@ -237,18 +255,13 @@ def _emit_all(port: EmitterPort, system: System, job: Job, body: Any) -> int | N
                 port.emit(event)
             time.sleep(job.interval)  # sleeping, not spinning: a feeder thread needs the GIL
     elif system.batched:
-        for first in range(0, n, BATCH):
+        for first in range(seqs.start, seqs.stop, BATCH):
             port.emit_many([make(seq, clock(), body)
-                            for seq in range(first, min(first + BATCH, n))])
-            if warm is None and first + BATCH > warm_at:
-                warm = _rss()
+                            for seq in range(first, min(first + BATCH, seqs.stop))])
     else:
         emit = port.emit
-        for seq in range(n):
+        for seq in seqs:
             emit(make(seq, clock(), body))
-            if seq == warm_at:
-                warm = _rss()
-    return warm
 
 
 def _subscriber_main(send: Callable[[Any], None], system: System, index: int, address: Any,
@@ -257,31 +270,35 @@ def _subscriber_main(send: Callable[[Any], None], system: System, index: int, ad
     workload = system.workload
     port = system.open_receiver(index, address)
     send(("ready", None))
-    verifier = OrderVerifier(job.events, workload.body_field, workload.body_ok)
+    verifier = OrderVerifier(job.warmup + job.events, workload.body_field, workload.body_ok)
+    _receive(port, verifier, job.warmup, None)
+    warm = _rss()
+    if job.warmup:
+        send(("warm", None))
     latencies: list[int] | None = [] if job.interval is not None else None
-    warm_at = job.events // WARM_FRACTION
-    warm = None
-    while verifier.received < job.events:
+    _receive(port, verifier, job.warmup + job.events, latencies)
+    end = time.perf_counter()
+    verifier.finish()
+    rss = _rss_figures(after_fork, warm, _rss())
+    port.close()
+    send(("done", {"end": end, "latencies_ns": latencies, "rss": rss}))
+
+
+def _receive(port: ReceiverPort, verifier: OrderVerifier, until: int,
+             latencies: list[int] | None) -> None:
+    """Receive and check events until `until` have arrived, noting latencies if asked."""
+    while verifier.received < until:
         events = port.receive(STALL_SECONDS)
         arrived = time.perf_counter_ns()
         if not events:
             raise DeliveryError(
                 f"nothing arrived for {STALL_SECONDS:.0f} s after {verifier.received} of "
-                f"{job.events} events: lost, or the system is stuck"
+                f"{verifier.total} events: lost, or the system is stuck"
             )
         for event in events:
             verifier.check(event)
             if latencies is not None:
                 latencies.append(arrived - event["ts"])
-        if warm is None and verifier.received > warm_at:
-            warm = _rss()
-    end = time.perf_counter()
-    verifier.finish()
-    rss = _rss_figures(after_fork, warm, _rss())
-    port.close()
-    if latencies is not None:
-        latencies = latencies[job.warmup:]
-    send(("done", {"end": end, "latencies_ns": latencies, "rss": rss}))
 
 
 def _rss() -> int | None:
@@ -289,7 +306,8 @@ def _rss() -> int | None:
 
 
 def _rss_figures(after_fork: int | None, warm: int | None, end: int | None) -> dict[str, Any]:
-    """One process's memory: RSS after fork, warm, at the end, and its peak, in bytes."""
+    """One process's memory in bytes: RSS after the fork, after the warm-up, at the end,
+    and its peak."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if sys.platform != "darwin":
         peak *= 1024  # kilobytes on Linux, bytes on macOS

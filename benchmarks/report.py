@@ -61,9 +61,10 @@ def _throughput_table(results: dict[str, Any], workload: str, rows: list[dict[st
                       reference: str) -> Table:
     config = results["config"]
     description = config.get("workload_descriptions", {}).get(workload, "")
-    events = rows[0]["events"]
-    table = _table(f"Throughput, {workload} ({description}), {events:,} events: events/s, "
-                   f"median of {config['runs']} run(s) (min-max)")
+    first = rows[0]
+    table = _table(f"Throughput, {workload} ({description}), {first['events']:,} events "
+                   f"after {first.get('warmup', 0):,} unmeasured: events/s, median of "
+                   f"{config['runs']} run(s) (min-max)")
     counts = sorted({r["subscribers"] for r in rows})
     for n in counts:
         table.add_column(f"{n} sub{'s' if n > 1 else ''}", justify="right")
@@ -89,8 +90,8 @@ def _latency_table(results: dict[str, Any], reference: str) -> Table:
     first = results["latency"][0]
     table = _table(
         f"One-way latency, us: 1 subscriber, {first['events']:,} small events at least "
-        f"{config['latency_interval_us']:.0f} us apart (the first {first['warmup']} left "
-        f"out); median of {config['runs']} run(s) (min-max)"
+        f"{config['latency_interval_us']:.0f} us apart after {first['warmup']} unmeasured; "
+        f"median of {config['runs']} run(s) (min-max)"
     )
     for name in ("p50", "p99", "max\nof all", f"p50 vs\n{reference}", f"p99 vs\n{reference}"):
         table.add_column(name, justify="right")
@@ -140,8 +141,9 @@ def _memory_table(results: dict[str, Any]) -> Table:
 
 def _growth_table(results: dict[str, Any]) -> Table:
     first = results["growth"][0]
-    table = _table(f"RSS over one long run: 1 subscriber, {first['events']:,} small events; "
-                   "MiB at 10% of the events -> at the end, and the growth in KiB")
+    table = _table(f"RSS over one long run: 1 subscriber, {first['events']:,} small events "
+                   f"after {first.get('warmup', 0):,} unmeasured; MiB after those -> at the "
+                   "end, and the growth in KiB")
     for name in ("events/s", "emitter", "growth", "subscriber", "growth"):
         table.add_column(name, justify="right")
     for row in results["growth"]:

@@ -121,7 +121,7 @@ class _Plan:
         found: list[_Measurement] = []
         for run in range(self.runs):
             for workload in self.workloads:
-                job = harness.Job(self.events[workload.name])
+                job = self.throughput_job(workload)
                 for n in self.subscribers:
                     found += [_Measurement("throughput", s, workload, n, job, run, self.runs)
                               for s in self.systems]
@@ -130,14 +130,23 @@ class _Plan:
                                        self.latency_job(), run, self.runs)
                           for s in self.systems]
         if self.growth:
-            job = harness.Job(self.events["growth"])
-            found += [_Measurement("growth", s, WORKLOADS[GROWTH_WORKLOAD], 1, job, 0, 1)
+            found += [_Measurement("growth", s, WORKLOADS[GROWTH_WORKLOAD], 1,
+                                   self.growth_job(), 0, 1)
                       for s in self.systems]
         return found
 
+    def throughput_job(self, workload: Workload) -> harness.Job:
+        events = self.events[workload.name]
+        return harness.Job(events, warmup=min(workload.warmup, events))
+
+    def growth_job(self) -> harness.Job:
+        events = self.events["growth"]
+        return harness.Job(events, warmup=max(1, events // 10))
+
     def latency_job(self) -> harness.Job:
         events = self.events["latency"]
-        return harness.Job(events, interval=LATENCY_INTERVAL, warmup=min(100, events // 10))
+        return harness.Job(events, warmup=min(100, max(1, events // 10)),
+                           interval=LATENCY_INTERVAL)
 
 
 def _plan(*, systems: Sequence[str] | None = None, workloads: Sequence[str] | None = None,
@@ -278,7 +287,9 @@ def _throughput(plan: _Plan, raw: _Raw, errors: _Errors) -> list[dict[str, Any]]
                 runs = raw.get(key, [])
                 row: dict[str, Any] = {
                     "system": system.name, "workload": workload.name, "subscribers": n,
-                    "events": plan.events[workload.name], "failed": errors.get(key, []),
+                    "events": plan.events[workload.name],
+                    "warmup": plan.throughput_job(workload).warmup,
+                    "failed": errors.get(key, []),
                     "events_per_s": None, "vs_reference": None, "rss_peak_bytes": None,
                     "rss_after_fork_bytes": None, "shm_peak_bytes": None, "bound": None,
                 }
@@ -350,6 +361,7 @@ def _growth(plan: _Plan, raw: _Raw, errors: _Errors) -> list[dict[str, Any]]:
         key = ("growth", system.name, GROWTH_WORKLOAD, 1)
         row: dict[str, Any] = {"system": system.name, "workload": GROWTH_WORKLOAD,
                                "subscribers": 1, "events": plan.events["growth"],
+                               "warmup": plan.growth_job().warmup,
                                "failed": errors.get(key, []), "emitter": None,
                                "subscriber": None, "events_per_s": None}
         if key in raw and not row["failed"]:

@@ -30,8 +30,12 @@ class Workload:
     """The size of the bulky part, 0 for small events."""
     message_bytes: int
     """An upper bound of one event's pickle, for systems that size buffers in bytes."""
+    warmup: int
+    """Unmeasured events each run starts with: enough to cycle a 256-deep buffer once,
+    except for numpy, where that would copy gigabytes before every measurement."""
     make_body: Callable[[], Any]
     body_ok: Callable[[Any], bool]
+    """A cheap check that a body arrived whole: type, size and sampled content."""
 
     def event(self, seq: int, ts: int, body: Any) -> dict[str, Any]:
         return {"seq": seq, "ts": ts, "kind": self.name, self.body_field: body}
@@ -43,24 +47,44 @@ class Workload:
         return None
 
 
+_PATTERN = bytes(range(256))
+_PROBES = (0, MiB // 2 + 256, MiB - 256)  # offsets of 256-byte samples, pattern-aligned
+
+
 def _large_body() -> bytes:
-    return bytes(range(256)) * (MiB // 256)
+    return _PATTERN * (MiB // 256)
+
+
+def _large_ok(body: Any) -> bool:
+    return (type(body) is bytes and len(body) == MiB
+            and all(body[at:at + 256] == _PATTERN for at in _PROBES))
+
+
+_ARRAY_LENGTH = MiB  # float64: 8 MiB
 
 
 def _numpy_body() -> Any:
     import numpy
 
-    return numpy.arange(MiB, dtype=numpy.float64)  # 8 MiB, every page really written
+    return numpy.arange(_ARRAY_LENGTH, dtype=numpy.float64)  # every page really written
+
+
+def _numpy_ok(body: Any) -> bool:
+    import numpy
+
+    return (isinstance(body, numpy.ndarray) and body.dtype == numpy.float64
+            and body.shape == (_ARRAY_LENGTH,)
+            and all(body[i] == i for i in (0, _ARRAY_LENGTH // 2 + 1, _ARRAY_LENGTH - 1)))
 
 
 WORKLOADS: dict[str, Workload] = {
     w.name: w
     for w in (
-        Workload("small", "a dict of four fields, ~100 bytes pickled", "text", 0, 256,
+        Workload("small", "a dict of four fields, ~100 bytes pickled", "text", 0, 256, 500,
                  lambda: SMALL_TEXT, lambda body: body == SMALL_TEXT),
-        Workload("large", "a dict holding 1 MiB of bytes", "payload", MiB, MiB + 512,
-                 _large_body, lambda body: len(body) == MiB),
+        Workload("large", "a dict holding 1 MiB of bytes", "payload", MiB, MiB + 512, 300,
+                 _large_body, _large_ok),
         Workload("numpy", "a dict holding an 8 MiB numpy array", "payload", 8 * MiB,
-                 8 * MiB + 1024, _numpy_body, lambda body: body.nbytes == 8 * MiB),
+                 8 * MiB + 1024, 10, _numpy_body, _numpy_ok),
     )
 }
