@@ -46,8 +46,8 @@ restarted bridge's events carry the bus's numbers, so remote subscribers see the
 raise `EventsLost` for exactly those events: the loss is reported, never silent.
 
 To lose nothing when a bridge dies, run two (on the same host): every bridge subscribes
-and reads the whole bus, but only the holder of a `flock` on
-`$SHMBUS_DIR/bridge.<stream>.lock` publishes; the kernel hands the lock to a standby the
+and reads the whole bus, but only the holder of a `flock` on `bridge.<stream>.lock` in
+the registry directory publishes; the kernel hands the lock to a standby the
 moment the leader dies. The leader announces on core NATS how far the stream has stored,
 and a standby keeps every event past that point (bounded: it reads no further ahead than
 its limit, so it paces the emitter like any subscriber). On taking over it publishes what
@@ -313,7 +313,7 @@ class _Pump:
         self.nc = nc
         self.sub = sub
         self.on_ready = on_ready
-        self.token: str = sub._token  # the bus instance; see the report on `Subscription`
+        self.token: str = sub._token  # names the bus instance; not public on Subscription
         self.carrier = _Carrier(nc, js, bridge.stream, _remote.subject_for(bridge.name),
                                 self._should_give_up)
         self.pending: deque[_Item] = deque()
@@ -451,9 +451,7 @@ def _take(sub: Subscription, max_n: int, wait: float, token: str,
     Runs on a worker thread: `recv` blocks.
     """
     try:
-        recv_many = getattr(sub, "recv_many", None)
-        events = (recv_many(max_n, timeout=wait) if recv_many is not None
-                  else [sub.recv(timeout=wait)])
+        events = sub.recv_many(max_n, timeout=wait)
     except Timeout:
         return [], None
     except DeserializationError as exc:
@@ -467,8 +465,8 @@ def _take(sub: Subscription, max_n: int, wait: float, token: str,
 
 
 def _last_seq(sub: Subscription) -> int:
-    # The bus's number of the event `recv` returned last. Subscriptions do not expose it
-    # yet; this is what they know it by (see the report to the lead).
+    # The bus's number of the event `recv` returned last. Subscriptions do not expose it;
+    # this is how they know it.
     start = sub._start
     assert start is not None
     return int(start + sub._tail - 1)
@@ -539,12 +537,17 @@ class _Carrier:
         answers = await self._send([(pending[i], self.anchor + i) for i in range(count)])
         stored, failure = 0, None
         for answer in answers:
-            if answer is None or answer.error is not None or answer.duplicate:
+            if answer is None or answer.error is not None:
                 failure = answer  # every later one was refused too, or is sent again
                 break
-            self.anchor = answer.seq
             stored += 1
+            if answer.duplicate:  # stored earlier, elsewhere: our place is unknown
+                self.anchor = None
+                break
+            self.anchor = answer.seq
         events = self._stored(pending, stored)
+        if self.anchor is None:
+            return events  # `_probe` finds our place
         if stored == count:
             self.backoff = 0.0
             return events

@@ -448,6 +448,7 @@ class RemoteSubscription:
         self._prefetcher: asyncio.Task[None] | None = None
         self._batch = capacity
         self._room = asyncio.Event()
+        self._redelivering = asyncio.Lock()
         self._runner = _LoopThread(f"shmbus-remote-{address.bus}")
 
     # -- public -----------------------------------------------------------------------
@@ -807,22 +808,23 @@ class RemoteSubscription:
             asyncio.ensure_future(self._redeliver())
 
     async def _redeliver(self) -> None:
-        await self._stop_prefetching()
-        with self._cond:
-            self._buffer.clear()
-        for attempt in range(100):
-            try:
-                await self._reset_consumer()
-                break
-            except nats.js.errors.NotFoundError as exc:
-                self._fail(NatsError(f"the consumer {self._consumer!r} of {self.name!r} is "
-                                     f"gone: {exc!r}; subscribe again"))
-                return
-            except Exception as exc:
-                log.debug("reset consumer %s: %r", self._consumer, exc)
-                await asyncio.sleep(RECONNECT_WAIT)
-        if not self._closing:
-            await self._start_prefetching()
+        async with self._redelivering:  # a reconnect and a suspicious gap may coincide
+            await self._stop_prefetching()
+            with self._cond:
+                self._buffer.clear()
+            while not self._closing:
+                try:
+                    await self._reset_consumer()
+                    break
+                except nats.js.errors.NotFoundError as exc:
+                    self._fail(NatsError(f"the consumer {self._consumer!r} of {self.name!r} "
+                                         f"is gone: {exc!r}; subscribe again"))
+                    return
+                except Exception as exc:
+                    log.debug("reset consumer %s: %r", self._consumer, exc)
+                    await asyncio.sleep(RECONNECT_WAIT)
+            if not self._closing:
+                await self._start_prefetching()
 
     def _resync(self) -> None:
         try:
