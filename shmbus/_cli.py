@@ -58,6 +58,7 @@ from rich.console import Console
 from rich.table import Table
 
 import shmbus
+from shmbus._errors import EventsLost
 from shmbus._registry import DIR_ENV, default_root
 
 from . import _cli_bench, _cli_demo, _cli_figures
@@ -192,6 +193,10 @@ def _follow(sub: Any, line_of: Any, limit: int | None, out: TextIO) -> int:
             notice_line(f"event not shown: {exc}")
             taken += 1
             continue
+        except EventsLost as exc:
+            # A bridged bus read from NATS: the gap is reported once, the stream goes on.
+            notice_line(f"{exc.count} events lost in transit: {exc}")
+            continue
         except shmbus.Closed:
             break
         out.write(line_of(event) + "\n")
@@ -270,7 +275,7 @@ def _add_bridge(commands: Any) -> None:
 
 def _run_bridge(args: argparse.Namespace) -> int:
     try:
-        from ._bridge import run_bridge
+        from ._bridge import Bridge
     except ModuleNotFoundError as exc:
         if exc.name is None or not exc.name.startswith("nats"):
             raise
@@ -279,12 +284,26 @@ def _run_bridge(args: argparse.Namespace) -> int:
             "pip install 'shmbus[nats]'"
         ) from None
     out = Console(highlight=False)
-    where = f"{args.nats}" + (f" (stream {args.stream})" if args.stream else "")
+    bridge = Bridge(args.name, args.nats, stream=args.stream)
+    where = f"{args.nats} (stream {bridge.stream})"
 
     def ready() -> None:
         out.print(f"bridging bus {args.name!r} to {where}; Ctrl-C to stop", markup=False)
 
-    published = run_bridge(args.name, args.nats, stream=args.stream, on_ready=ready)
-    out.print(f"bus {args.name!r} closed: published "
-              f"{plural(published, 'event', 'events')} to {where}", markup=False)
+    # The first Ctrl-C makes run() store what it already took and return; a second one
+    # raises KeyboardInterrupt out of it (exit 130 too, by `main`).
+    published = bridge.run(on_ready=ready)
+    summary = f"published {plural(published, 'event', 'events')} to {where}"
+    if _bus_is_open(args.name):
+        notice_line(f"stopped: {summary}")  # only Ctrl-C ends a bridge before its bus
+        return EXIT_INTERRUPTED
+    out.print(f"bus {args.name!r} ended: {summary}", markup=False)
     return EXIT_OK
+
+
+def _bus_is_open(name: str) -> bool:
+    try:
+        figures = shmbus.stats(name)
+    except shmbus.BusNotFound:
+        return False
+    return figures.emitter_alive and not figures.closed
