@@ -33,35 +33,55 @@ from ._control import ControlBlock
 from ._errors import IncompatibleBus
 
 
+SEGMENT_GRAIN = 64 * 1024
+"""Large-event segments are sized in multiples of this, so that a segment can be reused
+for any event up to its size."""
+
+FREE_POOL_BYTES = 32 * 1024 * 1024
+"""Freed segments are kept (mapped, their pages already in place) for reuse up to this
+many bytes in all; beyond it the largest are removed. Creating and first touching a
+segment costs far more than copying an event into one that exists."""
+
+
+class _Segment:
+    __slots__ = ("index", "incarnation", "size", "mapping")
+
+    def __init__(self, index: int, incarnation: int, size: int, mapping: "mmap.mmap") -> None:
+        self.index = index
+        self.incarnation = incarnation  # changes whenever the index gets a new segment
+        self.size = size
+        self.mapping = mapping
+
+
 class BlobStore:
     """The emitter's large-event segments of one bus."""
 
     def __init__(self, token: str, control: ControlBlock) -> None:
         self._token = token
         self._control = control
-        self._free: list[int] = []
+        self._free: list[_Segment] = []
+        self._free_bytes = 0
+        self._spare_indices: list[int] = []  # indices whose segment was removed
+        self._in_use: dict[int, _Segment] = {}
         self._limit = 0
+        self._incarnations = 0
         self.outstanding: deque[tuple[int, int]] = deque()
         """(seq, index) of every segment not freed yet, seq ascending; empty is falsy."""
 
-    def put(self, seq: int, payload: bytes) -> int:
-        """Write `payload` for event `seq` into a fresh segment; its index."""
-        index = self._free.pop() if self._free else self._grow()
-        # Tracked before it exists: if anything interrupts what follows, the segment is
-        # still freed by `reclaim` once the rings pass `seq`, instead of outliving them.
-        self.outstanding.append((seq, index))
-        name = _segment.blob_name(self._token, index)
-        try:
-            mapping = _create_replacing_stale(name, len(payload))
-        except BaseException:
-            self.outstanding.remove((seq, index))
-            self._free.append(index)
-            raise
-        try:
-            mapping[:] = payload
-        finally:
-            mapping.close()
-        return index
+    def put(self, seq: int, payload: "bytes | _codec.Parts") -> tuple[int, int]:
+        """Write `payload` for event `seq` into a segment; its (index, incarnation)."""
+        segment = self._take_free(len(payload))
+        if segment is None:
+            segment = self._create(_round_up(len(payload)))
+        # Tracked before it is written: if anything interrupts what follows, the segment
+        # is still freed by `reclaim` once the rings pass `seq`.
+        self._in_use[segment.index] = segment
+        self.outstanding.append((seq, segment.index))
+        if isinstance(payload, _codec.Parts):
+            _write_parts(segment.mapping, payload.pieces)
+        else:
+            segment.mapping[: len(payload)] = payload
+        return segment.index, segment.incarnation
 
     def discard(self, index: int) -> None:
         """Undo `put` for an event that was never committed."""
@@ -71,15 +91,65 @@ class BlobStore:
             if entry[1] == index:
                 self.outstanding.remove(entry)
                 break
-        _segment.unlink_segment(_segment.blob_name(self._token, index))
-        self._free.append(index)
+        self._release(index)
 
     def reclaim(self, oldest_unread: int) -> None:
         """Free the segments of every event below `oldest_unread` (read by everyone)."""
         while self.outstanding and self.outstanding[0][0] < oldest_unread:
             _, index = self.outstanding.popleft()
-            _segment.unlink_segment(_segment.blob_name(self._token, index))
-            self._free.append(index)
+            self._release(index)
+
+    def close(self) -> None:
+        """Unmap everything; the segments stay for whoever removes the bus."""
+        for segment in [*self._free, *self._in_use.values()]:
+            segment.mapping.close()
+        self._free.clear()
+        self._in_use.clear()
+
+    def _take_free(self, size: int) -> "_Segment | None":
+        fitting = [s for s in self._free if size <= s.size <= 2 * size + SEGMENT_GRAIN]
+        if not fitting:
+            return None
+        segment = min(fitting, key=lambda s: s.size)
+        self._free.remove(segment)
+        self._free_bytes -= segment.size
+        return segment
+
+    def _create(self, size: int) -> _Segment:
+        if self._spare_indices:
+            index = self._spare_indices.pop()
+        elif self._free:  # make room under the pool's budget by replacing one
+            victim = max(self._free, key=lambda s: s.size)
+            self._free.remove(victim)
+            self._free_bytes -= victim.size
+            self._remove(victim)
+            index = victim.index
+        else:
+            index = self._grow()
+        try:
+            mapping = _create_replacing_stale(_segment.blob_name(self._token, index), size)
+        except BaseException:
+            self._spare_indices.append(index)
+            raise
+        self._incarnations += 1
+        return _Segment(index, self._incarnations, size, mapping)
+
+    def _release(self, index: int) -> None:
+        segment = self._in_use.pop(index, None)
+        if segment is None:
+            return
+        self._free.append(segment)
+        self._free_bytes += segment.size
+        while self._free_bytes > FREE_POOL_BYTES:
+            victim = max(self._free, key=lambda s: s.size)
+            self._free.remove(victim)
+            self._free_bytes -= victim.size
+            self._remove(victim)
+            self._spare_indices.append(victim.index)
+
+    def _remove(self, segment: _Segment) -> None:
+        segment.mapping.close()
+        _segment.unlink_segment(_segment.blob_name(self._token, segment.index))
 
     def _grow(self) -> int:
         index = self._limit
@@ -88,31 +158,67 @@ class BlobStore:
         return index
 
 
+def _write_parts(mapping: "mmap.mmap", pieces: list[Any]) -> None:
+    offset = 0
+    for piece in pieces:
+        end = offset + len(piece)
+        mapping[offset:end] = piece
+        offset = end
+
+
+def _round_up(size: int) -> int:
+    return -(-max(size, 1) // SEGMENT_GRAIN) * SEGMENT_GRAIN
+
+
 def _create_replacing_stale(name: str, size: int) -> "mmap.mmap":
     try:
         return _segment.create_segment(name, size)
     except posix_ipc.ExistentialError:
-        # Left by an emit interrupted before its event was committed: no subscriber can
-        # refer to it, and the name is this emitter's own.
+        # Left by an emit interrupted before its event was committed, or replaced by a
+        # larger one: no subscriber can refer to it, and the name is this emitter's own.
         _segment.unlink_segment(name)
         return _segment.create_segment(name, size)
 
 
-def load(token: str, index: int, length: int) -> Any:
-    """Decode a large event straight from its segment (subscriber side)."""
-    name = _segment.blob_name(token, index)
-    try:
-        mapping = _segment.open_segment(name)
-    except posix_ipc.ExistentialError:
-        raise IncompatibleBus(
-            f"large event segment {name} is missing: it was removed before this "
-            "subscriber read it (was it removed by hand?)"
-        ) from None
-    try:
+class BlobReader:
+    """A subscriber's mappings of the large-event segments it has read, kept for reuse.
+
+    A segment is mapped once and read many times; an index whose incarnation changed
+    got a new segment (the old one was removed), so its mapping is replaced.
+    """
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+        self._mapped: dict[int, tuple[int, "mmap.mmap"]] = {}
+
+    def load(self, index: int, incarnation: int, length: int) -> Any:
+        """Decode a large event straight from its segment."""
+        mapping = self._mapping(index, incarnation)
         with memoryview(mapping) as view, view[:length] as payload:
             return _codec.decode(payload)
-    finally:
-        mapping.close()
+
+    def close(self) -> None:
+        for _, mapping in self._mapped.values():
+            mapping.close()
+        self._mapped.clear()
+
+    def _mapping(self, index: int, incarnation: int) -> "mmap.mmap":
+        known = self._mapped.get(index)
+        if known is not None and known[0] == incarnation:
+            return known[1]
+        if known is not None:
+            known[1].close()
+            del self._mapped[index]
+        name = _segment.blob_name(self._token, index)
+        try:
+            mapping = _segment.open_segment(name)
+        except posix_ipc.ExistentialError:
+            raise IncompatibleBus(
+                f"large event segment {name} is missing: it was removed before this "
+                "subscriber read it (was it removed by hand?)"
+            ) from None
+        self._mapped[index] = (incarnation, mapping)
+        return mapping
 
 
 def unlink_all(token: str, limit: int) -> None:

@@ -128,6 +128,7 @@ class EventEmitter:
         self._inline_max = _ring.SLOT_SIZE - _ring.SLOT_HEADER_SIZE
         self._blobs = BlobStore(self._token, self._control)
         self._bytes_emitted = 0
+        self._expect_large = False
         self._bell: Bell | None = None  # created by the first aemit that has to wait
         self._ringer = Ringer()
         self._closing = False
@@ -162,7 +163,7 @@ class EventEmitter:
         ever sees it. Raises `SerializationError` (before touching any ring) if the
         event cannot be pickled, and `Closed` after `close()`.
         """
-        payload = _codec.encode(event)
+        payload = self._encode(event)
         deadline = None if timeout is None else deadline_after(timeout)
         self._enter(deadline)
         try:
@@ -180,7 +181,7 @@ class EventEmitter:
         A `Timeout` (or an interruption) can land between chunks: then the events before
         it were emitted and the rest were not, and `Timeout.emitted` says how many were.
         """
-        payloads = [_codec.encode(event) for event in events]
+        payloads = [self._encode(event) for event in events]
         deadline = deadline_after(timeout)
         self._enter(deadline)
         sent = 0
@@ -200,7 +201,7 @@ class EventEmitter:
         Waiting costs no thread and no CPU (see `_bell`). Cancelling the awaiting task is
         like a timeout: no subscriber ever sees the event.
         """
-        payload = _codec.encode(event)
+        payload = self._encode(event)
         deadline = deadline_after(timeout)
         while True:
             # Each try is synchronous, and cancellation lands only at the `await`: the
@@ -255,6 +256,7 @@ class EventEmitter:
                         self._ringer.ring(outlet.bell)
                     outlet.ring.detach()
                 self._ringer.close()
+                self._blobs.close()
                 if self._bell is not None:
                     self._bell.close()
                 self._outlets.clear()
@@ -283,6 +285,18 @@ class EventEmitter:
 
     # -- emit, step by step -----------------------------------------------------------
 
+    def _encode(self, event: Any) -> "bytes | _codec.Parts":
+        # In parts while the events are large: see `_codec`. Threads may race on the
+        # flag; it only picks the cheaper of two correct encodings.
+        if not self._expect_large:
+            payload: bytes | _codec.Parts = _codec.encode(event)
+        else:
+            payload = _codec.encode_in_parts(event)
+            if len(payload) <= self._inline_max:
+                payload = bytes(payload)
+        self._expect_large = len(payload) > self._inline_max
+        return payload
+
     def _enter(self, deadline: float | None) -> None:
         if self._closed or self._epoch != _liveness.fork_epoch:
             self._check_usable()
@@ -302,7 +316,7 @@ class EventEmitter:
         if self._closed:
             raise Closed(f"bus {self._name!r} is closed")
 
-    def _send(self, payloads: list[bytes], first: int, deadline: float | None,
+    def _send(self, payloads: "list[bytes | _codec.Parts]", first: int, deadline: float | None,
               wait: bool = True) -> tuple[int, int]:
         """Commit the next chunk of `payloads` from `first` on as consecutive events, all
         or none; (events sent, subscribers reached)."""
@@ -335,15 +349,15 @@ class EventEmitter:
             raise
         return count, len(outlets)
 
-    def _write(self, seq: int, payloads: list[bytes], outlets: list[_Outlet],
+    def _write(self, seq: int, payloads: "list[bytes | _codec.Parts]", outlets: list[_Outlet],
                blobs: list[int]) -> None:
         for payload in payloads:
-            if len(payload) <= self._inline_max:
-                slot = _ring.inline_slot(seq, payload)
+            if len(payload) <= self._inline_max:  # then it is bytes: `_encode` joins parts
+                slot = _ring.inline_slot(seq, payload)  # type: ignore[arg-type]
             else:
-                blob = self._blobs.put(seq, payload)
+                blob, incarnation = self._blobs.put(seq, payload)
                 blobs.append(blob)
-                slot = _ring.blob_slot(seq, blob, len(payload))
+                slot = _ring.blob_slot(seq, blob, incarnation, len(payload))
             for outlet in outlets:
                 outlet.ring.write_slot(seq, slot)
             seq += 1
@@ -421,7 +435,7 @@ class EventEmitter:
             return True
         return False
 
-    def _try_send(self, payload: bytes) -> "int | list[_Outlet]":
+    def _try_send(self, payload: "bytes | _codec.Parts") -> "int | list[_Outlet]":
         """Emit without waiting: subscribers reached, or the outlets whose rings are
         full (none if another thread holds the emitter)."""
         self._check_usable()

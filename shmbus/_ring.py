@@ -72,7 +72,7 @@ _HEAD = struct.Struct("<8sIII")
 _U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
 _SLOT = struct.Struct("<QII")
-_BLOB_REF = struct.Struct("<QQ")
+_BLOB_REF = struct.Struct("<QQQ")  # segment index, its incarnation, pickle length
 
 _ADOPTED = 20
 _START_SEQ = 24
@@ -248,14 +248,15 @@ def inline_slot(seq: int, payload: bytes) -> bytes:
     return _SLOT.pack(seq, KIND_INLINE, len(payload)) + payload
 
 
-def blob_slot(seq: int, index: int, length: int) -> bytes:
+def blob_slot(seq: int, index: int, incarnation: int, length: int) -> bytes:
     """Event `seq` as one ring slot referring to large-event segment `index`."""
-    return _SLOT.pack(seq, KIND_BLOB, _BLOB_REF.size) + _BLOB_REF.pack(index, length)
+    return _SLOT.pack(seq, KIND_BLOB, _BLOB_REF.size) + _BLOB_REF.pack(index, incarnation, length)
 
 
-def unpack_blob_ref(payload: bytes) -> tuple[int, int]:
-    index, length = _BLOB_REF.unpack(payload)
-    return int(index), int(length)
+def unpack_blob_ref(payload: bytes) -> tuple[int, int, int]:
+    """(index, incarnation, length) of the large event a slot refers to."""
+    index, incarnation, length = _BLOB_REF.unpack(payload)
+    return int(index), int(incarnation), int(length)
 
 
 def ring_object_names(token: str, sub_id: int) -> tuple[str, str, str]:

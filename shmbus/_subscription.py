@@ -40,8 +40,9 @@ from typing import Any
 
 import posix_ipc
 
-from . import _blob, _codec, _liveness, _ring
+from . import _codec, _liveness, _ring
 from ._bell import Bell, Ringer
+from ._blob import BlobReader
 from ._control import COMMITTED_WORD, ControlBlock
 from ._errors import Closed, DeserializationError, EmitterDied, ShmBusError, Timeout
 from ._liveness import LifeLock, is_alive
@@ -149,6 +150,7 @@ class Subscription:
         self._committed = 0
         self._parked: _Parked | None = None
         self._surplus: _Parked | None = None  # what an interrupted recv_many left over
+        self._blobs = BlobReader(token)
         self._bell: Bell | None = None  # created by the first async wait
         self._ringer: Ringer | None = None
         self._end: EndReason | None = None
@@ -228,7 +230,8 @@ class Subscription:
 
     async def arecv_many(self, max_n: int, *, timeout: float | None = None) -> list[Any]:
         """`recv_many` for asyncio, waiting as `arecv` does."""
-        return await self._arecv(functools.partial(self.recv_many, max_n), timeout)
+        values: list[Any] = await self._arecv(functools.partial(self.recv_many, max_n), timeout)
+        return values
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self
@@ -269,6 +272,7 @@ class Subscription:
                 self._end = EndReason.UNSUBSCRIBED
             if self._bell is not None:
                 self._bell.close()
+            self._blobs.close()
             if not self._ring.buf.closed:
                 self._ring.mark_sub_closed()
                 with contextlib.suppress(posix_ipc.Error):  # closed by an earlier try
@@ -475,8 +479,7 @@ class Subscription:
                 if kind == _ring.KIND_INLINE:
                     values.append(_codec.decode(payload))
                 else:
-                    blob, length = _ring.unpack_blob_ref(payload)
-                    values.append(_blob.load(self._token, blob, length))
+                    values.append(self._blobs.load(*_ring.unpack_blob_ref(payload)))
             except DeserializationError as exc:
                 if values:
                     break  # the next call reports it

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import threading
@@ -117,23 +118,34 @@ class _Interrupts:
 def interrupts_inside_shmbus(every: float) -> Iterator[_Interrupts]:
     """Raise KeyboardInterrupt at random points, but only while shmbus code runs.
 
-    A CPU-time timer (SIGPROF, so pytest-timeout's SIGALRM stays free) fires every
-    `every` seconds of CPU; its handler raises only when the interrupted frame is the
-    library's, so the test's own bookkeeping is never the thing interrupted.
+    A thread sends SIGPROF (pytest-timeout's SIGALRM stays free) to the main thread about
+    every `every` seconds of wall time (CPU-time timers tick too coarsely on some
+    kernels to land inside calls that take microseconds); the handler raises only when
+    the interrupted frame is the library's, so the test's own bookkeeping is never the
+    thing interrupted.
     """
     seen = _Interrupts()
+    target = threading.main_thread().ident
+    assert target == threading.get_ident(), "interrupts are delivered to the main thread"
+    stop = threading.Event()
 
     def handler(signum: int, frame: Any) -> None:
         if frame is not None and f"{os.sep}shmbus{os.sep}" in frame.f_code.co_filename:
             seen.count += 1
             raise KeyboardInterrupt
 
+    def sender() -> None:
+        while not stop.wait(every * random.uniform(0.5, 1.5)):
+            signal.pthread_kill(target, signal.SIGPROF)
+
     previous = signal.signal(signal.SIGPROF, handler)
-    signal.setitimer(signal.ITIMER_PROF, every, every)
+    thread = threading.Thread(target=sender, daemon=True)
+    thread.start()
     try:
         yield seen
     finally:
-        signal.setitimer(signal.ITIMER_PROF, 0, 0)
+        stop.set()
+        thread.join()
         signal.signal(signal.SIGPROF, previous)
 
 
