@@ -57,7 +57,7 @@ from benchmarks.workloads import Workload
 
 try:
     import psutil
-except ImportError:  # memory figures become None; the rest still runs
+except ImportError:  # RSS samples become None; the peak comes from getrusage
     psutil = None
 
 BACKSTOP_SECONDS = 600.0
@@ -95,27 +95,9 @@ def measure(system_class: type[System], workload: Workload, subscribers: int, jo
     failed = True
     system.prepare()
     try:
-        emitter = _Child(context, "emitter", _emitter_main, system, job, phases)
-        children.append(emitter)
-        address = _await({emitter: "ready"}, children, SETUP_SECONDS)[emitter]
-        receivers = []
-        for index in range(subscribers):
-            receivers.append(_Child(context, f"subscriber {index}", _subscriber_main,
-                                    system, index, address, job))
-            children.append(receivers[-1])
-        _await({r: "ready" for r in receivers}, children, SETUP_SECONDS)
+        address = _start(context, system, job, phases, children)
         sampler = _ShmSampler(shm_before, system.shm_prefixes(address))
-        phases.go.set()
-        if job.warmup:
-            _await({r: "warm" for r in receivers}, children, BACKSTOP_SECONDS)
-        phases.timed.set()
-        reports = _await({emitter: "emitted", **{r: "done" for r in receivers}}, children,
-                         BACKSTOP_SECONDS)
-        emitted, received = reports[emitter], {r: reports[r] for r in receivers}
-        phases.finish.set()
-        emitter_done = _await({emitter: "done"}, children, SETUP_SECONDS)[emitter]
-        for child in children:
-            child.process.join(SETUP_SECONDS)
+        reports = _drive(phases, job, children)
         failed = False
     finally:
         if sampler is not None:
@@ -123,19 +105,52 @@ def measure(system_class: type[System], workload: Workload, subscribers: int, jo
         for child in children:
             child.kill()
         system.cleanup(failed)
-    seconds = max(r["end"] for r in received.values()) - emitted["start"]
+    emitter, *receivers = children
+    seconds = max(reports[r]["end"] for r in receivers) - reports[emitter]["start"]
     return {
         "seconds": seconds,
         "events_per_s": job.events / seconds,
-        "latencies_ns": received[receivers[0]]["latencies_ns"],
+        "latencies_ns": reports[receivers[0]]["latencies_ns"],
         "rss": {
             "harness": _rss(),
-            "emitter": emitter_done["rss"],
-            "subscribers": [received[r]["rss"] for r in receivers],
+            "emitter": reports[emitter]["rss"],
+            "subscribers": [reports[r]["rss"] for r in receivers],
         },
-        "shm_peak_bytes": sampler.peak if sampler is not None else None,
+        "shm_peak_bytes": sampler.peak,
         "bound": system.bound_note(),
     }
+
+
+def _start(context: Any, system: System, job: Job, phases: "_Phases",
+           children: list["_Child"]) -> Any:
+    """Fork the emitter, then the subscribers, each once the one before has opened its
+    end; `children` gets them in that order. The emitter's address."""
+    emitter = _Child(context, "emitter", _emitter_main, system, job, phases)
+    children.append(emitter)
+    address = _await({emitter: "ready"}, children, SETUP_SECONDS)[emitter]
+    for index in range(system.subscribers):
+        children.append(_Child(context, f"subscriber {index}", _subscriber_main,
+                               system, index, address, job))
+    _await({r: "ready" for r in children[1:]}, children, SETUP_SECONDS)
+    return address
+
+
+def _drive(phases: "_Phases", job: Job, children: list["_Child"]) -> dict["_Child", Any]:
+    """Take the children through warm-up, measured events and close; every child's
+    figures: the emitter's start and RSS, each subscriber's end, latencies and RSS."""
+    emitter, *receivers = children
+    phases.go.set()
+    if job.warmup:
+        _await({r: "warm" for r in receivers}, children, BACKSTOP_SECONDS)
+    phases.timed.set()
+    reports = _await({emitter: "emitted", **{r: "done" for r in receivers}}, children,
+                     BACKSTOP_SECONDS)
+    phases.finish.set()
+    reports[emitter] = {**reports[emitter],
+                        **_await({emitter: "done"}, children, SETUP_SECONDS)[emitter]}
+    for child in children:
+        child.process.join(SETUP_SECONDS)
+    return reports
 
 
 class _Phases:
@@ -311,7 +326,10 @@ def _rss_figures(after_fork: int | None, warm: int | None, end: int | None) -> d
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if sys.platform != "darwin":
         peak *= 1024  # kilobytes on Linux, bytes on macOS
-    return {"after_fork": after_fork, "warm": warm, "end": end, "peak": peak}
+    # The kernel's counters behind the two figures are synced lazily, so the high-water
+    # mark can trail a sample taken a moment before by a few pages.
+    sampled = [rss for rss in (after_fork, warm, end) if rss is not None]
+    return {"after_fork": after_fork, "warm": warm, "end": end, "peak": max([peak, *sampled])}
 
 
 def _shm_names() -> set[str]:

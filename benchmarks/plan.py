@@ -19,7 +19,7 @@ REFERENCE = "shmbus"
 BOUND = 256
 DEFAULT_RUNS = 3
 QUICK_RUNS = 1
-DEFAULT_EVENTS = {"small": 20_000, "large": 300, "numpy": 50, "latency": 2_000,
+DEFAULT_EVENTS = {"small": 50_000, "large": 300, "numpy": 50, "latency": 2_000,
                   "growth": 200_000}
 QUICK_EVENTS = {"small": 2_000, "large": 30, "numpy": 6, "latency": 300, "growth": 20_000}
 LATENCY_INTERVAL = 500e-6

@@ -43,6 +43,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+
 if __package__ in (None, ""):  # `python benchmarks/run.py`: import as the package
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
@@ -153,28 +155,28 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from rich.console import Console
-
     console = Console(highlight=False)
     if args.show:
         print_table(json.loads(Path(args.show).read_text()), console)
         return 0
     events = {name: value for name in DEFAULT_EVENTS
               if (value := getattr(args, f"events_{name}")) is not None}
-    options: dict[str, Any] = dict(systems=args.systems, workloads=args.workloads,
-                   subscribers=args.subscribers, runs=args.runs, events=events,
-                   quick=args.quick, latency=not args.no_latency, growth=not args.no_growth)
+    options: dict[str, Any] = dict(
+        systems=args.systems, workloads=args.workloads, subscribers=args.subscribers,
+        runs=args.runs, events=events, quick=args.quick, latency=not args.no_latency,
+        growth=not args.no_growth,
+    )
     try:
         total = count_measurements(**options)
     except ValueError as error:
-        console.print(f"[red]{error}[/red]")
+        console.print(str(error), style="red", markup=False)
         return 2
     done = 0
 
     def progress(label: str) -> None:
         nonlocal done
         done += 1
-        console.print(f"[dim][{done}/{total}] {label}[/dim]")
+        console.print(f"[{done}/{total}] {label}", style="dim", markup=False)
 
     status = 0
     try:
@@ -182,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BenchmarkFailed as failed:
         results, status = failed.results, 1
     except KeyboardInterrupt:
-        console.print("[red]interrupted: nothing measured is kept[/red]")
+        console.print("interrupted: nothing measured is kept", style="red")
         return 130
     print_table(results, console)
     if args.json:
