@@ -47,6 +47,16 @@ def remote_collector(url: str, ready: Any, out: Any) -> None:
     out.put((seen, reason))
 
 
+def remote_recorder(url: str, path: str, ready: Any) -> None:
+    """Subscribe remotely and append each event's number to `path` as it is returned."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with shmbus.subscribe(url) as sub:
+        ready.put(url)
+        for event in sub:
+            os.write(fd, b"%d\n" % event)  # unbuffered: a SIGKILL loses nothing written
+    os.write(fd, b"end\n")
+
+
 def paced_emitter(name: str, created: Any, go: Any, stop: Any, count: Any, out: Any) -> None:
     """Create the bus, then emit 0, 1, 2, ... (about 4 per ms) until told to stop."""
     emitter = shmbus.EventEmitter(name, capacity=64)
@@ -291,6 +301,43 @@ def test_a_lone_bridge_killed_and_restarted_reports_exactly_what_it_missed(
     assert received == sorted(set(received))
     assert received[0] == 0
     assert sorted(received + list(range(first_lost, last_lost + 1))) == list(range(emitted))
+
+
+def test_a_remote_subscriber_killed_and_restarted_resumes_where_it_was(
+        nats_server: NatsServer, procs: Any, tmp_path: Any) -> None:
+    name = "resume"
+    stream = Stream(name, procs)
+    ready = helpers.context().Queue()
+    start_bridge(procs, ready, name, nats_server.url)
+    get(ready, "bridge")
+    url = f"{nats_server.url}/{name}?durable=resume"
+    before, after = str(tmp_path / "before"), str(tmp_path / "after")
+    first = procs(remote_recorder, url, before, ready)
+    get(ready, "remote subscription")
+    stream.go.set()
+    helpers.wait_until(lambda: len(lines(before)) >= 1000, 15)
+    kill(first)  # mid-stream, its last acknowledgements possibly in flight
+    stream.advance(500)
+    procs(remote_recorder, url, after, ready)
+    get(ready, "restarted remote subscription")
+    stream.advance(500)
+    emitted = stream.finish()
+    helpers.wait_until(lambda: lines(after)[-1:] == ["end"], 15)
+    seen_before = [int(line) for line in lines(before)]
+    seen_after = [int(line) for line in lines(after)[:-1]]
+    assert seen_before == list(range(len(seen_before)))
+    # It resumes after the last acknowledgement the server got: nothing is skipped, and
+    # only events whose acknowledgement the killed process had not yet sent come again.
+    assert seen_after == list(range(seen_after[0], emitted))
+    assert len(seen_before) - 64 <= seen_after[0] <= len(seen_before)
+
+
+def lines(path: str) -> list[str]:
+    try:
+        with open(path) as f:
+            return [line for line in f.read().split("\n") if line]
+    except FileNotFoundError:
+        return []
 
 
 def test_nats_server_restarts_mid_stream_lose_nothing(nats_server: NatsServer,
