@@ -3,32 +3,40 @@
 ## Shape
 
     shmbus ls [NAME] [--json]        buses and subscribers with their live figures
-    shmbus tail NAME [-n N] [--json] print a bus's events as they come, like `tail -f`
+    shmbus tail NAME [-n N] [--json] [--capacity C]
+                                     print a bus's events as they come, like `tail -f`
     shmbus top [--interval S] [--once | --iterations N]
                                      a live view: who is holding the emitter back
     shmbus gc                        remove what dead buses and subscribers left behind
     shmbus demo [--subscribers N] [--events M] [--capacity C] [--slow-ms S]
-                                     fan numbered events out, check they all arrive
+                [--start-method M]   fan numbered events out, check they all arrive
     shmbus bench [--systems ...] [--workloads ...] [--subscribers ...] [--runs R]
-                 [--quick] [--json PATH]
+                 [--quick] [--no-latency] [--no-growth] [--json PATH]
                                      the benchmark suite of a source checkout
     shmbus bridge NAME --nats URL [--stream S]
                                      publish a bus's events to NATS JetStream
 
 - `ls` and `top` read each bus's shared memory read-only (`shmbus.buses()`), so
-  watching cannot slow a bus down (`_cli_figures`). `ls --json` prints the same figures
-  as `dataclasses.asdict(BusStats)`.
+  watching cannot slow a bus down (`_cli_figures`). A table has a row for each bus's
+  emitter and one per subscriber: pid, ring fill (a bar), events emitted or delivered,
+  and how long the emitter has waited on that ring; `top` adds the rates since its last
+  refresh and names the subscriber holding the emitter back. `ls --json` prints
+  `dataclasses.asdict(BusStats)` per bus, plus its total `blocked_seconds`.
 - `tail` is an ordinary subscriber: it sees the events emitted after it subscribed, and
   while it runs the emitter waits for it like for any other. It prints a str event as
   it is and anything else as its repr, one per line; `--json` prints one JSON document
   per line, and the repr as a JSON string for an object JSON cannot represent. When the
-  bus closes it says so on stderr and exits 0; if the emitter died, 1.
+  bus closes it says so on stderr and exits 0; if the emitter died, it says so and
+  exits 1. NAME may be `nats://host:port/NAME`, a bridged bus read from NATS.
 - `gc` runs `shmbus.cleanup()` and says what it removed.
 - `demo` is the README's main job end to end (`_cli_demo`).
 - `bench` imports `benchmarks/run.py` from the source checkout this package was
   imported from (`_cli_bench`): the benchmarks are not part of the installed package.
-- `bridge` runs `shmbus._bridge.run_bridge`, imported only then, because it needs
-  nats-py, an optional extra.
+- `bridge` runs a `shmbus._bridge.Bridge`, imported only then because it needs nats-py
+  (an optional extra). It prints one line once events reach the stream and one when the
+  bus ends. The bridge takes the first Ctrl-C itself, stores what it already read and
+  returns; the bus still being open is how this command tells that from the bus's end,
+  and exits 130.
 
 ## Failures
 
@@ -173,11 +181,12 @@ def _run_tail(args: argparse.Namespace) -> int:
         end = sub.end_reason
     if limit is not None and printed >= limit:
         return EXIT_OK
+    events = plural(printed, "event", "events")
     if end is shmbus.EndReason.EMITTER_DIED:
-        error_line(f"the emitter of bus {args.name!r} died after {plural(printed, 'event', 'events')} "
-                   "here; every event it finished emitting was printed")
+        error_line(f"the emitter of bus {args.name!r} died after {events} here; every "
+                   "event it finished emitting was printed")
         return EXIT_FAILED
-    notice_line(f"bus {args.name!r} closed after {plural(printed, 'event', 'events')}")
+    notice_line(f"bus {args.name!r} closed after {events}")
     return EXIT_OK
 
 

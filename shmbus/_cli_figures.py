@@ -151,10 +151,11 @@ def _every(interval: float, frames: int | None) -> Iterator[Snapshot]:
     taken = 0
     while frames is None or taken < frames:
         due += interval
-        # Sleeping to a schedule, not for `interval`, keeps the reading time from
-        # stretching the period; a late reading (a loaded machine) skips ahead.
+        # Sleeping until a due time, not for `interval`, keeps reading and drawing from
+        # stretching the period; a late wake-up restarts the schedule rather than rush
+        # to catch up. The rates use the real times between snapshots either way.
         time.sleep(max(0.0, due - time.monotonic()))
-        due = max(due, time.monotonic() - interval)
+        due = max(due, time.monotonic())
         yield Snapshot.take()
         taken += 1
 
