@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import json
 import logging
 import os
 import re
@@ -745,8 +746,18 @@ class RemoteSubscription:
         )
 
     async def _reset_consumer(self) -> None:
+        """Forget what was delivered and not acknowledged: it comes again, in order.
+
+        The JetStream API call directly (nats-server 2.14+), not nats-py's wrapper, which
+        only recent nats-py releases have.
+        """
         assert self._nc is not None
-        await self._nc.jetstream().reset_consumer(self._address.stream, self._consumer)
+        reply = await self._nc.request(
+            f"$JS.API.CONSUMER.RESET.{self._address.stream}.{self._consumer}", b"",
+            timeout=_CALL_TIMEOUT / 2)
+        error = json.loads(reply.data).get("error")
+        if error:
+            nats.js.errors.APIError.from_error(error)  # raises the matching error
 
     async def _start_prefetching(self) -> None:
         assert self._nc is not None
