@@ -61,6 +61,15 @@ process, so a restarted subscriber resumes where it stopped, and the stream hold
 for it in the meantime (up to the stream's bounds, then the bridge blocks: remove an
 abandoned one with `forget()`). Without a name the consumer is private to this
 subscription: `close()` deletes it, and the server deletes it 30 s after its process died.
+
+## Trust
+
+Events cross the network as pickles, and unpickling runs code: whoever may publish to
+`shmbus.<NAME>` on the server may run code in every remote subscriber. Locally only
+the same user can write to a bus; over NATS that is the server's to enforce. Give the
+bridge's credentials alone publish rights on `shmbus.>` (NATS accounts and permissions),
+and keep the server on a network you trust: a `nats://` name has no TLS options yet.
+Credentials go in the URL (`nats://user:password@host:4222/NAME`).
 """
 
 from __future__ import annotations
