@@ -129,7 +129,7 @@ class Bridge:
                  max_msgs: int = DEFAULT_MAX_MSGS, max_bytes: int = DEFAULT_MAX_BYTES,
                  capacity: int | None = None) -> None:
         self.name = validate_name(name)
-        self.url = nats_url
+        self.url = _remote.redact(nats_url)
         self.stream = _remote.validate_stream(stream or _remote.stream_for(name))
         self._servers = _remote.parse_servers(nats_url)
         for label, value in (("max_msgs", max_msgs), ("max_bytes", max_bytes)):

@@ -86,7 +86,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
@@ -172,6 +172,18 @@ def description_for(bus: str) -> str:
     return f"shmbus bus {bus}"
 
 
+def redact(url: str) -> str:
+    """`url` fit for messages and logs: a password or token replaced by `***`."""
+    scheme, sep, rest = url.partition("://")
+    netloc, slash, tail = rest.partition("/")
+    credentials, at, hosts = netloc.rpartition("@")
+    if not at:
+        return url
+    user, colon, _ = credentials.partition(":")
+    hidden = f"{user}:***" if colon else "***"  # a lone `TOKEN@host` is a secret too
+    return f"{scheme}{sep}{hidden}@{hosts}{slash}{tail}"
+
+
 def parse_servers(url: str) -> list[str]:
     """`nats://a:4222,b:4222` (or a bare `host:port`) as the list nats-py connects to."""
     if "://" not in url:
@@ -189,8 +201,8 @@ def parse_servers(url: str) -> list[str]:
 class RemoteAddress:
     """What `nats://HOST:PORT/NAME?durable=D&stream=S` names."""
 
-    url: str
-    servers: list[str]
+    url: str = field(repr=False)
+    servers: list[str] = field(repr=False)
     bus: str
     stream: str
     durable: str | None
@@ -198,6 +210,10 @@ class RemoteAddress:
     @property
     def subject(self) -> str:
         return subject_for(self.bus)
+
+    @property
+    def shown(self) -> str:
+        return redact(self.url)
 
     @classmethod
     def parse(cls, url: str, durable: str | None = None) -> "RemoteAddress":
@@ -465,7 +481,8 @@ class RemoteSubscription:
 
     @property
     def name(self) -> str:
-        return self._address.url
+        """The `nats://` name subscribed to, without its password if it had one."""
+        return self._address.shown
 
     @property
     def durable(self) -> str | None:
@@ -539,7 +556,7 @@ class RemoteSubscription:
             pass
 
     def __repr__(self) -> str:
-        return f"<shmbus.RemoteSubscription {self._address.url!r} at {self._last}>"
+        return f"<shmbus.RemoteSubscription {self.name!r} at {self._last}>"
 
     # -- handing events to the caller ---------------------------------------------------
 
@@ -720,11 +737,11 @@ class RemoteSubscription:
 
     async def _attach(self) -> None:
         address = self._address
-        self._nc = await connect(address.servers, address.url, name=f"shmbus {address.bus}",
+        self._nc = await connect(address.servers, address.shown, name=f"shmbus {address.bus}",
                                  reconnected_cb=self._on_reconnect)
         js = self._nc.jetstream()
-        await require_jetstream(js, address.url)
-        await ensure_stream(js, address.url, address.bus, address.stream)
+        await require_jetstream(js, address.shown)
+        await ensure_stream(js, address.shown, address.bus, address.stream)
         try:
             info = await js.consumer_info(address.stream, self._consumer)
         except nats.js.errors.NotFoundError:

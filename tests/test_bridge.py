@@ -375,6 +375,10 @@ def test_an_unreachable_server_is_a_clear_error() -> None:
         assert time.monotonic() - started < 10
     for error in (bridge_error.value, remote_error.value):
         assert url in str(error) and "nats-server -js" in str(error)
+    secret = url.replace("nats://", "nats://me:s3cret@")
+    with pytest.raises(NatsUnavailable) as with_password:
+        shmbus.subscribe(f"{secret}/nowhere")
+    assert "me:***@" in str(with_password.value) and "s3cret" not in str(with_password.value)
 
 
 def test_a_bridge_to_a_bus_that_does_not_exist_says_so(nats_server: NatsServer) -> None:
