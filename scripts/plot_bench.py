@@ -25,7 +25,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
-from matplotlib.ticker import FuncFormatter  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator  # noqa: E402
 
 GROUP_WIDTH = 0.8
 
@@ -103,8 +103,12 @@ def _bars(ax: Axes, groups: list[str], systems: list[str], colors: dict[str, Any
     ax.set_xticks(range(len(groups)), groups)
     if log:
         ax.set_yscale("log")
-    else:
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: _short(v) if v else "0"))
+    plain = FuncFormatter(lambda v, _: _short(v) if v else "0")
+    ax.yaxis.set_major_formatter(plain)
+    if log:
+        ax.yaxis.set_minor_locator(LogLocator(subs=(2.0, 3.0, 5.0)))
+        ax.yaxis.set_minor_formatter(plain)
+    ax.tick_params(axis="y", which="minor", labelsize=7)
     ax.margins(y=0.18)  # room for the figures written above the bars
     ax.grid(axis="y", which="both", alpha=0.3)
 
