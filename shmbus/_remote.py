@@ -394,10 +394,22 @@ class _LoopThread:
     def stop(self) -> None:
         if self.loop.is_closed():
             return
+        try:
+            self.call(_cancel_the_rest(), timeout=5)
+        except Exception as exc:
+            log.debug("stopping the event loop: %r", exc)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)
         if not self._thread.is_alive():
             self.loop.close()
+
+
+async def _cancel_the_rest() -> None:
+    tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=2)
 
 
 @dataclass
@@ -793,13 +805,10 @@ class RemoteSubscription:
 
     async def _stop_prefetching(self) -> None:
         task, self._prefetcher = self._prefetcher, None
+        psub, self._psub = self._psub, None  # ends the loop even if a cancel is swallowed
         if task is not None:
             task.cancel()
-            try:
-                await task
-            except BaseException:
-                pass
-        psub, self._psub = self._psub, None
+            await asyncio.wait([task], timeout=2 * _FETCH_SLICE)
         if psub is not None:
             try:
                 await psub.unsubscribe()
@@ -807,7 +816,7 @@ class RemoteSubscription:
                 log.debug("unsubscribe: %r", exc)
 
     async def _prefetch(self, psub: Any) -> None:
-        while True:
+        while psub is self._psub:
             with self._cond:
                 room = min(self._batch, self._capacity - len(self._buffer))
                 self._prefetch_waiting = room <= 0
