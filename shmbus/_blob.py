@@ -23,6 +23,7 @@ than its buffer blocks forever). Here an event may be as large as memory allows.
 from __future__ import annotations
 
 import mmap
+import time
 from collections import deque
 from typing import Any
 
@@ -39,8 +40,12 @@ for any event up to its size."""
 
 FREE_POOL_BYTES = 32 * 1024 * 1024
 """Freed segments are kept (mapped, their pages already in place) for reuse up to this
-many bytes in all; beyond it the largest are removed. Creating and first touching a
-segment costs far more than copying an event into one that exists."""
+many bytes in all, or up to the most that segments in use have held within the last
+`POOL_MEMORY` seconds if that is more; beyond it the largest are removed. Creating and
+first touching a segment costs far more than copying an event into one that exists, and
+a stream of large events soon needs again what it frees, batch after batch."""
+
+POOL_MEMORY = 1.0
 
 
 class _Segment:
@@ -63,6 +68,9 @@ class BlobStore:
         self._free_bytes = 0
         self._spare_indices: list[int] = []  # indices whose segment was removed
         self._in_use: dict[int, _Segment] = {}
+        self._in_use_bytes = 0
+        self._peak = 0  # the most `_in_use_bytes` has been lately, and when
+        self._peak_at = 0.0
         self._limit = 0
         self._incarnations = 0
         self.outstanding: deque[tuple[int, int]] = deque()
@@ -76,6 +84,9 @@ class BlobStore:
         # Tracked before it is written: if anything interrupts what follows, the segment
         # is still freed by `reclaim` once the rings pass `seq`.
         self._in_use[segment.index] = segment
+        self._in_use_bytes += segment.size
+        if self._in_use_bytes > self._peak:
+            self._peak, self._peak_at = self._in_use_bytes, time.monotonic()
         self.outstanding.append((seq, segment.index))
         if isinstance(payload, _codec.Parts):
             _write_parts(segment.mapping, payload.pieces)
@@ -138,14 +149,20 @@ class BlobStore:
         segment = self._in_use.pop(index, None)
         if segment is None:
             return
+        self._in_use_bytes -= segment.size
         self._free.append(segment)
         self._free_bytes += segment.size
-        while self._free_bytes > FREE_POOL_BYTES:
+        while self._free_bytes > max(FREE_POOL_BYTES, self._recent_peak()):
             victim = max(self._free, key=lambda s: s.size)
             self._free.remove(victim)
             self._free_bytes -= victim.size
             self._remove(victim)
             self._spare_indices.append(victim.index)
+
+    def _recent_peak(self) -> int:
+        if time.monotonic() - self._peak_at > POOL_MEMORY:
+            self._peak, self._peak_at = self._in_use_bytes, time.monotonic()
+        return self._peak
 
     def _remove(self, segment: _Segment) -> None:
         segment.mapping.close()
