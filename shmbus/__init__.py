@@ -13,6 +13,8 @@ events, and a dead one is reaped. See docs/design.md for the whole design.
         ...
 """
 
+from typing import Any
+
 from ._emitter import DEFAULT_CAPACITY, EventEmitter
 from ._errors import (
     BusExists,
@@ -20,7 +22,10 @@ from ._errors import (
     Closed,
     DeserializationError,
     EmitterDied,
+    EventsLost,
     IncompatibleBus,
+    NatsError,
+    NatsUnavailable,
     OutOfSharedMemory,
     SerializationError,
     ShmBusError,
@@ -35,8 +40,23 @@ from ._subscription import EndReason, Subscription, subscribe
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> Any:
+    # The NATS side needs the `nats` extra (nats-py): imported only when asked for.
+    if name in ("Bridge", "run_bridge"):
+        from . import _bridge
+
+        return getattr(_bridge, name)
+    if name == "RemoteSubscription":
+        from ._remote import RemoteSubscription
+
+        return RemoteSubscription
+    raise AttributeError(f"module 'shmbus' has no attribute {name!r}")
+
+
 __all__ = [
     "DEFAULT_CAPACITY",
+    "Bridge",
     "BusExists",
     "BusNotFound",
     "BusStats",
@@ -46,8 +66,12 @@ __all__ = [
     "EmitterDied",
     "EndReason",
     "EventEmitter",
+    "EventsLost",
     "IncompatibleBus",
+    "NatsError",
+    "NatsUnavailable",
     "OutOfSharedMemory",
+    "RemoteSubscription",
     "SerializationError",
     "ShmBusError",
     "SubscriberStats",
@@ -58,6 +82,7 @@ __all__ = [
     "WorkerResult",
     "buses",
     "cleanup",
+    "run_bridge",
     "stats",
     "subscribe",
     "worker_index",

@@ -294,7 +294,7 @@ def _run_bridge(args: argparse.Namespace) -> int:
         ) from None
     out = Console(highlight=False)
     bridge = Bridge(args.name, args.nats, stream=args.stream)
-    where = f"{args.nats} (stream {bridge.stream})"
+    where = f"{bridge.url} (stream {bridge.stream})"  # the password redacted
 
     def ready() -> None:
         out.print(f"bridging bus {args.name!r} to {where}; Ctrl-C to stop", markup=False)

@@ -351,16 +351,21 @@ class EventEmitter:
 
     def _write(self, seq: int, payloads: "list[bytes | _codec.Parts]", outlets: list[_Outlet],
                blobs: list[int]) -> None:
-        for payload in payloads:
+        slots = []
+        for offset, payload in enumerate(payloads):
             if len(payload) <= self._inline_max:  # then it is bytes: `_encode` joins parts
-                slot = _ring.inline_slot(seq, payload)  # type: ignore[arg-type]
+                slots.append(_ring.inline_slot(seq + offset, payload))  # type: ignore[arg-type]
             else:
-                blob, incarnation = self._blobs.put(seq, payload)
+                blob, incarnation = self._blobs.put(seq + offset, payload)
                 blobs.append(blob)
-                slot = _ring.blob_slot(seq, blob, incarnation, len(payload))
+                slots.append(_ring.blob_slot(seq + offset, blob, incarnation, len(payload)))
+        if len(slots) == 1:
             for outlet in outlets:
-                outlet.ring.write_slot(seq, slot)
-            seq += 1
+                outlet.ring.write_slot(seq, slots[0])
+        else:
+            block = _ring.slot_block(slots)
+            for outlet in outlets:
+                outlet.ring.write_slots(seq, block)
 
     def _abort(self, end: int, outlets: list[_Outlet], count: int, blobs: list[int]) -> None:
         if self._control.committed == end:

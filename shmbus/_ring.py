@@ -226,6 +226,31 @@ class Ring:
         off = HEADER_SIZE + (seq % self.capacity) * self.slot_size
         self.buf[off : off + len(slot)] = slot
 
+    def write_slots(self, first: int, block: bytes) -> None:
+        """Write consecutive whole slots (made by `slot_block`) for events `first`, ...:
+        one copy per ring per chunk, two where the chunk wraps around the ring's end."""
+        count = len(block) // self.slot_size
+        start = first % self.capacity
+        head = min(count, self.capacity - start) * self.slot_size
+        off = HEADER_SIZE + start * self.slot_size
+        self.buf[off : off + head] = block[:head] if head < len(block) else block
+        if head < len(block):
+            self.buf[HEADER_SIZE : HEADER_SIZE + len(block) - head] = block[head:]
+
+    def read_inline(self, first: int, count: int) -> list[bytes] | None:
+        """The pickles of events `first` to `first + count - 1`, if all are inline and
+        sound; None if any is not (then `read` them one by one)."""
+        buf, capacity, slot_size, limit = self.buf, self.capacity, self.slot_size, self.inline_max
+        unpack, payloads = _SLOT.unpack_from, []
+        for seq in range(first, first + count):
+            off = HEADER_SIZE + (seq % capacity) * slot_size
+            found, kind, length = unpack(buf, off)
+            if found != seq or kind != KIND_INLINE or length > limit:
+                return None
+            start = off + SLOT_HEADER_SIZE
+            payloads.append(buf[start : start + length])
+        return payloads
+
     def read(self, seq: int) -> tuple[int, bytes]:
         """(kind, payload) of event `seq`: inline pickle bytes, or a packed blob ref."""
         off = HEADER_SIZE + (seq % self.capacity) * self.slot_size
@@ -251,6 +276,11 @@ def inline_slot(seq: int, payload: bytes) -> bytes:
 def blob_slot(seq: int, index: int, incarnation: int, length: int) -> bytes:
     """Event `seq` as one ring slot referring to large-event segment `index`."""
     return _SLOT.pack(seq, KIND_BLOB, _BLOB_REF.size) + _BLOB_REF.pack(index, incarnation, length)
+
+
+def slot_block(slots: list[bytes], slot_size: int = SLOT_SIZE) -> bytes:
+    """Slots made by `inline_slot` or `blob_slot`, padded to whole slots, end to end."""
+    return b"".join([slot.ljust(slot_size, b"\0") for slot in slots])
 
 
 def unpack_blob_ref(payload: bytes) -> tuple[int, int, int]:

@@ -471,6 +471,13 @@ class Subscription:
     def _read(self, seq: int, count: int) -> _Parked:
         """Decode events `seq` to `seq + count - 1`, stopping before an undecodable one
         unless it is the first."""
+        if count > 1:
+            payloads = self._ring.read_inline(seq, count)
+            if payloads is not None:
+                try:
+                    return _Parked(seq, _codec.decode_all(payloads), None)
+                except DeserializationError:
+                    pass  # one by one below finds which, and returns those before it
         values: list[Any] = []
         read = self._ring.read
         for index in range(seq, seq + count):
