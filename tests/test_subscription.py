@@ -344,3 +344,13 @@ def test_keyboard_interrupts_anywhere_in_recv_many_lose_and_duplicate_nothing():
                 break
         assert interrupted >= 30
         assert got == sent
+
+
+def test_recv_many_stops_after_about_a_mebibyte_of_large_events():
+    with shmbus.EventEmitter("rmanybig") as em, em.subscribe() as sub:
+        events = [bytes([i]) * 600_000 for i in range(5)]
+        em.emit_many(events)
+        # 600 kB, then 1.2 MB >= BATCH_BYTES: two at a time, however many were asked for.
+        assert sub.recv_many(10, timeout=1) == events[:2]
+        assert sub.recv_many(10, timeout=1) == events[2:4]
+        assert sub.recv_many(10, timeout=1) == events[4:]
