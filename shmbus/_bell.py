@@ -40,14 +40,17 @@ import stat
 
 from ._errors import ShmBusError
 
-_NOBODY_LISTENS = (errno.ENXIO, errno.ENOENT, errno.EAGAIN, errno.EPIPE)
-
 
 class Bell:
     """The listening end of one bell, owned by the process that created it."""
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self._waiters: set[asyncio.Future[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+        self._read_fd: int | None = None
+        self._keep_open_fd: int | None = None
         _make_fifo(path)
         try:
             self._read_fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
@@ -55,14 +58,17 @@ class Bell:
         except BaseException:
             self.close()
             raise
-        self._waiters: set[asyncio.Future[None]] = set()
 
     async def wait(self, timeout: float) -> None:
-        """Return once rung, or after `timeout` seconds, whichever is first."""
+        """Return once rung, or after `timeout` seconds, or at once if closed."""
+        fd = self._read_fd
+        if self._closed or fd is None:
+            return
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
         if not self._waiters:
-            loop.add_reader(self._read_fd, self._wake_all)
+            loop.add_reader(fd, self._wake_all)
+            self._loop = loop
         self._waiters.add(waiter)
         timer = loop.call_later(timeout, _settle, waiter)
         try:
@@ -71,25 +77,44 @@ class Bell:
             timer.cancel()
             self._waiters.discard(waiter)
             if not self._waiters:
-                loop.remove_reader(self._read_fd)
+                loop.remove_reader(fd)
+                if self._closed:
+                    self._close_fds()  # close() left that to the last waiter
 
     def close(self) -> None:
-        """Close and remove the pipe. Idempotent."""
-        for name in ("_read_fd", "_keep_open_fd"):
-            fd = getattr(self, name, None)
-            if fd is not None:
-                setattr(self, name, None)
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+        """Remove the pipe and wake every waiter; the pipe closes when they are gone.
+        Idempotent; may be called from any thread."""
+        if self._closed:
+            return
+        self._closed = True
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
+        if not self._waiters or self._loop is None:
+            self._close_fds()
+            return
+        if _running_loop() is self._loop:
+            self._settle_all()
+        else:
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
+                self._loop.call_soon_threadsafe(self._settle_all)
 
     def _wake_all(self) -> None:
-        with contextlib.suppress(BlockingIOError, OSError):
-            while os.read(self._read_fd, 4096):
-                pass
-        for waiter in self._waiters:
+        if self._read_fd is not None:
+            with contextlib.suppress(OSError):
+                while os.read(self._read_fd, 4096):
+                    pass
+        self._settle_all()
+
+    def _settle_all(self) -> None:
+        for waiter in list(self._waiters):
             _settle(waiter)
+
+    def _close_fds(self) -> None:
+        for fd in (self._read_fd, self._keep_open_fd):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._read_fd = self._keep_open_fd = None
 
 
 class Ringer:
@@ -99,21 +124,20 @@ class Ringer:
         self._fds: dict[str, int] = {}
 
     def ring(self, path: str) -> None:
+        """Never raises: it runs after an event is committed, and a bell not heard costs
+        its listener one slice of latency, while an error here would make the caller
+        believe the event was not sent."""
         fd = self._fds.get(path)
         if fd is None:
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
-            except OSError as exc:
-                if exc.errno in _NOBODY_LISTENS:
-                    return
-                raise
+            except OSError:
+                return  # nobody listens (ENXIO, ENOENT), or no descriptor to spare
             self._fds[path] = fd
         try:
             os.write(fd, b"!")
         except OSError as exc:
-            if exc.errno not in _NOBODY_LISTENS:
-                raise
-            if exc.errno != errno.EAGAIN:
+            if exc.errno != errno.EAGAIN:  # a full pipe has rung already
                 self.forget(path)  # the listener went away; its successor is a new pipe
 
     def forget(self, path: str) -> None:
@@ -138,6 +162,13 @@ def _make_fifo(path: str) -> None:
                 f"{path} exists and is not a pipe; the registry directory has been "
                 "tampered with. Run `shmbus gc` and recreate the bus."
             ) from None
+
+
+def _running_loop() -> "asyncio.AbstractEventLoop | None":
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _settle(waiter: "asyncio.Future[None]") -> None:

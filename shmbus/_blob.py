@@ -3,15 +3,20 @@
 ## Shape
 
 An event whose pickle does not fit in a ring slot is written into a segment of its own,
-`/sb_<token>_b<k>`, and each ring's slot carries only `(k, length)`. Fanning a 1 MiB event
-out to four subscribers therefore costs one 1 MiB write, not four.
+`/sb_<token>_b<k>`, and each ring's slot carries only `(k, incarnation, length)`. Fanning a
+1 MiB event out to four subscribers therefore costs one 1 MiB write, not four.
 
-The emitter owns these segments. It frees segment `k` once every ring's `tail` has moved
-past the event that used it (a subscriber reads the segment before it advances its tail),
-and reuses freed indices, so the indices stay below a small bound that it records in the
-control block (`blob_limit`) *before* creating a segment past it. Whoever removes a dead
-or abandoned bus unlinks every index below that bound, so nothing is orphaned even on
-macOS, where segments cannot be listed.
+The emitter owns these segments. Segment `k` is free again once every ring's `tail` has
+moved past the event that used it (a subscriber reads the segment before it advances its
+tail). Free segments stay mapped in a pool and are filled again by later events of a
+size they fit, because creating a segment and faulting in its pages costs far more than
+the copy; beyond the pool's budget (`FREE_POOL_BYTES`) the largest are removed. An index
+whose segment is replaced gets a new incarnation, which tells a subscriber that its own
+cached mapping of that index (`BlobReader`) is stale. Indices stay below a small bound
+that the emitter records in the control block (`blob_limit`) *before* creating a segment
+past it; whoever removes a dead or abandoned bus unlinks every index below that bound,
+pooled ones included, so nothing is orphaned even on macOS, where segments cannot be
+listed.
 
 ## Why not a chunked ring
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import os
 import threading
 import time
@@ -178,8 +179,10 @@ class EventEmitter:
         but markedly cheaper per event: the events are committed in chunks of up to a
         quarter of the smallest ring, each chunk all-or-nothing like one `emit`. Every
         event is pickled before any is sent, so a `SerializationError` sends nothing.
-        A `Timeout` (or an interruption) can land between chunks: then the events before
-        it were emitted and the rest were not, and `Timeout.emitted` says how many were.
+        A `Timeout` can land between chunks: then the events before it were emitted and
+        the rest were not, and `Timeout.emitted` says how many were. An interruption
+        (`KeyboardInterrupt`) can too, and carries no count: subscribers see whole
+        chunks, in order, never part of one.
         """
         payloads = [self._encode(event) for event in events]
         deadline = deadline_after(timeout)
@@ -370,6 +373,9 @@ class EventEmitter:
     def _abort(self, end: int, outlets: list[_Outlet], count: int, blobs: list[int]) -> None:
         if self._control.committed == end:
             _ring_all(outlets, count)  # may ring a bell twice: one spurious wake-up
+            for outlet in outlets:
+                if outlet.ring.flags[SUB_WAITING]:
+                    self._ringer.ring(outlet.bell)
         else:
             _give_back_room(outlets, count)
             for blob in reversed(blobs):
@@ -461,8 +467,11 @@ class EventEmitter:
         if self._bell is None:
             self._bell = Bell(self._registry.bell_path(self._token, "emitter"))
         began = time.monotonic_ns()
-        for outlet in full:
-            outlet.ring.flags[EMITTER_WAITING] = 1
+        try:
+            for outlet in full:
+                outlet.ring.flags[EMITTER_WAITING] = 1
+        except ValueError:  # released: another thread dropped it, or closed the emitter
+            return
         try:
             fence(full[0].ring.space)
             seq = self._control.committed
@@ -472,8 +481,9 @@ class EventEmitter:
             blocked = time.monotonic_ns() - began
             for outlet in full:
                 if outlet.sub_id in self._outlets:  # still attached
-                    outlet.ring.flags[EMITTER_WAITING] = 0
-                    outlet.ring.add_blocked_ns(blocked)
+                    with contextlib.suppress(ValueError):  # unless dropped meanwhile
+                        outlet.ring.flags[EMITTER_WAITING] = 0
+                        outlet.ring.add_blocked_ns(blocked)
 
     def _await_room(self, outlet: _Outlet, seq: int, deadline: float | None) -> bool:
         """Wait until `outlet` has room: True, or False if its subscriber left."""

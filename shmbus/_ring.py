@@ -32,7 +32,9 @@ the semaphore only when they say wait. So a token posted late (after the counter
 or doubled by an interruption (a `KeyboardInterrupt` can land between a semaphore call
 returning and the next bytecode) is a spurious wake-up, and one lost costs at most one
 slice of latency: neither can make the emitter overwrite a slot or the subscriber read
-one twice. The tokens never pile up either, since no side posts more than one per event.
+one twice. Tokens do not pile up either: each side posts one per event, except when an
+interrupted emit gives its reservation back, and every token beyond the events is used up
+by the next wait as a spurious wake-up.
 
 Memory order: the emitter writes a slot before it stores `committed`, and a subscriber
 reads `committed` before the slot; the subscriber writes `tail` after reading the slot,

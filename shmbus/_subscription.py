@@ -7,9 +7,10 @@ process, and returns at once; the emitter adopts the ring on its next `emit` (it
 the control block's `generation` moved), so the subscription receives every event
 whose `emit` begins after `subscribe()` returned, and none that finished before.
 
-`recv` takes a doorbell token from the ring's `data` semaphore, one slice at a time, and
-reads event `start_seq + tail` once the control block's `committed` has passed it. When
-nothing arrives within a slice it checks how the emitter is doing:
+`recv` reads event `start_seq + tail` once the control block's `committed` has passed
+it. When it has not, `recv` waits on the ring's `data` semaphore (the doorbell), one
+slice at a time, after a short spell of yielding the CPU (`_wait.SPIN`). When nothing
+arrives within a slice it checks how the emitter is doing:
 
 - the emitter closed (`closed` flag): read what is left, then raise `Closed`;
 - the emitter died (its life lock is free): read every committed event, which includes
@@ -80,6 +81,14 @@ class EndReason(Enum):
     """The emitter process died without closing."""
     UNSUBSCRIBED = "unsubscribed"
     """This subscription was closed by its own process."""
+
+
+def _split(parked: "_Parked", max_n: int, behind: "_Parked | None"
+           ) -> "tuple[_Parked, _Parked | None]":
+    """The first `max_n` of `parked`, and the rest followed by `behind`."""
+    rest = parked.values[max_n:] + (behind.values if behind is not None else [])
+    head = _Parked(parked.seq, parked.values[:max_n], None)
+    return head, (_Parked(parked.seq + max_n, rest, None) if rest else None)
 
 
 class _Parked:
@@ -204,9 +213,11 @@ class Subscription:
             # interruption there would drop events that are already consumed.
             parked, self._parked = self._parked, None
             if parked is not None:
-                if parked.error is not None:
-                    raise parked.error
-                return parked.values[0]
+                # The usual case falls through to the return: some Pythons check for
+                # signals on a jump taken, and `parked` lives only in this frame.
+                if parked.error is None:
+                    return parked.values[0]
+                raise parked.error
 
     def recv_many(self, max_n: int, *, timeout: float | None = None) -> list[Any]:
         """The next events, at least one and at most `max_n`: all that are ready now
@@ -223,9 +234,9 @@ class Subscription:
             self._park(deadline, max_n)
             parked, self._parked = self._parked, None  # see recv
             if parked is not None:
-                if parked.error is not None:
-                    raise parked.error
-                return parked.values
+                if parked.error is None:
+                    return parked.values
+                raise parked.error
 
     async def arecv(self, *, timeout: float | None = None) -> Any:
         """`recv` for asyncio: the event loop runs while this waits.
@@ -350,12 +361,23 @@ class Subscription:
         return seq if seq < self._committed else None
 
     def _hand_out_leftovers(self, max_n: int) -> bool:
-        parked = self._parked  # another thread may take it from under us
+        """Park at most `max_n` of the events an interrupted call consumed; True if any.
+
+        `_parked` comes first, then `_surplus`, in order. Another thread may take
+        `_parked` (outside the lock) at any moment, so it is replaced only if it is still
+        the one looked at, with no call between the check and the store.
+        """
+        parked = self._parked
         if parked is not None and self._parked_was_consumed(parked):
-            self._split_parked(parked, max_n)
+            if len(parked.values) > max_n:
+                head, rest = _split(parked, max_n, self._surplus)
+                if self._parked is parked:
+                    self._parked, self._surplus = head, rest
             return True
-        if self._surplus is not None:
-            self._split_parked(self._surplus, max_n)
+        surplus = self._surplus
+        if surplus is not None:
+            head, rest = _split(surplus, max_n, None)
+            self._parked, self._surplus = head, rest
             return True
         return False
 
@@ -375,15 +397,6 @@ class Subscription:
         if self._ring.flags[EMITTER_WAITING]:  # read after a post: see `_bell`
             self._ring_emitter_bell()
 
-    def _split_parked(self, parked: _Parked, max_n: int) -> None:
-        """Hand out at most `max_n` of events consumed by an interrupted call."""
-        if len(parked.values) <= max_n:
-            self._parked, self._surplus = parked, None
-            return
-        head = _Parked(parked.seq, parked.values[:max_n], None)
-        rest = _Parked(parked.seq + max_n, parked.values[max_n:], None)
-        self._parked, self._surplus = head, rest  # no call in between: one step
-
     async def _arecv(self, receive: Callable[..., Any], timeout: float | None) -> Any:
         # Each try is synchronous, and cancellation lands only at the `await`: an event
         # is either returned or left in the ring, never consumed and then dropped.
@@ -401,7 +414,11 @@ class Subscription:
             self._check_usable()
             self._bell = Bell(self._registry.bell_path(self._token, self._sub_id))
         flags = self._ring.flags
-        flags[SUB_WAITING] = 1
+        try:
+            flags[SUB_WAITING] = 1
+        except ValueError:  # released: closed from another thread
+            self._check_usable()
+            raise
         try:
             fence(self._ring.data)
             if self._ready_seq() is None and not self._control.closed:

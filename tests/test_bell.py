@@ -246,3 +246,48 @@ def test_bells_are_removed_with_their_owners(registry_dir):
         assert not os.path.exists(bus_dir)
 
     asyncio.run(main())
+
+
+def test_closing_while_async_calls_wait_ends_them_and_leaves_the_loop_sound():
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        em = shmbus.EventEmitter("closewait", capacity=1)
+        sub = em.subscribe()
+
+        async def consume() -> list[Any]:
+            return [event async for event in sub]
+
+        reading = asyncio.ensure_future(consume())
+        await asyncio.sleep(0.05)  # waiting on its bell
+        sub.close()
+        assert await asyncio.wait_for(reading, 2) == []
+
+        other = em.subscribe()
+        await em.aemit("fills the ring")
+        emitting = asyncio.ensure_future(em.aemit("waits for room"))
+        await asyncio.sleep(0.05)
+        em.close()
+        with pytest.raises(shmbus.Closed):
+            await asyncio.wait_for(emitting, 2)
+        other.close()
+
+        # No reader was left registered on a closed descriptor: a new pipe still works.
+        read_end, write_end = os.pipe()
+        fired = loop.create_future()
+        loop.add_reader(read_end, lambda: fired.done() or fired.set_result(None))
+        os.write(write_end, b"x")
+        await asyncio.wait_for(fired, 1)
+        loop.remove_reader(read_end)
+        os.close(read_end)
+        os.close(write_end)
+
+    asyncio.run(main())
+
+
+def test_ringing_a_bell_never_raises(tmp_path):
+    from shmbus._bell import Ringer
+
+    ringer = Ringer()
+    ringer.ring(str(tmp_path))  # a directory: cannot be opened for writing
+    ringer.ring(str(tmp_path / "nobody"))  # no such pipe
+    ringer.close()

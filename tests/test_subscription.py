@@ -354,3 +354,19 @@ def test_recv_many_stops_after_about_a_mebibyte_of_large_events():
         assert sub.recv_many(10, timeout=1) == events[:2]
         assert sub.recv_many(10, timeout=1) == events[2:4]
         assert sub.recv_many(10, timeout=1) == events[4:]
+
+
+def test_events_left_by_two_interrupted_calls_come_out_once_in_order():
+    with shmbus.EventEmitter("leftovers") as em, em.subscribe() as sub:
+        em.emit_many(range(10))
+        # As if recv_many(10) were interrupted after consuming its events, then
+        # recv_many(4) and recv_many(2) after parking their shares, all before returning.
+        sub._park(None, 10)
+        sub._park(None, 4)
+        sub._park(None, 2)
+        got = sub.recv_many(4, timeout=1)
+        while len(got) < 10:
+            got += sub.recv_many(3, timeout=1)
+        assert got == list(range(10))
+        with pytest.raises(shmbus.Timeout):
+            sub.recv(timeout=0)
