@@ -52,6 +52,9 @@ a stream of large events soon needs again what it frees, batch after batch."""
 
 POOL_MEMORY = 1.0
 
+MAPPINGS_KEPT = 64
+"""A subscriber keeps at most this many large-event segments mapped for reuse."""
+
 
 class _Segment:
     __slots__ = ("index", "incarnation", "size", "mapping")
@@ -132,9 +135,11 @@ class BlobStore:
         return segment
 
     def _create(self, size: int) -> _Segment:
+        budget = max(FREE_POOL_BYTES, self._recent_peak())
         if self._spare_indices:
             index = self._spare_indices.pop()
-        elif self._free:  # make room under the pool's budget by replacing one
+        elif self._free and self._free_bytes + self._in_use_bytes + size > budget:
+            # replace a free one rather than grow past the pool's budget
             victim = max(self._free, key=lambda s: s.size)
             self._free.remove(victim)
             self._free_bytes -= victim.size
@@ -211,7 +216,7 @@ class BlobReader:
 
     def __init__(self, token: str) -> None:
         self._token = token
-        self._mapped: dict[int, tuple[int, "mmap.mmap"]] = {}
+        self._mapped: dict[int, tuple[int, "mmap.mmap"]] = {}  # oldest first
 
     def load(self, index: int, incarnation: int, length: int) -> Any:
         """Decode a large event straight from its segment."""
@@ -240,6 +245,10 @@ class BlobReader:
                 "subscriber read it (was it removed by hand?)"
             ) from None
         self._mapped[index] = (incarnation, mapping)
+        if len(self._mapped) > MAPPINGS_KEPT:
+            # A mapping keeps its segment's memory even after the emitter removed it.
+            oldest = next(iter(self._mapped))
+            self._mapped.pop(oldest)[1].close()
         return mapping
 
 

@@ -39,8 +39,9 @@ from ._errors import DeserializationError, SerializationError
 PROTOCOL = 5
 """Protocol 5 hands large `bytes` and buffers to the writer whole (see above)."""
 
-_RAW_PAYLOAD = 128 * 1024
-"""A part at least this long is a raw payload: frames of opcodes stop near 64 KiB."""
+_RAW_PAYLOAD = 256 * 1024
+"""A part at least this long is a raw payload: a frame of opcodes holds under 64 KiB
+plus one opcode whose argument is under 64 KiB (larger ones are written on their own)."""
 
 _MAIN_REFERENCE = b"__main__"
 

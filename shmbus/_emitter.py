@@ -202,9 +202,14 @@ class EventEmitter:
         """`emit` for asyncio: the event loop runs while this waits for room.
 
         Waiting costs no thread and no CPU (see `_bell`). Cancelling the awaiting task is
-        like a timeout: no subscriber ever sees the event.
+        like a timeout: no subscriber ever sees the event. Each try is a fresh `emit`, so
+        a subscriber that joins while `aemit` waits receives the event too.
         """
         payload = self._encode(event)
+        if isinstance(payload, _codec.Parts):
+            # Other tasks run while this waits: send the event as it was when aemit was
+            # called, not as they may leave its buffers.
+            payload = bytes(payload)
         deadline = deadline_after(timeout)
         while True:
             # Each try is synchronous, and cancellation lands only at the `await`: the

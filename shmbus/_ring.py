@@ -235,9 +235,12 @@ class Ring:
         start = first % self.capacity
         head = min(count, self.capacity - start) * self.slot_size
         off = HEADER_SIZE + start * self.slot_size
-        self.buf[off : off + head] = block[:head] if head < len(block) else block
-        if head < len(block):
-            self.buf[HEADER_SIZE : HEADER_SIZE + len(block) - head] = block[head:]
+        if head == len(block):
+            self.buf[off : off + head] = block
+            return
+        with memoryview(block) as view:
+            self.buf[off : off + head] = view[:head]
+            self.buf[HEADER_SIZE : HEADER_SIZE + len(block) - head] = view[head:]
 
     def read_inline(self, first: int, count: int) -> list[bytes] | None:
         """The pickles of events `first` to `first + count - 1`, if all are inline and
