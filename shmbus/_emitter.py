@@ -425,10 +425,14 @@ class EventEmitter:
                 else:
                     full.append(outlet)
             if not wait:
-                still_full = [o for o in full if not self._room_or_gone(o, last)]
+                still_full = []
+                for outlet in full:
+                    if not self._room_or_gone(outlet, last):
+                        still_full.append(outlet)
+                    elif outlet.sub_id in self._outlets:
+                        reserved.append(outlet)  # given back below if any is still full
                 if still_full:
                     raise _RingsFull(still_full)
-                reserved += [o for o in full if o.sub_id in self._outlets]
             for outlet in full if wait else ():
                 if self._await_room(outlet, last, deadline):
                     reserved.append(outlet)
