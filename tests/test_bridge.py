@@ -326,10 +326,14 @@ def test_a_remote_subscriber_killed_and_restarted_resumes_where_it_was(
     seen_before = [int(line) for line in lines(before)]
     seen_after = [int(line) for line in lines(after)[:-1]]
     assert seen_before == list(range(len(seen_before)))
-    # It resumes after the last acknowledgement the server got: nothing is skipped, and
-    # only events whose acknowledgement the killed process had not yet sent come again.
+    # It resumes after the last acknowledgement the server got, so nothing is skipped
+    # but the one event the recorder may have been handed and killed before writing down
+    # (as with a local subscriber killed right after recv), and only events whose
+    # acknowledgement the killed process had not yet sent come again: at most the
+    # consumer's max_ack_pending (twice a remote subscription's capacity of 256).
     assert seen_after == list(range(seen_after[0], emitted))
-    assert len(seen_before) - 64 <= seen_after[0] <= len(seen_before)
+    assert len(seen_before) - 512 <= seen_after[0] <= len(seen_before) + 1, (
+        len(seen_before), seen_after[0])
 
 
 def lines(path: str) -> list[str]:
