@@ -118,6 +118,20 @@ class BlobStore:
             _, index = self.outstanding.popleft()
             self._release(index)
 
+    @property
+    def over_budget(self) -> bool:
+        """Whether the pool holds more than its floor: `trim` may give some back."""
+        return self._free_bytes > FREE_POOL_BYTES
+
+    def trim(self) -> None:
+        """Remove free segments beyond the budget, once the recent peak has passed."""
+        while self._free and self._free_bytes > max(FREE_POOL_BYTES, self._recent_peak()):
+            victim = max(self._free, key=lambda s: s.size)
+            self._free.remove(victim)
+            self._free_bytes -= victim.size
+            self._remove(victim)
+            self._spare_indices.append(victim.index)
+
     def close(self) -> None:
         """Unmap everything; the segments stay for whoever removes the bus."""
         for segment in [*self._free, *self._in_use.values()]:
@@ -162,12 +176,7 @@ class BlobStore:
         self._in_use_bytes -= segment.size
         self._free.append(segment)
         self._free_bytes += segment.size
-        while self._free_bytes > max(FREE_POOL_BYTES, self._recent_peak()):
-            victim = max(self._free, key=lambda s: s.size)
-            self._free.remove(victim)
-            self._free_bytes -= victim.size
-            self._remove(victim)
-            self._spare_indices.append(victim.index)
+        self.trim()
 
     def _recent_peak(self) -> int:
         if time.monotonic() - self._peak_at > POOL_MEMORY:

@@ -338,6 +338,8 @@ class EventEmitter:
         if self._blobs.outstanding:
             self._blobs.reclaim(min((o.oldest_unread() for o in self._outlets.values()),
                                     default=seq))
+        elif self._blobs.over_budget:
+            self._blobs.trim()  # a burst of large events is over: give back its pool
         count = len(payloads)
         outlets = self._reserve(seq, count, deadline, wait)
         blobs: list[int] = []

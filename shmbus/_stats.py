@@ -7,7 +7,9 @@ block's `committed` (events emitted) and byte total, each ring's header (`tail` 
 events its subscriber consumed; `start_seq` + `tail` against `committed` is how full it
 is; `blocked_ns` is how long the emitter has waited on it), and the registry's records
 (pids) and life locks (who is alive). Nothing is written and no semaphore is touched,
-so watching a bus cannot slow it down or change what anyone receives.
+so watching a bus cannot change what anyone receives. The one trace it leaves: probing a
+life lock holds it shared for a few microseconds, and a reap of a dead subscriber that
+lands in them waits for the next slice.
 
 A snapshot is not atomic: the figures are read one after another while the bus runs,
 so a ring's fill may be off by the events emitted during the read. That is the price of

@@ -214,6 +214,20 @@ def test_freed_segments_kept_for_reuse_stay_within_their_budget():
         assert held <= shmbus._blob.FREE_POOL_BYTES
 
 
+def test_the_pool_a_burst_of_large_events_built_is_given_back_once_it_is_over():
+    with shmbus.EventEmitter("burst", capacity=64) as em, em.subscribe() as sub:
+        token = helpers.token_of(em)
+        em.emit_many([bytes(2 << 20)] * 40)  # 80 MiB in flight at once
+        while sub.recv_many(64, timeout=1):
+            if not shmbus.stats("burst").subscribers[0].fill:
+                break
+        em.emit("small")
+        assert sum(_segment_sizes(token).values()) > shmbus._blob.FREE_POOL_BYTES
+        time.sleep(shmbus._blob.POOL_MEMORY + 0.1)
+        em.emit("small, a while later")
+        assert sum(_segment_sizes(token).values()) <= shmbus._blob.FREE_POOL_BYTES
+
+
 def test_large_events_cross_processes_whole(procs):
     with shmbus.EventEmitter("large2") as em:
         out = start_collectors(procs, "large2", 2, capacity=4)
