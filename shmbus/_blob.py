@@ -118,11 +118,6 @@ class BlobStore:
             _, index = self.outstanding.popleft()
             self._release(index)
 
-    @property
-    def over_budget(self) -> bool:
-        """Whether the pool holds more than its floor: `trim` may give some back."""
-        return self._free_bytes > FREE_POOL_BYTES
-
     def trim(self) -> None:
         """Remove free segments beyond the budget, once the recent peak has passed."""
         while self._free and self._free_bytes > max(FREE_POOL_BYTES, self._recent_peak()):

@@ -26,15 +26,12 @@ order.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import os
 import queue
 import signal
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +53,7 @@ from rich.text import Text
 import shmbus
 
 from ._cli_common import EXIT_FAILED, EXIT_OK, CommandFailed
+from ._pool import exit_phrase, sigint_ignored
 
 SUBSCRIBE_TIMEOUT = 30.0
 """How long the demo waits for its workers to subscribe. Starting a worker under "spawn"
@@ -214,7 +212,7 @@ def run_demo(args: argparse.Namespace) -> int:
         delivered = time.perf_counter() - started
         finished = True
     finally:
-        with _sigint_ignored():  # a second Ctrl-C must not strand the teardown
+        with sigint_ignored():  # a second Ctrl-C must not strand the teardown
             emitter.close()
             _stop_workers(workers, grace=REPORT_GRACE if finished else 0.0)
     ok = _print_summary(out, settings, workers, received, emitted, delivered)
@@ -226,7 +224,7 @@ def _start_workers(context: Any, bus_name: str, settings: DemoSettings,
     workers = []
     # Started with SIGINT ignored, the children inherit that (through exec too, for
     # spawn), so a Ctrl-C during their start-up cannot print a child's traceback.
-    with _sigint_ignored():
+    with sigint_ignored():
         for index in range(settings.subscribers):
             delay = settings.slow_ms / 1000 if index == 0 else 0.0
             worker = context.Process(
@@ -245,7 +243,7 @@ def _await_subscribers(emitter: shmbus.EventEmitter, workers: list[Any], reports
     while emitter.subscriber_count < len(workers):
         for index, worker in enumerate(workers):
             if not worker.is_alive():
-                reason = _reason_from(reports) or _exit_phrase(worker.exitcode)
+                reason = _reason_from(reports) or "worker " + exit_phrase(worker.exitcode)
                 raise DemoFailed(
                     f"subscriber {index} could not subscribe to bus {emitter.name!r}: {reason}"
                 )
@@ -330,18 +328,6 @@ def _stop_workers(workers: list[Any], grace: float) -> None:
         shmbus.cleanup()
 
 
-@contextlib.contextmanager
-def _sigint_ignored() -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread():
-        yield  # only the main thread may set handlers; nor does it get SIGINT then
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 def _print_summary(out: Console, settings: DemoSettings, workers: list[Any],
                    received: dict[int, WorkerReport], emitted: float,
                    delivered: float) -> bool:
@@ -376,7 +362,7 @@ def _print_summary(out: Console, settings: DemoSettings, workers: list[Any],
 def _describe(report: WorkerReport | None, worker: Any, expected: int) -> tuple[bool, str]:
     """Whether one subscriber got everything in order, and a phrase saying what it got."""
     if report is None:
-        return False, f"no report: {_exit_phrase(worker.exitcode)}"
+        return False, f"no report: worker {exit_phrase(worker.exitcode)}"
     got = f"received {report.received} of {expected}"
     if report.error is not None:
         return False, f"{got}, then {report.error}"
@@ -387,14 +373,3 @@ def _describe(report: WorkerReport | None, worker: Any, expected: int) -> tuple[
     if report.received != expected:
         return False, f"{got}, some missing"
     return True, f"{got}, in order"
-
-
-def _exit_phrase(code: int | None) -> str:
-    if code is None:
-        return "worker still running"
-    if code < 0:  # multiprocessing's way of saying "killed by signal -code"
-        try:
-            return f"worker killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"worker killed by signal {-code}"
-    return f"worker exited with status {code}"

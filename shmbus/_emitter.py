@@ -186,8 +186,12 @@ class EventEmitter:
         """
         payloads = [self._encode(event) for event in events]
         deadline = deadline_after(timeout)
-        self._enter(deadline)
         sent = 0
+        try:
+            self._enter(deadline)
+        except Timeout as exc:
+            exc.emitted = sent
+            raise
         try:
             while sent < len(payloads):
                 sent += self._send(payloads, sent, deadline)[0]
@@ -338,8 +342,6 @@ class EventEmitter:
         if self._blobs.outstanding:
             self._blobs.reclaim(min((o.oldest_unread() for o in self._outlets.values()),
                                     default=seq))
-        elif self._blobs.over_budget:
-            self._blobs.trim()  # a burst of large events is over: give back its pool
         count = len(payloads)
         outlets = self._reserve(seq, count, deadline, wait)
         blobs: list[int] = []
@@ -541,6 +543,7 @@ class EventEmitter:
         if now >= self._next_sweep:
             self._next_sweep = now + SWEEP_INTERVAL
             self._drop_departed()
+            self._blobs.trim()  # once a burst of large events is over, its pool goes
 
     def _adopt(self, sub_id: int) -> None:
         try:

@@ -220,7 +220,7 @@ class WorkerPool:
         self._check_handler_travels()
         _live_pools.add(self)
         try:
-            with _sigint_ignored():  # inherited, through exec too: see _cli on Ctrl-C
+            with sigint_ignored():  # inherited, through exec too: see _cli on Ctrl-C
                 for index in range(self._size):
                     self._workers.append(self._launch(index))
             self._await_subscriptions(time.monotonic() + self._start_timeout)
@@ -385,7 +385,8 @@ def _default_start_method() -> str:
 
 
 @contextlib.contextmanager
-def _sigint_ignored() -> Iterator[None]:
+def sigint_ignored() -> Iterator[None]:
+    """Ignore Ctrl-C while starting or stopping workers: it is the parent's to handle."""
     if threading.current_thread() is not threading.main_thread():
         yield  # only the main thread may set handlers
         return
@@ -480,7 +481,7 @@ class _WorkerHandle:
         if self._report is not None and self._report.error is not None:
             return self._report.error.recreate(self._who())
         return WorkerError(
-            f"{self._who()} {_exit_phrase(self.process.exitcode)} before it subscribed "
+            f"{self._who()} {exit_phrase(self.process.exitcode)} before it subscribed "
             f"to bus {self._bus_name!r}"
         )
 
@@ -530,7 +531,7 @@ class _WorkerHandle:
         report = self._report
         if report is None:
             return WorkerResult(self.index, self.pid, exitcode, None, None, WorkerError(
-                f"{self._who()} {_exit_phrase(exitcode)} without reporting; how many "
+                f"{self._who()} {exit_phrase(exitcode)} without reporting; how many "
                 "events it handled is unknown"
             ))
         error: BaseException | None = None
@@ -538,7 +539,7 @@ class _WorkerHandle:
             error = report.error.recreate(self._who())
         elif exitcode != 0:
             error = WorkerError(
-                f"{self._who()} {_exit_phrase(exitcode)} after handling {report.handled} "
+                f"{self._who()} {exit_phrase(exitcode)} after handling {report.handled} "
                 "events" + (", inside its handler or while leaving the bus"
                             if report.stopped_by is not None else "")
             )
@@ -549,7 +550,8 @@ class _WorkerHandle:
         return f"worker {self.index} (pid {self.pid}) on bus {self._bus_name!r}"
 
 
-def _exit_phrase(code: int | None) -> str:
+def exit_phrase(code: int | None) -> str:
+    """How a worker process ended, to follow its name: "was killed by SIGKILL"."""
     if code is None:
         return "is still running"
     if code < 0:  # multiprocess's way of saying "killed by signal -code"

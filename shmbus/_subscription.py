@@ -352,9 +352,12 @@ class Subscription:
 
     def _ready_seq(self) -> int | None:
         """The next event's sequence number if it is readable now, without waiting."""
-        if self._start is None or self._end is not None:
-            return None
-        seq = self._start + self._tail
+        start = self._start
+        if start is None:
+            if not self._ring.adopted:
+                return None  # the emitter has not seen this ring yet
+            start = self._start = self._ring.start_seq
+        seq = start + self._tail
         if seq < self._committed:
             return seq
         self._committed = self._control.words[COMMITTED_WORD]
@@ -449,31 +452,18 @@ class Subscription:
             got = self._waiter.take(self._ring.data, slice_until(deadline))
             if self._closing:
                 raise Closed(f"this subscription to {self._name!r} was closed")
-            seq = self._next_seq()
-            if seq is not None and self._is_committed(seq):
+            seq = self._ready_seq()
+            if seq is not None:
                 return seq
             end = self._emitter_gone(check_life=not got)
             if end is not None:
-                seq = self._next_seq()
-                if seq is not None and self._is_committed(seq):
+                seq = self._ready_seq()
+                if seq is not None:
                     return seq  # drain what was committed before the end
                 self._end = end
                 self._raise_end()
             if not got and expired(deadline):
                 raise Timeout(f"no event on bus {self._name!r} within the timeout")
-
-    def _next_seq(self) -> int | None:
-        if self._start is None:
-            if not self._ring.adopted:
-                return None
-            self._start = self._ring.start_seq
-        return self._start + self._tail
-
-    def _is_committed(self, seq: int) -> bool:
-        if seq < self._committed:
-            return True
-        self._committed = self._control.committed
-        return seq < self._committed
 
     def _emitter_gone(self, check_life: bool) -> EndReason | None:
         if self._control.closed:

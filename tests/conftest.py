@@ -18,6 +18,9 @@ import pytest
 from tests import helpers
 
 
+pytest_plugins = ["tests.nats_server"]  # the `nats_server` fixture: a real nats-server -js
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--chaos-seed", default=None, help="replay a chaos run with this seed")
 

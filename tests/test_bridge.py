@@ -21,7 +21,7 @@ from shmbus._bridge import Bridge, run_bridge
 from shmbus._errors import EventsLost, NatsUnavailable
 from shmbus._remote import RemoteSubscription
 from tests import helpers
-from tests.nats_server import NatsServer, free_port, nats_server  # noqa: F401  (fixture)
+from tests.nats_server import NatsServer, free_port
 
 
 # -- workers (forked) ---------------------------------------------------------------------

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 import shmbus
-from tests.nats_server import NatsServer, free_port, nats_server  # noqa: F401  (fixture)
+from tests.nats_server import NatsServer, free_port
 
 RUN_TIMEOUT = 50
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -8,7 +8,6 @@ the test fails.
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import json
 import os
