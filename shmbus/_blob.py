@@ -34,9 +34,9 @@ from typing import Any
 
 import posix_ipc
 
-from . import _codec, _segment
+from . import _codec, _names, _platform
 from ._control import ControlBlock
-from ._errors import IncompatibleBus
+from ._errors import ForeignObject, IncompatibleBus
 
 
 SEGMENT_GRAIN = 64 * 1024
@@ -51,6 +51,10 @@ first touching a segment costs far more than copying an event into one that exis
 a stream of large events soon needs again what it frees, batch after batch."""
 
 POOL_MEMORY = 1.0
+
+SQUAT_RETRIES = 8
+"""How many large-event names in a row may turn out to be someone else's before `emit`
+gives up with `ForeignObject`: each one skipped is never tried again."""
 
 MAPPINGS_KEPT = 64
 """A subscriber keeps at most this many large-event segments mapped for reuse."""
@@ -156,11 +160,23 @@ class BlobStore:
             index = victim.index
         else:
             index = self._grow()
-        try:
-            mapping = _create_replacing_stale(_segment.blob_name(self._token, index), size)
-        except BaseException:
+        for _ in range(SQUAT_RETRIES):
+            try:
+                mapping = _create_replacing_stale(_names.blob_name(self._token, index), size)
+                break
+            except ForeignObject:
+                index = self._grow()  # someone else took that name: never use it
+            except BaseException:
+                self._spare_indices.append(index)
+                raise
+        else:
             self._spare_indices.append(index)
-            raise
+            raise ForeignObject(
+                f"the names of {SQUAT_RETRIES} large-event segments of this bus in a row "
+                f"({_names.blob_name(self._token, index)} the last) were created by "
+                "someone else first: another local user is squatting this bus's names. "
+                "Nothing was sent; recreate the bus (a new token) to get away from them."
+            )
         self._incarnations += 1
         return _Segment(index, self._incarnations, size, mapping)
 
@@ -180,7 +196,7 @@ class BlobStore:
 
     def _remove(self, segment: _Segment) -> None:
         segment.mapping.close()
-        _segment.unlink_segment(_segment.blob_name(self._token, segment.index))
+        _platform.unlink_segment(_names.blob_name(self._token, segment.index))
 
     def _grow(self) -> int:
         index = self._limit
@@ -203,12 +219,13 @@ def _round_up(size: int) -> int:
 
 def _create_replacing_stale(name: str, size: int) -> "mmap.mmap":
     try:
-        return _segment.create_segment(name, size)
+        return _platform.create_segment(name, size)
     except posix_ipc.ExistentialError:
-        # Left by an emit interrupted before its event was committed, or replaced by a
-        # larger one: no subscriber can refer to it, and the name is this emitter's own.
-        _segment.unlink_segment(name)
-        return _segment.create_segment(name, size)
+        # Ours, if left by an emit interrupted before its event was committed, or replaced
+        # by a larger one: no subscriber can refer to it. Someone else's (ForeignObject)
+        # is left alone.
+        _platform.remove_stale_segment(name)
+        return _platform.create_segment(name, size)
 
 
 class BlobReader:
@@ -240,9 +257,9 @@ class BlobReader:
         if known is not None:
             known[1].close()
             del self._mapped[index]
-        name = _segment.blob_name(self._token, index)
+        name = _names.blob_name(self._token, index)
         try:
-            mapping = _segment.open_segment(name)
+            mapping = _platform.open_segment(name)
         except posix_ipc.ExistentialError:
             raise IncompatibleBus(
                 f"large event segment {name} is missing: it was removed before this "
@@ -258,4 +275,4 @@ class BlobReader:
 
 def unlink_all(token: str, limit: int) -> None:
     for index in range(limit):
-        _segment.unlink_segment(_segment.blob_name(token, index))
+        _platform.unlink_segment(_names.blob_name(token, index))

@@ -55,6 +55,14 @@ class IncompatibleBus(ShmBusError):
     """A registry entry or shared-memory header is corrupt or from another shmbus version."""
 
 
+class ForeignObject(ShmBusError, PermissionError):
+    """A shared object shmbus needs carries a name that someone else created first.
+
+    shmbus never reads, writes or removes such an object; where it can, it picks another
+    name, and raises this only where it cannot.
+    """
+
+
 class OutOfSharedMemory(ShmBusError, MemoryError):
     """The shared-memory filesystem has no room for a ring or a large event."""
 

@@ -11,7 +11,7 @@ else `/tmp/shmbus-<uid>`):
         sub.<id>           JSON about subscriber <id>; flock-held while it lives
 
 The registry is the authoritative list of what a bus created: every shared object is
-named from the token and a subscriber id (see `_segment`), and a record is written
+named from the token and a subscriber id (see `_names`), and a record is written
 *before* the objects it names are created. So whatever died half-way, the registry
 names everything there is to remove; that matters on macOS, which cannot list shared
 memory or semaphores.
@@ -49,10 +49,10 @@ from typing import Any
 
 import posix_ipc
 
-from . import _blob, _ring, _segment
+from . import _blob, _names, _platform, _ring
 from ._control import SIZE as CONTROL_SIZE
 from ._control import ControlBlock
-from ._errors import BusExists, BusNotFound, IncompatibleBus, ShmBusError
+from ._errors import BusExists, BusNotFound, ForeignObject, IncompatibleBus, ShmBusError
 from ._liveness import FileMutex, LifeLock, is_alive
 
 REGISTRY_VERSION = 1
@@ -184,7 +184,7 @@ class Registry:
                 record = {**record, "version": REGISTRY_VERSION, "name": name,
                           "token": token}
                 life = LifeLock.create(self.emitter_path(token), _json(record))
-                buf = _segment.create_segment(_segment.control_name(token), CONTROL_SIZE)
+                buf = _platform.create_segment(_names.control_name(token), CONTROL_SIZE)
                 return token, life, ControlBlock.initialize(buf, slot_size,
                                                             default_capacity)
             except BaseException as exc:
@@ -203,7 +203,7 @@ class Registry:
         if token is None:
             raise BusNotFound(f"no bus named {name!r} (registry {self.root})")
         try:
-            buf = _segment.open_segment(_segment.control_name(token))
+            buf = _platform.open_segment(_names.control_name(token))
         except posix_ipc.ExistentialError:
             raise BusNotFound(f"bus {name!r} is gone (its emitter closed or died)") from None
         return token, ControlBlock.attach(buf, f"bus {name!r}")
@@ -396,13 +396,13 @@ def _remove_shared_objects(token: str) -> None:
         limit = control.blob_limit
         control.close()
         _blob.unlink_all(token, limit)
-    _segment.unlink_segment(_segment.control_name(token))
+    _platform.unlink_segment(_names.control_name(token))
 
 
 def _attach_control_quietly(token: str) -> ControlBlock | None:
     try:
-        buf = _segment.open_segment(_segment.control_name(token))
-    except (posix_ipc.ExistentialError, posix_ipc.PermissionsError):
+        buf = _platform.open_segment(_names.control_name(token))
+    except (posix_ipc.ExistentialError, ForeignObject):
         return None  # gone, another user's, or not yet sized: nothing of ours to read
     try:
         return ControlBlock.attach(buf, token)

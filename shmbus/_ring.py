@@ -52,8 +52,8 @@ from typing import NamedTuple
 
 import posix_ipc
 
-from . import _segment
-from ._errors import IncompatibleBus
+from . import _names, _platform
+from ._errors import ForeignObject, IncompatibleBus
 
 MAGIC = b"shmbusRG"
 LAYOUT_VERSION = 1
@@ -132,35 +132,37 @@ class Ring:
         # Each step undoes only what this call created: a name that was already taken
         # (by anyone) is left alone.
         names = ring_object_names(token, sub_id)
-        buf = _segment.create_segment(names[0], HEADER_SIZE + capacity * slot_size)
+        buf = _platform.create_segment(names[0], HEADER_SIZE + capacity * slot_size)
         try:
             _HEAD.pack_into(buf, 0, MAGIC, LAYOUT_VERSION, capacity, slot_size)
-            data = _segment.create_semaphore(names[1], 0)
+            data = _platform.create_semaphore(names[1], 0)
         except BaseException:
             buf.close()
-            _segment.unlink_segment(names[0])
+            _platform.unlink_segment(names[0])
             raise
         try:
-            space = _segment.create_semaphore(names[2], capacity)
+            space = _platform.create_semaphore(names[2], capacity)
         except BaseException:
             data.close()
             buf.close()
-            _segment.unlink_segment(names[0])
-            _segment.unlink_semaphore(names[1])
+            _platform.unlink_segment(names[0])
+            _platform.unlink_semaphore(names[1])
             raise
         return cls(sub_id, buf, data, space, names)
 
     @classmethod
     def attach(cls, token: str, sub_id: int, slot_size: int) -> "Ring":
         """Open a ring some subscriber created. Raises `posix_ipc.ExistentialError`
-        if it is gone and `IncompatibleBus` if its header makes no sense."""
+        if it is gone, `ForeignObject` if any of its objects is not ours alone (a
+        squatter's: never written to), and `IncompatibleBus` if its header makes no
+        sense."""
         names = ring_object_names(token, sub_id)
-        buf = _segment.open_segment(names[0])
+        buf = _platform.open_segment(names[0])
         try:
             _check_header(buf, names[0], slot_size)
-            data = _segment.open_semaphore(names[1])
+            data = _platform.open_semaphore(names[1])
             try:
-                space = _segment.open_semaphore(names[2])
+                space = _platform.open_semaphore(names[2])
             except BaseException:
                 data.close()
                 raise
@@ -296,18 +298,18 @@ def unpack_blob_ref(payload: bytes) -> tuple[int, int, int]:
 
 def ring_object_names(token: str, sub_id: int) -> tuple[str, str, str]:
     return (
-        _segment.ring_name(token, sub_id),
-        _segment.data_sem_name(token, sub_id),
-        _segment.space_sem_name(token, sub_id),
+        _names.ring_name(token, sub_id),
+        _names.data_sem_name(token, sub_id),
+        _names.space_sem_name(token, sub_id),
     )
 
 
 def unlink_ring(token: str, sub_id: int) -> None:
     """Remove the ring's segment and semaphores, whichever of them exist."""
     segment, data, space = ring_object_names(token, sub_id)
-    _segment.unlink_segment(segment)
-    _segment.unlink_semaphore(data)
-    _segment.unlink_semaphore(space)
+    _platform.unlink_segment(segment)
+    _platform.unlink_semaphore(data)
+    _platform.unlink_semaphore(space)
 
 
 def _check_header(buf: mmap.mmap, name: str, slot_size: int) -> None:
@@ -345,10 +347,10 @@ def read_figures(token: str, sub_id: int) -> Figures | None:
     Maps only the segment, never the semaphores, and writes nothing: an observer cannot
     disturb the stream.
     """
-    name = _segment.ring_name(token, sub_id)
+    name = _names.ring_name(token, sub_id)
     try:
-        buf = _segment.open_segment(name)
-    except (posix_ipc.ExistentialError, posix_ipc.PermissionsError):
+        buf = _platform.open_segment(name)
+    except (posix_ipc.ExistentialError, ForeignObject):
         return None
     try:
         if len(buf) < HEADER_SIZE or _HEAD.unpack_from(buf, 0)[:2] != (MAGIC, LAYOUT_VERSION):

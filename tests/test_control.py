@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import shmbus
-from shmbus import _control, _segment
+from shmbus import _control, _names, _platform
 from tests import helpers
 
 pytestmark = pytest.mark.timeout(30)
@@ -19,9 +19,9 @@ pytestmark = pytest.mark.timeout(30)
 ])
 def test_subscribers_refuse_a_bad_control_block(content, message):
     with shmbus.EventEmitter("ctl") as em:
-        name = _segment.control_name(helpers.token_of(em))
-        _segment.unlink_segment(name)  # the emitter keeps its own mapping
-        bad = _segment.create_segment(name, len(content))
+        name = _names.control_name(helpers.token_of(em))
+        _platform.unlink_segment(name)  # the emitter keeps its own mapping
+        bad = _platform.create_segment(name, len(content))
         bad[:] = content
         bad.close()
         with pytest.raises(shmbus.IncompatibleBus, match=message):

@@ -180,9 +180,9 @@ def test_a_corrupt_ring_header_is_refused_by_the_emitter_not_misread():
 
 
 def test_a_token_whose_segment_name_is_taken_is_drawn_again(monkeypatch):
-    from shmbus import _segment
+    from shmbus import _names, _platform
 
-    foreign = _segment.create_segment(_segment.control_name("deadbeef"), 128)
+    foreign = _platform.create_segment(_names.control_name("deadbeef"), 128)
     try:
         tokens = iter(["deadbeef", "cafef00d"])
         monkeypatch.setattr(_registry.secrets, "token_hex", lambda n: next(tokens))
@@ -191,15 +191,15 @@ def test_a_token_whose_segment_name_is_taken_is_drawn_again(monkeypatch):
         assert helpers.objects_of("deadbeef") == ["sb_deadbeef"]  # not ours: untouched
     finally:
         foreign.close()
-        _segment.unlink_segment(_segment.control_name("deadbeef"))
+        _platform.unlink_segment(_names.control_name("deadbeef"))
 
 
 def test_a_squatted_ring_name_is_skipped_and_left_alone():
-    from shmbus import _segment
+    from shmbus import _names, _platform
 
     with shmbus.EventEmitter("squat") as em:
         token = helpers.token_of(em)
-        squatter = _segment.create_semaphore(_segment.data_sem_name(token, 0), 0)
+        squatter = _platform.create_semaphore(_names.data_sem_name(token, 0), 0)
         try:
             with em.subscribe() as sub:
                 assert sub.id == 1
@@ -208,7 +208,7 @@ def test_a_squatted_ring_name_is_skipped_and_left_alone():
             assert f"sem.sb_{token}_r0d" in helpers.our_shm_objects()  # not ours to remove
         finally:
             squatter.close()
-            _segment.unlink_semaphore(_segment.data_sem_name(token, 0))
+            _platform.unlink_semaphore(_names.data_sem_name(token, 0))
 
 
 def test_a_live_name_with_a_corrupt_record_is_still_bus_exists():

@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 import shmbus
-from shmbus import _segment
+from shmbus import _names
 from tests import helpers
 
 BUS = "secbus"
@@ -255,13 +255,13 @@ def attack(intruder: Intruder, registry_dir: str, em: shmbus.EventEmitter,
         "emitter_record": os.path.join(registry_dir, "buses", token, "emitter"),
         "sub_record": os.path.join(registry_dir, "buses", token, f"sub.{sub.id}"),
         "segments": {
-            "control": _segment.control_name(token),
-            "ring": _segment.ring_name(token, sub.id),
-            "blob": _segment.blob_name(token, 0),
+            "control": _names.control_name(token),
+            "ring": _names.ring_name(token, sub.id),
+            "blob": _names.blob_name(token, 0),
         },
         "semaphores": {
-            "data": _segment.data_sem_name(token, sub.id),
-            "space": _segment.space_sem_name(token, sub.id),
+            "data": _names.data_sem_name(token, sub.id),
+            "space": _names.space_sem_name(token, sub.id),
         },
     }
     # Every object we attack exists, so a refusal cannot be a mere "not found".

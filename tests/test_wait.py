@@ -8,18 +8,18 @@ import time
 import posix_ipc
 import pytest
 
-from shmbus import _segment, _wait
+from shmbus import _names, _platform, _wait
 
 pytestmark = pytest.mark.timeout(30)
 
 
 @pytest.fixture
 def sem():
-    name = f"{_segment.PREFIX}test{time.monotonic_ns() % 10**8:x}"
-    s = _segment.create_semaphore(name, 0)
+    name = f"{_names.PREFIX}test{time.monotonic_ns() % 10**8:x}"
+    s = _platform.create_semaphore(name, 0)
     yield s
     s.close()
-    _segment.unlink_semaphore(name)
+    _platform.unlink_semaphore(name)
 
 
 @pytest.mark.parametrize("waiter", [_wait.TimedWaiter(), _wait.PollingWaiter()],

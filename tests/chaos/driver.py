@@ -37,7 +37,7 @@ import multiprocess
 import posix_ipc
 
 import shmbus
-from shmbus import _registry, _ring, _segment
+from shmbus import _names, _platform, _registry, _ring
 
 CTX = multiprocess.get_context("fork")
 SHM = "/dev/shm"
@@ -135,7 +135,7 @@ def subscriber_chaos(seed: int, seconds: float) -> Figures:
                 _, key, sub_id, called, returned = msg
                 joined[key] = (sub_id, called, returned)
                 try:
-                    rings[key] = _segment.open_segment(_segment.ring_name(token, sub_id))
+                    rings[key] = _platform.open_segment(_names.ring_name(token, sub_id))
                 except posix_ipc.ExistentialError:
                     pass  # it read its fill and closed already
             else:
@@ -204,7 +204,7 @@ def subscriber_chaos(seed: int, seconds: float) -> Figures:
                     killed.add(key)
                     procs[key].join(5)  # dead, not dying: its locks are gone
                     victims.append((key, before, time.monotonic()))
-                    path = os.path.join(SHM, _segment.ring_name(token, joined[key][0])[1:])
+                    path = os.path.join(SHM, _names.ring_name(token, joined[key][0])[1:])
                     watch.append((path, victims[-1][2]))
                     figures.kills += 1
                 else:

@@ -23,12 +23,13 @@ import shutil
 import struct
 import subprocess
 import sys
+import time
 from typing import Any
 
 import pytest
 
 import shmbus
-from shmbus import _control, _registry, _ring, _segment
+from shmbus import _control, _names, _platform, _registry, _ring
 from tests import helpers
 
 SHM_SIZE = "1m"
@@ -293,18 +294,18 @@ reports, which counts the terminating NUL, with 31: 30 characters is what always
 
 def names_of(token: str, sub_id: int, blob: int) -> dict[str, str]:
     return {
-        "control": _segment.control_name(token),
-        "ring": _segment.ring_name(token, sub_id),
-        "data semaphore": _segment.data_sem_name(token, sub_id),
-        "space semaphore": _segment.space_sem_name(token, sub_id),
-        "large event": _segment.blob_name(token, blob),
+        "control": _names.control_name(token),
+        "ring": _names.ring_name(token, sub_id),
+        "data semaphore": _names.data_sem_name(token, sub_id),
+        "space semaphore": _names.space_sem_name(token, sub_id),
+        "large event": _names.blob_name(token, blob),
     }
 
 
 def test_tokens_are_never_longer_than_eight_hex_digits() -> None:
     assert _registry._TOKEN.fullmatch(LONGEST_TOKEN)
     assert not _registry._TOKEN.fullmatch(LONGEST_TOKEN + "f")
-    assert len(_segment.PREFIX + LONGEST_TOKEN) == 12
+    assert len(_names.PREFIX + LONGEST_TOKEN) == 12
 
 
 @pytest.mark.parametrize("sub_id, blob", [(0, 0), (2**32 - 1, 2**32 - 1),
@@ -346,11 +347,11 @@ def test_subscriber_ids_stop_where_semaphore_names_would_stop_fitting() -> None:
 def test_names_of_one_kind_never_collide() -> None:
     # Hex ids end in letters too: "r1" + "d" must not be confused with "r1d".
     ids = [0, 1, 0xD, 0x1D, 0xDD, 0x1DD, 0x5, 0x15, LARGEST_ID]
-    segments = [_segment.control_name(LONGEST_TOKEN)]
-    segments += [_segment.ring_name(LONGEST_TOKEN, i) for i in ids]
-    segments += [_segment.blob_name(LONGEST_TOKEN, i) for i in ids]
-    semaphores = [_segment.data_sem_name(LONGEST_TOKEN, i) for i in ids]
-    semaphores += [_segment.space_sem_name(LONGEST_TOKEN, i) for i in ids]
+    segments = [_names.control_name(LONGEST_TOKEN)]
+    segments += [_names.ring_name(LONGEST_TOKEN, i) for i in ids]
+    segments += [_names.blob_name(LONGEST_TOKEN, i) for i in ids]
+    semaphores = [_names.data_sem_name(LONGEST_TOKEN, i) for i in ids]
+    semaphores += [_names.space_sem_name(LONGEST_TOKEN, i) for i in ids]
     assert len(set(segments)) == len(segments)
     assert len(set(semaphores)) == len(semaphores)
 
@@ -369,3 +370,56 @@ def test_a_bus_with_the_longest_name_creates_only_short_names() -> None:
         posix_name = "/" + entry.removeprefix("sem.")
         assert len(posix_name) <= MACOS_NAME_MAX, posix_name
         assert "nnnn" not in posix_name
+
+
+# -- the ledger -------------------------------------------------------------------------
+
+
+def _another_program(registry: str, ready, stop) -> None:
+    """A bus of someone else's, in a registry of its own and with no ledger, that keeps
+    creating objects (subscribers joining) while the test runs."""
+    os.environ.pop(_platform.LEDGER_ENV, None)
+    os.environ["SHMBUS_DIR"] = registry
+    with shmbus.EventEmitter("theirs") as em:
+        subs = [em.subscribe()]
+        ready.put(helpers.token_of(em))
+        while not stop.is_set():
+            subs.append(em.subscribe())  # new objects, mid-test
+            em.emit("still theirs", timeout=5)
+            time.sleep(0.01)
+        for sub in subs:
+            assert sub.recv(timeout=5) == "still theirs"
+            sub.close()
+
+
+def test_the_ledger_names_only_what_this_test_created(procs, tmp_path) -> None:
+    ledger = os.environ[_platform.LEDGER_ENV]
+    ready, stop = helpers.context().Queue(), helpers.context().Event()
+    other = procs(_another_program, str(tmp_path / "their-registry"), ready, stop)
+    their_token = ready.get(timeout=10)
+    with shmbus.EventEmitter("ours") as em:
+        our_token = helpers.token_of(em)
+        with em.subscribe() as sub:
+            em.emit(b"x" * 100_000, timeout=5)  # a large-event segment too
+            assert sub.recv(timeout=5) == b"x" * 100_000
+            recorded = _platform.ledger_leftovers(ledger)
+            assert recorded and all(our_token in name for _, name in recorded)
+    time.sleep(0.1)  # the other program keeps creating objects meanwhile
+    assert _platform.ledger_leftovers(ledger) == []  # what a leak check would remove
+    assert len(helpers.objects_of(their_token)) > 4  # theirs: never named, untouched
+    stop.set()
+    other.join(10)
+    assert other.exitcode == 0, "the other program's bus was disturbed"
+
+
+def test_the_ledger_finds_what_was_left_behind() -> None:
+    ledger = os.environ[_platform.LEDGER_ENV]
+    em = shmbus.EventEmitter("left")
+    sub = em.subscribe()
+    token = helpers.token_of(em)
+    names = {name for _, name in _platform.ledger_leftovers(ledger)}
+    assert names == {_names.control_name(token), _names.ring_name(token, sub.id),
+                     _names.data_sem_name(token, sub.id), _names.space_sem_name(token, sub.id)}
+    sub.close()
+    em.close()
+    assert _platform.ledger_leftovers(ledger) == []

@@ -1,0 +1,40 @@
+"""Names of a bus's shared objects: short, made from the bus's token, never its name.
+
+## Shape
+
+Every object of one bus is named from the bus's random *token* (8 hex digits drawn when
+the emitter creates it), never from the user's bus name:
+
+    /sb_<token>               the control block (one per bus)
+    /sb_<token>_r<id>         subscriber <id>'s ring, with semaphores ..._r<id>d (data)
+                              and ..._r<id>s (space)
+    /sb_<token>_b<k>          large event number <k> (see `_blob`)
+
+The longest is 23 characters, under macOS's limit of 31 (30 with the NUL that its
+`sem_open` counts), whatever the bus is called; two buses cannot collide because
+creation is exclusive (`O_EXCL`) and a clash draws a new token.
+"""
+
+from __future__ import annotations
+
+PREFIX = "/sb_"
+
+
+def control_name(token: str) -> str:
+    return f"{PREFIX}{token}"
+
+
+def ring_name(token: str, sub_id: int) -> str:
+    return f"{PREFIX}{token}_r{sub_id:x}"
+
+
+def data_sem_name(token: str, sub_id: int) -> str:
+    return ring_name(token, sub_id) + "d"
+
+
+def space_sem_name(token: str, sub_id: int) -> str:
+    return ring_name(token, sub_id) + "s"
+
+
+def blob_name(token: str, index: int) -> str:
+    return f"{PREFIX}{token}_b{index:x}"

@@ -1,0 +1,279 @@
+"""The platform layer: shared memory and semaphores as shmbus needs them, on Linux and macOS.
+
+## Shape
+
+Every call shmbus makes to the operating system about its shared objects goes through
+this module: create a segment or semaphore (exclusively, mode 0600), open one that must
+already exist (checked), remove one, and ask whether one exists. The rest of the package
+names objects (`_names`) and decides who owns them (`_registry`); it never calls
+`posix_ipc` to create, open or remove anything itself.
+
+## Checked opening
+
+`/dev/shm` is writable by everyone (sticky), so any local user can create a name before
+we do: a *squatter*. A squatted name is never used, by either side:
+
+- creating is always exclusive (`O_EXCL`), so a name someone else holds fails with
+  `posix_ipc.ExistentialError`, and the caller picks another name;
+- opening verifies that the object belongs to this user and that nobody else may read or
+  write it, and raises `ForeignObject` (naming the owner) if not. Segments are checked
+  with `fstat` on the descriptor that is then mapped, so what is checked is what is used.
+  Semaphores have no descriptor; on Linux each is the file `/dev/shm/sem.<name>`, checked
+  before `sem_open` and again after it (same inode): only its owner can remove a file
+  from the sticky `/dev/shm`, so an object that is ours before and after is the one that
+  was opened. macOS hides semaphores from the filesystem; there a squatted semaphore can
+  be opened, but it carries no data (events live in the checked segment), so the worst a
+  squatter can do is ring a doorbell (see the README's trust model).
+
+## The ledger
+
+When `SHMBUS_LEDGER` names a file, every object created (in this process and in every
+process that inherits the variable) is appended to it, one name per line. That is how a
+test suite checks that it removed everything it created without listing `/dev/shm`,
+which macOS cannot do and which would also show other programs' buses
+(`shmbus.testing`).
+
+## Why not `multiprocessing.shared_memory`
+
+It registers each segment with a resource tracker that unlinks it when the process that
+*attached* exits, and unrelated processes each get their own tracker. Lifetime here is
+decided by the registry, so we use `posix_ipc` directly.
+
+## Running out of memory
+
+`ftruncate` reserves nothing: on a full `/dev/shm` (Docker gives it 64 MB) the failure
+would come later, as SIGBUS in whichever process first touches the page. On Linux every
+segment is `posix_fallocate`d at creation, so it fails at once with `OutOfSharedMemory`.
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import stat
+import sys
+
+import posix_ipc
+
+from ._errors import ForeignObject, OutOfSharedMemory
+
+MODE = 0o600
+LEDGER_ENV = "SHMBUS_LEDGER"
+SEGMENT = "segment"
+SEMAPHORE = "semaphore"
+
+_LINUX = sys.platform.startswith("linux")
+_SEMAPHORE_DIR = "/dev/shm"
+"""Where Linux (glibc) keeps named semaphores, as files `sem.<name without the slash>`."""
+
+
+# -- segments ------------------------------------------------------------------------
+
+
+def create_segment(name: str, size: int) -> mmap.mmap:
+    """Create a new segment of `size` bytes (fails if `name` exists) and map it."""
+    shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=MODE, size=size)
+    _record(SEGMENT, name)
+    try:
+        _reserve(shm.fd, size, name)
+        return mmap.mmap(shm.fd, size)
+    except BaseException:
+        unlink_segment(name)
+        raise
+    finally:
+        shm.close_fd()
+
+
+def open_segment(name: str) -> mmap.mmap:
+    """Map an existing segment of ours whole.
+
+    Raises `posix_ipc.ExistentialError` if it is gone or not sized yet (its creator is
+    between creating and sizing it), and `ForeignObject` if it is not ours alone.
+    """
+    try:
+        shm = posix_ipc.SharedMemory(name)
+    except posix_ipc.PermissionsError:
+        raise _foreign(name, "shared-memory segment") from None
+    try:
+        _check_ours(os.fstat(shm.fd), name, "shared-memory segment")
+        if shm.size == 0:
+            raise posix_ipc.ExistentialError(f"{name} is being created")
+        return mmap.mmap(shm.fd, shm.size)
+    finally:
+        shm.close_fd()
+
+
+def unlink_segment(name: str) -> bool:
+    """Remove a segment's name; True if it existed. Mappings already made stay valid.
+
+    A name we may not remove belongs to another user (ours are always ours to remove),
+    so it is left alone.
+    """
+    try:
+        posix_ipc.unlink_shared_memory(name)
+        return True
+    except (posix_ipc.ExistentialError, posix_ipc.PermissionsError):
+        return False
+
+
+def remove_stale_segment(name: str) -> None:
+    """Remove a leftover segment of ours; `ForeignObject` if the name is someone else's."""
+    try:
+        shm = posix_ipc.SharedMemory(name)
+    except posix_ipc.ExistentialError:
+        return
+    except posix_ipc.PermissionsError:
+        raise _foreign(name, "shared-memory segment") from None
+    try:
+        _check_ours(os.fstat(shm.fd), name, "shared-memory segment")
+    finally:
+        shm.close_fd()
+    unlink_segment(name)
+
+
+def segment_exists(name: str) -> bool:
+    try:
+        posix_ipc.SharedMemory(name).close_fd()
+    except posix_ipc.ExistentialError:
+        return False
+    except posix_ipc.PermissionsError:
+        pass  # someone else's, but there
+    return True
+
+
+# -- semaphores ----------------------------------------------------------------------
+
+
+def create_semaphore(name: str, initial: int) -> posix_ipc.Semaphore:
+    try:
+        sem = posix_ipc.Semaphore(name, posix_ipc.O_CREX, mode=MODE, initial_value=initial)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.ENOMEM):
+            raise
+        raise _out_of_memory(name, mmap.PAGESIZE) from exc  # Linux: a page each
+    _record(SEMAPHORE, name)
+    return sem
+
+
+def open_semaphore(name: str) -> posix_ipc.Semaphore:
+    """Open an existing semaphore of ours (checked where the platform shows its owner)."""
+    before = _semaphore_file(name)
+    try:
+        sem = posix_ipc.Semaphore(name)
+    except posix_ipc.PermissionsError:
+        raise _foreign(name, "semaphore") from None
+    if before is not None and _semaphore_file(name) != before:
+        sem.close()
+        raise posix_ipc.ExistentialError(f"{name} was replaced while it was being opened")
+    return sem
+
+
+def unlink_semaphore(name: str) -> bool:
+    try:
+        posix_ipc.unlink_semaphore(name)
+        return True
+    except (posix_ipc.ExistentialError, posix_ipc.PermissionsError):
+        return False
+
+
+def semaphore_exists(name: str) -> bool:
+    try:
+        posix_ipc.Semaphore(name).close()
+    except posix_ipc.ExistentialError:
+        return False
+    except posix_ipc.PermissionsError:
+        pass
+    return True
+
+
+def _semaphore_file(name: str) -> tuple[int, int] | None:
+    """(device, inode) of a semaphore of ours; None where semaphores are not files."""
+    if not _LINUX:
+        return None
+    try:
+        st = os.stat(os.path.join(_SEMAPHORE_DIR, "sem." + name.lstrip("/")),
+                     follow_symlinks=False)
+    except FileNotFoundError:
+        raise posix_ipc.ExistentialError(f"No semaphore exists with the name {name}") from None
+    _check_ours(st, name, "semaphore")
+    return st.st_dev, st.st_ino
+
+
+# -- the ledger -------------------------------------------------------------------------
+
+
+def ledger_leftovers(path: str) -> list[tuple[str, str]]:
+    """(kind, name) of every object a ledger recorded that still exists, in order."""
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return []
+    found = []
+    for entry in dict.fromkeys(lines):  # each once, in order
+        kind, _, name = entry.partition(" ")
+        exists = segment_exists if kind == SEGMENT else semaphore_exists
+        if exists(name):
+            found.append((kind, name))
+    return found
+
+
+def remove(kind: str, name: str) -> bool:
+    """Unlink a segment or semaphore by the kind a ledger gives."""
+    return (unlink_segment if kind == SEGMENT else unlink_semaphore)(name)
+
+
+# -- shared -----------------------------------------------------------------------------
+
+
+def _check_ours(st: os.stat_result, name: str, kind: str) -> None:
+    if st.st_uid != os.geteuid():
+        raise ForeignObject(
+            f"the {kind} {name} belongs to uid {st.st_uid}, not to you (uid "
+            f"{os.geteuid()}): another user created that name first. shmbus never uses "
+            "such an object; it picks another name where it can."
+        )
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        raise ForeignObject(
+            f"the {kind} {name} has mode {oct(stat.S_IMODE(st.st_mode))}: others may open "
+            "it, and shmbus creates its objects private (0600). It was not made by shmbus; "
+            "shmbus never uses such an object."
+        )
+
+
+def _foreign(name: str, kind: str) -> ForeignObject:
+    return ForeignObject(
+        f"the {kind} {name} belongs to another user, who created that name first; "
+        "shmbus never uses such an object."
+    )
+
+
+def _record(kind: str, name: str) -> None:
+    ledger = os.environ.get(LEDGER_ENV)
+    if ledger:
+        fd = os.open(ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, MODE)
+        try:
+            os.write(fd, f"{kind} {name}\n".encode())  # one write: appends never interleave
+        finally:
+            os.close(fd)
+
+
+def _reserve(fd: int, size: int, name: str) -> None:
+    if not _LINUX:
+        return
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.ENOMEM, errno.EFBIG):
+            raise
+        raise _out_of_memory(name, size) from exc
+
+
+def _out_of_memory(name: str, size: int) -> OutOfSharedMemory:
+    return OutOfSharedMemory(
+        f"shared memory is full: {name} needs {size} bytes and /dev/shm has no room. "
+        "Free space in /dev/shm (`shmbus gc` removes what dead buses left), use "
+        "smaller capacities or events, or give the container more "
+        "(docker run --shm-size=1g)."
+    )
