@@ -1,12 +1,14 @@
 """Fixtures shared by the whole suite.
 
-Every test gets a registry directory of its own (`SHMBUS_DIR`), and afterwards the
-suite checks that the test left no shmbus object in /dev/shm: a leak fails the test that
-caused it, and is removed so that it cannot fail the next one.
+Every test gets a registry directory of its own (`SHMBUS_DIR`) and a ledger of the shared
+objects its processes create (`SHMBUS_LEDGER`); afterwards the suite checks that every
+one of them was removed: a leak fails the test that caused it, and is removed so that it
+cannot fail the next one. Objects the test did not create are never looked at.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import signal
@@ -15,6 +17,7 @@ import tempfile
 
 import pytest
 
+from shmbus import _platform
 from tests import helpers
 
 
@@ -52,12 +55,17 @@ def registry_dir(monkeypatch: pytest.MonkeyPatch):
 
 
 @pytest.fixture(autouse=True)
-def no_leaks(registry_dir: str):
-    before = set(helpers.our_shm_objects())
+def no_leaks(registry_dir: str, monkeypatch: pytest.MonkeyPatch):
+    # Only what this test's processes created is checked (they inherit the ledger), never
+    # the rest of /dev/shm: other programs' buses may come and go meanwhile.
+    ledger = registry_dir + ".ledger"
+    monkeypatch.setenv(_platform.LEDGER_ENV, ledger)
     yield
-    leaked = sorted(set(helpers.our_shm_objects()) - before)
-    for name in leaked:
-        helpers.unlink_shm_file(name)
+    leaked = _platform.ledger_leftovers(ledger)
+    for kind, name in leaked:
+        _platform.remove(kind, name)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(ledger)
     assert not leaked, f"the test left shared objects behind: {leaked}"
 
 
