@@ -48,6 +48,7 @@ segment is `posix_fallocate`d at creation, so it fails at once with `OutOfShared
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import mmap
 import os
@@ -105,11 +106,22 @@ def open_segment(name: str) -> mmap.mmap:
 
 
 def unlink_segment(name: str) -> bool:
-    """Remove a segment's name; True if it existed. Mappings already made stay valid.
+    """Remove a segment of ours by name; True if it existed. Mappings made stay valid.
 
-    A name we may not remove belongs to another user (ours are always ours to remove),
-    so it is left alone.
+    A name that is not ours is left alone, even where we could remove it (as root).
     """
+    try:
+        shm = posix_ipc.SharedMemory(name)
+    except posix_ipc.ExistentialError:
+        return False
+    except posix_ipc.PermissionsError:
+        return False  # someone else's
+    try:
+        _check_ours(os.fstat(shm.fd), name, "shared-memory segment")
+    except ForeignObject:
+        return False
+    finally:
+        shm.close_fd()
     try:
         posix_ipc.unlink_shared_memory(name)
         return True
@@ -129,7 +141,8 @@ def remove_stale_segment(name: str) -> None:
         _check_ours(os.fstat(shm.fd), name, "shared-memory segment")
     finally:
         shm.close_fd()
-    unlink_segment(name)
+    with contextlib.suppress(posix_ipc.ExistentialError):
+        posix_ipc.unlink_shared_memory(name)
 
 
 def segment_exists(name: str) -> bool:
@@ -170,6 +183,11 @@ def open_semaphore(name: str) -> posix_ipc.Semaphore:
 
 
 def unlink_semaphore(name: str) -> bool:
+    """Remove a semaphore of ours by name; True if it existed. Not ours: left alone."""
+    try:
+        _semaphore_file(name)
+    except (posix_ipc.ExistentialError, ForeignObject):
+        return False
     try:
         posix_ipc.unlink_semaphore(name)
         return True

@@ -1,13 +1,19 @@
 """Another user on the same machine can neither join a bus nor touch its shared objects.
 
 The bus below is created by the test process. A throwaway system user (made by a
-session fixture, removed afterwards; those tests skip unless we are root) then runs a
-script that knows every name there is to know (the bus name, the registry path, the
+session fixture, removed afterwards; as root these tests must run, wherever the checkout
+lives: the user imports a world-readable copy of shmbus that the fixture makes) then runs
+a script that knows every name there is to know (the bus name, the registry path, the
 token, the subscriber id) and tries, in turn, to subscribe, to take the bus's name, to
 sweep its registry, to read the registry files, to open the control block, ring and
 large-event segments and the ring semaphores (through posix_ipc and straight through
 /dev/shm), and to unlink them. The script prints one JSON outcome per attempt; every
 attempt must be refused, and the bus must go on working untouched.
+
+Squatting: the other user creates, first, the names a bus is about to use (the rings and
+semaphores of the next subscriber ids, with valid headers and mode 0666; large-event
+segments). The bus must never write into them, never ring them, never remove them, and
+go on working.
 
 The intruder's own bus, in its own registry, works: the refusals come from ownership,
 not from a broken environment.
@@ -23,13 +29,14 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 import shmbus
-from shmbus import _names
+from shmbus import _liveness, _names, _registry, _ring
 from tests import helpers
 
 BUS = "secbus"
@@ -47,6 +54,9 @@ class Intruder:
     name: str
     uid: int
     gid: int
+    python: str = sys.executable
+    pythonpath: str = ""
+    """A world-readable copy of shmbus and what it imports, made for this user."""
 
     def command(self, argv: list[str]) -> list[str]:
         if shutil.which("setpriv"):
@@ -54,14 +64,60 @@ class Intruder:
                     "--clear-groups", *argv]
         return ["runuser", "-u", self.name, "--", *argv]
 
+    def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8",
+                "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": self.pythonpath,
+                **(extra or {})}
+
     def run(self, argv: list[str], env: dict[str, str] | None = None,
             timeout: float = INTRUDER_TIMEOUT) -> subprocess.CompletedProcess[str]:
-        base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8",
-                "PYTHONDONTWRITEBYTECODE": "1"}
-        if os.environ.get("PYTHONPATH"):
-            base["PYTHONPATH"] = os.environ["PYTHONPATH"]
-        return subprocess.run(self.command(argv), env={**base, **(env or {})}, cwd="/",
+        return subprocess.run(self.command(argv), env=self.env(env), cwd="/",
                               capture_output=True, text=True, timeout=timeout)
+
+    def python_script(self, script: str, *args: str, env: dict[str, str] | None = None
+                      ) -> subprocess.CompletedProcess[str]:
+        return self.run([self.python, "-c", script, *args], env=env)
+
+    def start(self, script: str, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(self.command([self.python, "-c", script, *args]),
+                                env=self.env(), cwd="/", stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _importable_copy(into: str) -> str:
+    """Copy shmbus and every third-party module it imports into `into`, readable by all.
+
+    The checkout and the virtualenv may sit in a directory other users cannot enter (a
+    root home, a CI workspace): the other user imports this copy instead.
+    """
+    import shmbus  # noqa: F401  (what it imports is what the copy needs)
+
+    for top in sorted({name.split(".")[0] for name in list(sys.modules)}):
+        module = sys.modules.get(top)
+        path = getattr(module, "__file__", None)
+        if top in sys.stdlib_module_names or path is None or top in ("tests", "pytest"):
+            continue
+        if top.startswith(("_pytest", "pluggy", "hypothesis", "_hypothesis")):
+            continue
+        if os.path.basename(path) == "__init__.py":
+            shutil.copytree(os.path.dirname(path), os.path.join(into, top),
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        elif "site-packages" in path or top == "shmbus":
+            shutil.copy(path, into)
+    for root, dirs, files in os.walk(into):
+        os.chmod(root, 0o755)
+        for entry in files:
+            os.chmod(os.path.join(root, entry), 0o644)
+    return into
+
+
+def _interpreters() -> list[str]:
+    """Pythons of our version that another user may be able to run, best first."""
+    version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    candidates = [sys.executable, os.path.realpath(sys.executable),
+                  getattr(sys, "_base_executable", ""), f"/usr/bin/python{version}",
+                  f"/usr/local/bin/python{version}", shutil.which(f"python{version}") or ""]
+    return [c for c in dict.fromkeys(candidates) if c and os.path.exists(c)]
 
 
 @pytest.fixture(scope="session")
@@ -71,11 +127,12 @@ def intruder():
         pytest.skip("needs Linux (useradd, setpriv/runuser, /dev/shm)")
     if os.geteuid() != 0:
         pytest.skip("needs root, to create a throwaway user and run code as it")
+    # As root these tests must run, wherever the checkout is: from here on a missing
+    # piece fails them instead of skipping them.
     for tool in ("useradd", "userdel"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"`{tool}` is not installed: cannot make a throwaway user")
-    if shutil.which("setpriv") is None and shutil.which("runuser") is None:
-        pytest.skip("neither `setpriv` nor `runuser` is installed: cannot switch user")
+        assert shutil.which(tool), f"`{tool}` is not installed: cannot make a throwaway user"
+    assert shutil.which("setpriv") or shutil.which("runuser"), (
+        "neither `setpriv` nor `runuser` is installed: cannot switch user")
     shell = next((s for s in ("/usr/sbin/nologin", "/sbin/nologin", "/bin/false")
                   if os.path.exists(s)), "/bin/false")
     name = f"shmbus-intruder-{secrets.token_hex(4)}"
@@ -83,26 +140,34 @@ def intruder():
         ["useradd", "--system", "--no-create-home", "--shell", shell, name],
         capture_output=True, text=True, timeout=60,
     )
-    if made.returncode != 0:
-        pytest.skip(f"useradd {name} failed ({made.returncode}): {made.stderr.strip()}")
+    assert made.returncode == 0, f"useradd {name} failed: {made.stderr.strip()}"
+    copy = tempfile.mkdtemp(prefix="shmbus-intruder-")  # not pytest's: its root is 0700
     try:
         entry = pwd.getpwnam(name)
         user = Intruder(name, entry.pw_uid, entry.pw_gid)
-        probe = user.run([sys.executable, "-c",
-                          "import sys, posix_ipc, shmbus; print(*sys.version_info[:2])"])
-        if probe.returncode != 0:
-            pytest.skip(
-                f"user {name} cannot run {sys.executable} with shmbus importable "
-                f"(is the interpreter or the checkout readable by others?): "
-                f"{probe.stderr.strip()[-500:]}"
-            )
-        theirs = tuple(int(x) for x in probe.stdout.split())
-        if theirs != sys.version_info[:2]:
-            pytest.skip(f"user {name} gets Python {theirs} from {sys.executable}, not "
-                        f"{sys.version_info[:2]} (is the interpreter readable by others?)")
+        parent = copy
+        while parent != os.path.dirname(parent):  # the copy's parents must let them in
+            parent = os.path.dirname(parent)
+            assert os.stat(parent).st_mode & stat.S_IXOTH, f"{parent} is not traversable"
+        os.chmod(copy, 0o755)
+        user.pythonpath = _importable_copy(copy)
+        tried = []
+        for python in _interpreters():
+            user.python = python
+            probe = user.python_script("import sys, posix_ipc, shmbus; "
+                                       "print(*sys.version_info[:2], shmbus.__file__)")
+            fields = probe.stdout.split()
+            if (probe.returncode == 0 and tuple(map(int, fields[:2])) == sys.version_info[:2]
+                    and fields[2].startswith(copy)):
+                break
+            tried.append(f"{python}: {(probe.stderr.strip() or probe.stdout.strip())[-300:]}")
+        else:
+            pytest.fail(f"user {name} can run no Python {sys.version_info[:2]} that imports "
+                        f"the copy of shmbus in {copy}; tried:\n" + "\n".join(tried))
         yield user
     finally:
         gone = subprocess.run(["userdel", name], capture_output=True, text=True, timeout=60)
+        shutil.rmtree(copy, ignore_errors=True)
         assert gone.returncode == 0, f"userdel {name} failed: {gone.stderr.strip()}"
 
 
@@ -274,8 +339,8 @@ def attack(intruder: Intruder, registry_dir: str, em: shmbus.EventEmitter,
     parent = os.path.dirname(os.path.abspath(registry_dir))
     assert os.stat(parent).st_mode & stat.S_IXOTH, f"{parent} is not traversable by others"
 
-    done = intruder.run([sys.executable, "-c", INTRUDER_SCRIPT, json.dumps(info)],
-                        env={"SHMBUS_DIR": registry_dir})
+    done = intruder.python_script(INTRUDER_SCRIPT, json.dumps(info),
+                                  env={"SHMBUS_DIR": registry_dir})
     assert done.returncode == 0, f"intruder script crashed:\n{done.stderr}"
     report = json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -387,3 +452,133 @@ def test_bus_objects_and_registry_are_private_to_their_owner(registry_dir: str,
         st = os.stat(os.path.join(registry_dir, "buses", token, record))
         assert stat.S_IMODE(st.st_mode) & 0o077 == 0, (record, oct(st.st_mode))
         assert st.st_uid == os.getuid(), (record, st.st_uid)
+
+
+# -- squatting: another user creates our names first ------------------------------------
+
+SQUATTER_SCRIPT = r'''
+import json, sys
+import posix_ipc
+
+plan = json.loads(sys.argv[1])
+made = []
+for name, header_hex, size in plan["segments"]:
+    shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o666, size=size)
+    import mmap
+    buf = mmap.mmap(shm.fd, size)
+    shm.close_fd()
+    header = bytes.fromhex(header_hex)
+    buf[:len(header)] = header
+    made.append((name, buf, header))
+sems = [posix_ipc.Semaphore(name, posix_ipc.O_CREX, mode=0o666, initial_value=0)
+        for name in plan["semaphores"]]
+print("ready", flush=True)
+sys.stdin.read()  # until the test is done with its bus
+report = {}
+for name, buf, header in made:
+    rest = bytes(buf[len(header):])
+    report[name] = {"touched": bytes(buf[:len(header)]) != header or any(rest),
+                    "nonzero_bytes": sum(1 for b in rest if b)}
+    buf.close()
+    posix_ipc.unlink_shared_memory(name)
+report["sem_tokens"] = {}
+for sem in sems:
+    report["sem_tokens"][sem.name] = sem.value
+    sem.unlink()
+print(json.dumps(report), flush=True)
+'''
+
+
+class Squatter:
+    """The other user's process holding squatted names until `report()`."""
+
+    def __init__(self, intruder: Intruder, segments: list[tuple[str, bytes, int]],
+                 semaphores: list[str]) -> None:
+        plan = {"segments": [(name, header.hex(), size) for name, header, size in segments],
+                "semaphores": semaphores}
+        self.process = intruder.start(SQUATTER_SCRIPT, json.dumps(plan))
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline().strip()
+        if line != "ready":
+            self.process.kill()
+            _, err = self.process.communicate(timeout=10)
+            raise AssertionError(f"the squatter did not start: {line!r} {err}")
+
+    def report(self) -> dict[str, Any]:
+        out, err = self.process.communicate(input="", timeout=INTRUDER_TIMEOUT)
+        assert self.process.returncode == 0, f"the squatter failed:\n{err}"
+        report: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+        return report
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+
+def _ring_header(capacity: int) -> bytes:
+    return _ring._HEAD.pack(_ring.MAGIC, _ring.LAYOUT_VERSION, capacity, _ring.SLOT_SIZE)
+
+
+@pytest.mark.timeout(60)
+def test_rings_squatted_by_another_user_are_never_written(intruder: Intruder,
+                                                          registry_dir: str) -> None:
+    """The squatter pre-creates, with mode 0666 and a valid ring header, the ring and both
+    semaphores of the next subscriber ids; the registry then names one of them, as it does
+    while a joiner whose creation failed moves on: the emitter must refuse to attach."""
+    with shmbus.EventEmitter("squatted") as em, em.subscribe() as sub:
+        token = helpers.token_of(em)
+        # Ids that joiners took and gave up on, as they do when creation fails.
+        squatted = [em._control.allocate_sub_id(), em._control.allocate_sub_id()]
+        ring_size = _ring.HEADER_SIZE + 4 * _ring.SLOT_SIZE
+        squatter = Squatter(
+            intruder,
+            [(_names.ring_name(token, i), _ring_header(4), ring_size) for i in squatted],
+            [n for i in squatted for n in (_names.data_sem_name(token, i),
+                                           _names.space_sem_name(token, i))],
+        )
+        try:
+            # A live record for a squatted id: what the emitter sees in that window.
+            record = {"pid": os.getpid(), "version": _registry.REGISTRY_VERSION,
+                      "id": squatted[0], "capacity": 4}
+            life = _liveness.LifeLock.create(em._registry.sub_path(token, squatted[0]),
+                                             json.dumps(record).encode())
+            em._control.bump_generation()
+            try:
+                for i in range(20):
+                    assert em.emit({"secret": i}, timeout=5) == 1  # ours alone
+                    assert sub.recv(timeout=5) == {"secret": i}
+                # A joiner skips the squatted ids and works.
+                with em.subscribe() as late:
+                    assert late.id not in squatted
+                    em.emit("late", timeout=5)
+                    assert late.recv(timeout=5) == "late"
+                    assert sub.recv(timeout=5) == "late"
+            finally:
+                os.unlink(em._registry.sub_path(token, squatted[0]))
+                life.release()
+            report = squatter.report()
+        finally:
+            squatter.kill()
+    for i in squatted:
+        assert report[_names.ring_name(token, i)]["touched"] is False, report
+    assert set(report["sem_tokens"].values()) == {0}, report  # no doorbell rung either
+
+
+@pytest.mark.timeout(60)
+def test_large_event_names_squatted_by_another_user_are_skipped(intruder: Intruder,
+                                                                registry_dir: str) -> None:
+    with shmbus.EventEmitter("bigsquat") as em, em.subscribe() as sub:
+        token = helpers.token_of(em)
+        squatted = [_names.blob_name(token, k) for k in range(6)]
+        squatter = Squatter(intruder, [(name, b"", 1 << 20) for name in squatted], [])
+        try:
+            for i in range(30):
+                event = bytes([i]) * 200_000
+                em.emit(event, timeout=5)
+                assert sub.recv(timeout=5) == event
+            report = squatter.report()
+        finally:
+            squatter.kill()
+    for name in squatted:
+        assert report[name]["touched"] is False, (name, report[name])
