@@ -37,17 +37,23 @@ import contextlib
 import errno
 import os
 import stat
+import threading
 
 from ._errors import ShmBusError
 
 
 class Bell:
-    """The listening end of one bell, owned by the process that created it."""
+    """The listening end of one bell, owned by the process that created it.
+
+    Any number of tasks, in any number of event loops, may wait on it at once; `close()`
+    may come from any thread. A loop that was closed with a task still waiting here
+    leaves nothing behind that a later wait (in a new loop) would trip over.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._waiters: set[asyncio.Future[None]] = set()
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._mutex = threading.Lock()  # waiters, registrations and descriptors
+        self._waiters: dict[asyncio.AbstractEventLoop, set[asyncio.Future[None]]] = {}
         self._closed = False
         self._read_fd: int | None = None
         self._keep_open_fd: int | None = None
@@ -61,53 +67,69 @@ class Bell:
 
     async def wait(self, timeout: float) -> None:
         """Return once rung, or after `timeout` seconds, or at once if closed."""
-        fd = self._read_fd
-        if self._closed or fd is None:
-            return
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
-        if not self._waiters:
-            loop.add_reader(fd, self._wake_all)
-            self._loop = loop
-        self._waiters.add(waiter)
+        if not self._add(loop, waiter):
+            return
         timer = loop.call_later(timeout, _settle, waiter)
         try:
             await waiter
         finally:
             timer.cancel()
-            self._waiters.discard(waiter)
-            if not self._waiters:
-                loop.remove_reader(fd)
-                if self._closed:
-                    self._close_fds()  # close() left that to the last waiter
+            self._discard(loop, waiter)
 
     def close(self) -> None:
         """Remove the pipe and wake every waiter; the pipe closes when they are gone.
         Idempotent; may be called from any thread."""
-        if self._closed:
-            return
-        self._closed = True
+        with self._mutex:
+            if self._closed:
+                return
+            self._closed = True
+            waiting = {loop: set(futures) for loop, futures in self._waiters.items()}
+            if not waiting:
+                self._close_fds()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
-        if not self._waiters or self._loop is None:
-            self._close_fds()
-            return
-        if _running_loop() is self._loop:
-            self._settle_all()
-        else:
-            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
-                self._loop.call_soon_threadsafe(self._settle_all)
+        for loop, futures in waiting.items():
+            _settle_in(loop, futures)
+
+    def _add(self, loop: asyncio.AbstractEventLoop, waiter: "asyncio.Future[None]") -> bool:
+        """Register `waiter`; False if the bell is closed (nothing to wait for)."""
+        with self._mutex:
+            if self._closed or self._read_fd is None:
+                return False
+            for stale in [other for other in self._waiters if other.is_closed()]:
+                # Closed with a task still waiting: its futures will never be settled.
+                del self._waiters[stale]
+            futures = self._waiters.setdefault(loop, set())
+            if not futures:
+                loop.add_reader(self._read_fd, self._wake_all)
+            futures.add(waiter)
+            return True
+
+    def _discard(self, loop: asyncio.AbstractEventLoop, waiter: "asyncio.Future[None]") -> None:
+        with self._mutex:
+            futures = self._waiters.get(loop)
+            if futures is None:
+                return
+            futures.discard(waiter)
+            if futures:
+                return
+            del self._waiters[loop]
+            if self._read_fd is not None and not loop.is_closed():
+                loop.remove_reader(self._read_fd)
+            if self._closed and not self._waiters:
+                self._close_fds()  # close() left that to the last waiter
 
     def _wake_all(self) -> None:
-        if self._read_fd is not None:
-            with contextlib.suppress(OSError):
-                while os.read(self._read_fd, 4096):
-                    pass
-        self._settle_all()
-
-    def _settle_all(self) -> None:
-        for waiter in list(self._waiters):
-            _settle(waiter)
+        with self._mutex:
+            if self._read_fd is not None:
+                with contextlib.suppress(OSError):
+                    while os.read(self._read_fd, 4096):
+                        pass
+            waiting = {loop: set(futures) for loop, futures in self._waiters.items()}
+        for loop, futures in waiting.items():
+            _settle_in(loop, futures)
 
     def _close_fds(self) -> None:
         for fd in (self._read_fd, self._keep_open_fd):
@@ -162,6 +184,21 @@ def _make_fifo(path: str) -> None:
                 f"{path} exists and is not a pipe; the registry directory has been "
                 "tampered with. Run `shmbus gc` and recreate the bus."
             ) from None
+
+
+def _settle_in(loop: asyncio.AbstractEventLoop, futures: "set[asyncio.Future[None]]") -> None:
+    """Settle `futures`, which belong to `loop`, from whatever thread this runs in."""
+    if _running_loop() is loop:
+        for waiter in futures:
+            _settle(waiter)
+        return
+    with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits there
+        loop.call_soon_threadsafe(_settle_all, futures)
+
+
+def _settle_all(futures: "set[asyncio.Future[None]]") -> None:
+    for waiter in futures:
+        _settle(waiter)
 
 
 def _running_loop() -> "asyncio.AbstractEventLoop | None":

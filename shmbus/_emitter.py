@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import contextlib
 import os
 import threading
 import time
@@ -222,7 +221,8 @@ class EventEmitter:
             if isinstance(outcome, int):
                 return outcome
             if expired(deadline):
-                names = ", ".join(str(o.sub_id) for o in outcome) or "another thread's emit"
+                names = (", ".join(str(o.sub_id) for o in outcome.outlets)
+                         or "another thread's emit")
                 raise Timeout(
                     f"aemit timed out waiting for room in the ring of subscriber(s) "
                     f"{names} of bus {self._name!r}; no subscriber received the event"
@@ -459,44 +459,57 @@ class EventEmitter:
             return True
         return False
 
-    def _try_send(self, payload: "bytes | _codec.Parts") -> "int | list[_Outlet]":
-        """Emit without waiting: subscribers reached, or the outlets whose rings are
-        full (none if another thread holds the emitter)."""
+    def _try_send(self, payload: "bytes | _codec.Parts") -> "int | _Waiting":
+        """Emit without waiting: the subscribers reached; or, if rings are full, what to
+        wait for (no outlets if another thread holds the emitter)."""
         self._check_usable()
         if not self._lock.acquire(blocking=False):
-            return []
+            return _Waiting([], None)
         try:
             self._check_usable()
-            return self._send([payload], 0, None, wait=False)[1]
-        except _RingsFull as full:
-            return full.outlets
+            try:
+                return self._send([payload], 0, None, wait=False)[1]
+            except _RingsFull as full:
+                return self._listen_for_room(full.outlets)
         finally:
             self._lock.release()
 
-    async def _await_room_async(self, full: list[_Outlet], deadline: float | None) -> None:
-        if not full:
-            await asyncio.sleep(POLL_MAX_SLEEP)  # another thread is emitting
-            return
+    def _listen_for_room(self, full: list[_Outlet]) -> "_Waiting":
+        """Under the lock (`close()` cannot free a ring meanwhile): raise the emitter's
+        flag in each full ring, then look once more (see `_bell`)."""
         if self._bell is None:
             self._bell = Bell(self._registry.bell_path(self._token, "emitter"))
-        began = time.monotonic_ns()
-        try:
-            for outlet in full:
-                outlet.ring.flags[EMITTER_WAITING] = 1
-        except ValueError:  # released: another thread dropped it, or closed the emitter
+        for outlet in full:
+            outlet.ring.flags[EMITTER_WAITING] = 1
+        fence(full[0].ring.space)
+        seq = self._control.committed
+        if any(o.ring.sub_closed or o.has_room(seq) for o in full):
+            return _Waiting(full, None)
+        return _Waiting(full, self._bell)
+
+    async def _await_room_async(self, waiting: "_Waiting", deadline: float | None) -> None:
+        if not waiting.outlets:
+            await asyncio.sleep(POLL_MAX_SLEEP)  # another thread is emitting
             return
         try:
-            fence(full[0].ring.space)
-            seq = self._control.committed
-            if not any(o.ring.sub_closed or o.has_room(seq) for o in full):
-                await self._bell.wait(slice_until(deadline))
+            if waiting.bell is not None:
+                await waiting.bell.wait(slice_until(deadline))
         finally:
-            blocked = time.monotonic_ns() - began
-            for outlet in full:
-                if outlet.sub_id in self._outlets:  # still attached
-                    with contextlib.suppress(ValueError):  # unless dropped meanwhile
-                        outlet.ring.flags[EMITTER_WAITING] = 0
-                        outlet.ring.add_blocked_ns(blocked)
+            self._stop_listening(waiting)
+
+    def _stop_listening(self, waiting: "_Waiting") -> None:
+        # Never waits for the lock (that would block the event loop behind an emit in
+        # another thread); a flag left up costs a subscriber a byte written to a pipe.
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            blocked = time.monotonic_ns() - waiting.began
+            for outlet in waiting.outlets:
+                if self._outlets.get(outlet.sub_id) is outlet:  # still attached
+                    outlet.ring.flags[EMITTER_WAITING] = 0
+                    outlet.ring.add_blocked_ns(blocked)
+        finally:
+            self._lock.release()
 
     def _await_room(self, outlet: _Outlet, seq: int, deadline: float | None) -> bool:
         """Wait until `outlet` has room: True, or False if its subscriber left."""
@@ -572,6 +585,18 @@ class EventEmitter:
     def _list_outlets(self) -> None:
         self._everyone = list(self._outlets.values())
         self._doorbells = [outlet.ring.data for outlet in self._everyone]
+
+
+class _Waiting:
+    """What an `aemit` that found rings full waits for: room in `outlets`, rung on `bell`
+    (None: look again at once)."""
+
+    __slots__ = ("outlets", "bell", "began")
+
+    def __init__(self, outlets: list[_Outlet], bell: Bell | None) -> None:
+        self.outlets = outlets
+        self.bell = bell
+        self.began = time.monotonic_ns()
 
 
 class _RingsFull(Exception):

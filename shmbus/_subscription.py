@@ -28,6 +28,7 @@ event. Either way the caller sees each event exactly once.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import functools
@@ -50,6 +51,7 @@ from ._liveness import LifeLock, is_alive
 from ._registry import Registry, validate_name
 from ._ring import EMITTER_WAITING, SUB_WAITING, TAIL_WORD
 from ._wait import (
+    POLL_MAX_SLEEP,
     Waiter,
     acquire_by,
     deadline_after,
@@ -413,22 +415,46 @@ class Subscription:
             await self._await_bell(deadline)
 
     async def _await_bell(self, deadline: float | None) -> None:
-        if self._bell is None:
-            self._check_usable()
-            self._bell = Bell(self._registry.bell_path(self._token, self._sub_id))
-        flags = self._ring.flags
+        bell = self._listen()
+        if bell is False:
+            await asyncio.sleep(POLL_MAX_SLEEP)  # another thread is receiving
+        elif isinstance(bell, Bell):
+            try:
+                await bell.wait(slice_until(deadline))
+            finally:
+                self._stop_listening()
+
+    def _listen(self) -> "Bell | bool":
+        """Raise this subscription's flag and return its bell to wait on; True if there
+        is something to look at already; False if another thread holds the ring.
+
+        Under the lock, like every touch of the ring: `close()` from another thread
+        cannot free the ring or its semaphores halfway through.
+        """
+        if not self._lock.acquire(blocking=False):
+            return False
         try:
-            flags[SUB_WAITING] = 1
-        except ValueError:  # released: closed from another thread
             self._check_usable()
-            raise
-        try:
+            if self._bell is None:
+                self._bell = Bell(self._registry.bell_path(self._token, self._sub_id))
+            self._ring.flags[SUB_WAITING] = 1
             fence(self._ring.data)
-            if self._ready_seq() is None and not self._control.closed:
-                await self._bell.wait(slice_until(deadline))
+            if self._ready_seq() is not None or self._control.closed:
+                self._ring.flags[SUB_WAITING] = 0
+                return True
+            return self._bell
         finally:
-            if not self._ring.buf.closed:
-                flags[SUB_WAITING] = 0
+            self._lock.release()
+
+    def _stop_listening(self) -> None:
+        # Never waits for the lock (that would block the event loop behind a `recv` in
+        # another thread); a flag left up costs the emitter a byte written to a pipe.
+        if self._lock.acquire(blocking=False):
+            try:
+                if not self._closed:
+                    self._ring.flags[SUB_WAITING] = 0
+            finally:
+                self._lock.release()
 
     def _ring_emitter_bell(self) -> None:
         if self._ringer is None:

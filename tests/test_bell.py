@@ -291,3 +291,100 @@ def test_ringing_a_bell_never_raises(tmp_path):
     ringer.ring(str(tmp_path))  # a directory: cannot be opened for writing
     ringer.ring(str(tmp_path / "nobody"))  # no such pipe
     ringer.close()
+
+
+# -- close() from another thread, and loops that die with a call waiting ----------------
+
+_CLOSE_WHILE_WAITING = r'''
+import asyncio, os, random, sys, tempfile, threading, time
+os.environ["SHMBUS_DIR"] = tempfile.mkdtemp()
+import shmbus
+
+side, trials = sys.argv[1], int(sys.argv[2])
+unexpected = []
+
+def in_a_loop_thread(coroutine):
+    def run():
+        try:
+            asyncio.run(coroutine())
+        except BaseException as exc:
+            unexpected.append(repr(exc))
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+def subscriber_side(em, trial):
+    sub = em.subscribe()
+    async def receive_until_closed():
+        try:
+            while True:
+                await sub.arecv()
+        except shmbus.Closed:
+            pass
+    thread = in_a_loop_thread(receive_until_closed)
+    for _ in range(random.randint(0, 30)):
+        em.emit(trial)
+    time.sleep(random.uniform(0, 0.003))
+    sub.close()
+    return thread
+
+def emitter_side(trial):
+    em = shmbus.EventEmitter(f"full{trial}")
+    sub = em.subscribe(capacity=2)
+    async def emit_until_closed():
+        try:
+            while True:
+                await em.aemit(trial)
+        except shmbus.Closed:
+            pass
+    thread = in_a_loop_thread(emit_until_closed)
+    for _ in range(random.randint(0, 5)):
+        sub.recv(timeout=5)
+    time.sleep(random.uniform(0, 0.003))
+    em.close()
+    thread.join(5)
+    sub.close()
+    return thread
+
+em = shmbus.EventEmitter("bus") if side == "subscription" else None
+for trial in range(trials):
+    thread = subscriber_side(em, trial) if em is not None else emitter_side(trial)
+    thread.join(5)
+    assert not thread.is_alive(), "an async call outlived close() by 5 s"
+if em is not None:
+    em.close()
+print("unexpected:", unexpected)
+sys.exit(1 if unexpected else 0)
+'''
+
+
+@pytest.mark.parametrize("side", ["subscription", "emitter"])
+def test_close_from_another_thread_while_a_loop_awaits_never_crashes(side):
+    # In a child process: a crash there is an exit status here, not the end of pytest.
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _CLOSE_WHILE_WAITING, side, "200"],
+                          capture_output=True, text=True, timeout=50)
+    assert done.returncode == 0, (
+        f"exit {done.returncode} ({'SIGSEGV' if done.returncode == -11 else 'failure'}):"
+        f"\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+
+
+def test_a_loop_closed_with_arecv_waiting_leaves_later_loops_fast():
+    with shmbus.EventEmitter("abandoned") as em, em.subscribe() as sub:
+        loop = asyncio.new_event_loop()
+        task = loop.create_task(sub.arecv())
+        loop.run_until_complete(asyncio.sleep(0.05))  # the task is waiting on the bell
+        assert not task.done()
+        loop.close()  # with the task still waiting: its cleanup never runs
+
+        async def woken_after() -> float:
+            threading.Timer(0.02, em.emit, args=("wake",)).start()
+            began = time.monotonic()
+            assert await sub.arecv(timeout=5) == "wake"
+            return time.monotonic() - began - 0.02
+
+        late = [asyncio.run(woken_after()) for _ in range(5)]
+        # A bell that never listens again wakes only at each 0.1 s slice.
+        assert max(late) < 0.05, f"arecv woke {late} s after the emit"
