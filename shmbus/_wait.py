@@ -26,6 +26,7 @@ does not know who would have posted. Slices bound that to one slice per liveness
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -120,11 +121,14 @@ def waiter_from_env() -> Waiter:
 
 
 def deadline_after(timeout: float | None) -> float | None:
-    """An absolute `time.monotonic()` deadline, or None for no deadline."""
+    """An absolute `time.monotonic()` deadline, or None for no deadline (also for an
+    infinite timeout)."""
     if timeout is None:
         return None
     if timeout != timeout or timeout < 0:
         raise ValueError(f"timeout must be None or a number >= 0, got {timeout!r}")
+    if timeout == math.inf:
+        return None
     return time.monotonic() + timeout
 
 
@@ -148,7 +152,13 @@ def acquire_by(lock: "threading.RLock", deadline: float | None) -> bool:
     """
     if deadline is None:
         return lock.acquire()
-    return lock.acquire(timeout=max(0.0, deadline - time.monotonic()))
+    while True:
+        # The thread module refuses longer timeouts (OverflowError) than TIMEOUT_MAX.
+        left = max(0.0, deadline - time.monotonic())
+        if left <= threading.TIMEOUT_MAX:
+            return lock.acquire(timeout=left)
+        if lock.acquire(timeout=threading.TIMEOUT_MAX):
+            return True
 
 
 def take_posted(sem: posix_ipc.Semaphore, count: int) -> None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import math
 import threading
 import time
 
 import posix_ipc
 import pytest
 
+import shmbus
 from shmbus import _names, _platform, _wait
 
 pytestmark = pytest.mark.timeout(30)
@@ -50,3 +53,36 @@ def test_the_environment_selects_the_strategy(monkeypatch):
 def test_a_negative_or_nan_timeout_is_refused(bad):
     with pytest.raises(ValueError, match="timeout must be None or a number >= 0"):
         _wait.deadline_after(bad)
+
+
+@pytest.mark.parametrize("timeout", [math.inf, 9.3e9, 1e300])
+def test_infinite_and_huge_timeouts_mean_wait_as_long_as_it_takes(timeout):
+    with shmbus.EventEmitter("forever") as em, em.subscribe() as sub:
+        assert em.emit("one", timeout=timeout) == 1
+        assert sub.recv(timeout=timeout) == "one"
+        assert em.emit_many(["two", "three"], timeout=timeout) == 2
+        assert sub.recv_many(5, timeout=timeout) == ["two", "three"]
+
+        async def both() -> object:
+            await em.aemit("four", timeout=timeout)
+            return await sub.arecv(timeout=timeout)
+
+        assert asyncio.run(both()) == "four"
+
+
+def test_a_huge_timeout_still_waits_for_another_thread():
+    # The lock between threads is where the thread module refuses long timeouts.
+    with shmbus.EventEmitter("crowded") as em, em.subscribe(capacity=1) as sub:
+        em.emit("fills the ring")
+        blocked = threading.Thread(target=em.emit, args=("waits for room",))
+        blocked.start()
+        time.sleep(0.1)
+        assert blocked.is_alive()
+        got = []
+        waiting = threading.Thread(target=lambda: got.append(em.emit("third", timeout=9.3e9)))
+        waiting.start()
+        for expected in ("fills the ring", "waits for room", "third"):
+            assert sub.recv(timeout=5) == expected
+        blocked.join(5)
+        waiting.join(5)
+        assert got == [1]
