@@ -30,7 +30,7 @@ several times slower than the C pickler, and the hot path pays it on every `emit
 from __future__ import annotations
 
 import pickle
-from typing import Any
+from typing import Any, Callable, NoReturn
 
 import cloudpickle
 
@@ -111,20 +111,51 @@ def _encode_by_value(event: Any) -> bytes:
 
 
 def decode(data: Any) -> Any:
-    """Unpickle one event; a failure is reported for this event alone."""
+    """Unpickle one event; a failure is reported for this event alone.
+
+    An event whose unpickling raises `KeyboardInterrupt` or `SystemExit` is undecodable
+    like any other, not an interruption of the caller. A real Ctrl-C that happens to
+    land while an event is being unpickled is told apart by unpickling once more: only
+    an event that raises it again is the event's doing (see `_interrupted_or_undecodable`).
+    """
     try:
         return pickle.loads(data)
     except Exception as exc:
-        raise DeserializationError(
-            f"received an event that cannot be unpickled in this process: {exc!r}. "
-            "It has been consumed; the next recv() returns the next event. Make sure the "
-            "modules the event refers to are importable here."
-        ) from exc
+        raise _undecodable(exc) from exc
+    except BaseException as exc:
+        _interrupted_or_undecodable(exc, lambda: pickle.loads(data))
 
 
 def decode_all(payloads: list[Any]) -> list[Any]:
-    """`decode` each, in one C-level loop; `DeserializationError` if any fails."""
+    """`decode` each, in one C-level loop; `DeserializationError` if any fails (then
+    decode them one by one to find which)."""
     try:
         return list(map(pickle.loads, payloads))
     except Exception as exc:
         raise DeserializationError(f"one of {len(payloads)} events cannot be unpickled") from exc
+    except BaseException as exc:
+        _interrupted_or_undecodable(exc, lambda: list(map(pickle.loads, payloads)))
+
+
+def _interrupted_or_undecodable(exc: BaseException, again: Callable[[], Any]) -> NoReturn:
+    """Raise `exc` (a real interruption: nothing is consumed) if unpickling succeeds on a
+    second try, or `DeserializationError` if it raises the same again (the event does).
+
+    Only a second signal landing inside the second try could fool this, and then an
+    event is reported undecodable rather than lost silently.
+    """
+    try:
+        again()
+    except BaseException as repeated:
+        if type(repeated) is type(exc):
+            raise _undecodable(repeated) from repeated
+        raise
+    raise exc
+
+
+def _undecodable(exc: BaseException) -> DeserializationError:
+    return DeserializationError(
+        f"received an event that cannot be unpickled in this process: {exc!r}. "
+        "It has been consumed; the next recv() returns the next event. Make sure the "
+        "modules the event refers to are importable here."
+    )

@@ -189,6 +189,62 @@ def test_an_event_that_cannot_be_unpickled_is_reported_and_skipped():
         assert sub.recv(timeout=1) == "three"
 
 
+def _raise(kind: str) -> None:
+    raise {"KeyboardInterrupt": KeyboardInterrupt, "SystemExit": SystemExit}[kind]()
+
+
+class RaisesWhenLoaded:
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def __reduce__(self):
+        return (_raise, (self.kind,))
+
+
+class SlowToLoad:
+    def __reduce__(self):
+        return (_load_slowly, ())
+
+
+def _load_slowly() -> str:
+    time.sleep(0.4)  # a Ctrl-C lands in here
+    return "loaded"
+
+
+@pytest.mark.parametrize("kind", ["KeyboardInterrupt", "SystemExit"])
+@pytest.mark.parametrize("how", ["recv", "recv_many"])
+def test_an_event_whose_unpickling_raises_an_interruption_is_consumed(kind, how):
+    with shmbus.EventEmitter("raises") as em, em.subscribe() as sub:
+        em.emit_many(["one", RaisesWhenLoaded(kind), "three"])
+        receive = sub.recv if how == "recv" else lambda **kw: sub.recv_many(10, **kw)
+        assert receive(timeout=1) in ("one", ["one"])
+        try:
+            receive(timeout=1)
+        except shmbus.DeserializationError as exc:
+            assert kind in str(exc)
+        except BaseException as exc:  # not pytest.raises: it would let this one through
+            pytest.fail(f"{exc!r} escaped {how}: the event was not consumed")
+        else:
+            pytest.fail(f"{how} returned instead of reporting the undecodable event")
+        assert receive(timeout=1) in ("three", ["three"])  # consumed once, not repeated
+        em.emit("more", timeout=1)
+        assert receive(timeout=1) in ("more", ["more"])
+
+
+@pytest.mark.parametrize("how", ["recv", "recv_many"])
+def test_a_real_ctrl_c_during_unpickling_interrupts_and_loses_nothing(how):
+    with shmbus.EventEmitter("slowload") as em, em.subscribe() as sub:
+        em.emit(SlowToLoad())
+        em.emit("after")
+        receive = sub.recv if how == "recv" else lambda **kw: sub.recv_many(10, **kw)
+        timer = threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT))
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            receive(timeout=5)
+        timer.join()
+        assert receive(timeout=5) in ("loaded", ["loaded", "after"])
+
+
 def test_a_keyboard_interrupt_ends_a_blocked_recv():
     with shmbus.EventEmitter("rintr") as em, em.subscribe() as sub:
         timer = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT))
