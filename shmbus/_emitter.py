@@ -113,7 +113,7 @@ class EventEmitter:
         self._name = validate_name(name) if name is not None else _generated_name()
         self._waiter = waiter_from_env()
         self._registry = Registry()
-        self._registry.sweep()
+        self._registry.sweep_some()
         record = {"pid": os.getpid(), "capacity": capacity, "created": time.time()}
         self._token, self._life, self._control = self._registry.create_bus(
             self._name, record, _ring.SLOT_SIZE, self._capacity

@@ -137,6 +137,18 @@ def is_alive(path: str) -> bool:
         probe.release()
 
 
+def try_lock(path: str) -> "LifeLock | None":
+    """An exclusive flock on `path` (created if need be), if no one holds one; else None.
+
+    For work that one process at a time should do, and that the others may skip.
+    """
+    lock = LifeLock(path, os.O_RDWR | os.O_CREAT)
+    if lock._try(fcntl.LOCK_EX):
+        return lock
+    lock.release()
+    return None
+
+
 class FileMutex:
     """A short critical section between processes: a blocking flock on a directory.
 

@@ -137,7 +137,7 @@ class Subscription:
         if capacity is not None:
             _ring.validate_capacity(capacity)
         waiter = waiter_from_env()
-        registry.sweep()
+        registry.sweep_some()
         token, control = registry.open_bus(name)
         try:
             wanted = capacity if capacity is not None else control.default_capacity

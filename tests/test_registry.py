@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import stat
+import time
 
 import pytest
 
@@ -217,3 +218,62 @@ def test_a_live_name_with_a_corrupt_record_is_still_bus_exists():
             f.write(b"\xff\xfe garbage")
         with pytest.raises(shmbus.BusExists, match="unreadable"):
             shmbus.EventEmitter("scrawled")
+
+
+def _hold_buses(names: list[str], ready) -> None:
+    emitters = [shmbus.EventEmitter(name) for name in names]
+    ready.put([helpers.token_of(em) for em in emitters])
+    while emitters:
+        time.sleep(1)
+
+
+def _count_bus_sweeps(monkeypatch) -> list[str]:
+    swept: list[str] = []
+    original = _registry.Registry._sweep_bus
+
+    def counting(self, token, cleaned):
+        swept.append(token)
+        return original(self, token, cleaned)
+
+    monkeypatch.setattr(_registry.Registry, "_sweep_bus", counting)
+    return swept
+
+
+def _sweep_is_due(registry_dir: str) -> None:
+    stamp = os.path.join(registry_dir, "swept")
+    if os.path.exists(stamp):
+        os.utime(stamp, (0, 0))
+
+
+def test_creating_or_joining_a_bus_sweeps_a_bounded_sample(monkeypatch, registry_dir):
+    emitters = [shmbus.EventEmitter(f"live{i}") for i in range(3 * _registry.SWEEP_SAMPLE)]
+    try:
+        swept = _count_bus_sweeps(monkeypatch)
+        _sweep_is_due(registry_dir)
+        shmbus.EventEmitter("one-more").close()
+        assert 0 < len(swept) <= _registry.SWEEP_SAMPLE, swept
+        swept.clear()
+        shmbus.EventEmitter("and-another").close()  # within SWEEP_PERIOD: no sweep at all
+        with shmbus.subscribe("live0"):
+            pass
+        assert swept == []
+        _sweep_is_due(registry_dir)
+        with shmbus.subscribe("live1"):
+            pass
+        assert 0 < len(swept) <= _registry.SWEEP_SAMPLE, swept
+    finally:
+        for em in emitters:
+            em.close()
+
+
+def test_a_sample_sweep_still_removes_what_killed_processes_left(procs, registry_dir):
+    ready = helpers.context().Queue()
+    holder = procs(_hold_buses, ["dead1", "dead2", "dead3"], ready)
+    tokens = ready.get(timeout=10)
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.join(5)
+    assert all(helpers.objects_of(token) for token in tokens)
+    _sweep_is_due(registry_dir)
+    shmbus.EventEmitter("newcomer").close()  # fewer buses than a sample: all looked at
+    assert [helpers.objects_of(token) for token in tokens] == [[], [], []]
+    assert os.listdir(os.path.join(registry_dir, "names")) == []
