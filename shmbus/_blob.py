@@ -122,6 +122,11 @@ class BlobStore:
             _, index = self.outstanding.popleft()
             self._release(index)
 
+    @property
+    def has_excess(self) -> bool:
+        """Whether the pool holds more than `FREE_POOL_BYTES`: `trim` may give some back."""
+        return self._free_bytes > FREE_POOL_BYTES
+
     def trim(self) -> None:
         """Remove free segments beyond the budget, once the recent peak has passed."""
         while self._free and self._free_bytes > max(FREE_POOL_BYTES, self._recent_peak()):

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import logging
 import os
 import threading
 import time
@@ -67,13 +68,20 @@ DEFAULT_CAPACITY = 256
 """Slots per subscriber ring: `emit` blocks on the 257th event a subscriber has not read."""
 
 SWEEP_INTERVAL = 0.5
-"""How often a busy emitter checks that its subscribers live, so that a dead subscriber
-whose ring still has room stops counting as a recipient within about this long."""
+"""How often an emitter checks that its subscribers live, so that a dead subscriber whose
+ring still has room stops counting as a recipient within about this long."""
+
+UPKEEP_INTERVAL = 0.25
+"""How often an idle emitter looks at its bus, from one thread that serves every emitter
+of the process: a subscriber that died while nothing was emitted is reaped (its ring
+removed and unmapped) within `SWEEP_INTERVAL` plus this, and one that joined is adopted
+within this. An emit under way does the same itself, so the thread never waits for one."""
 
 if TYPE_CHECKING:
     from ._subscription import Subscription
 
 _open_emitters: "weakref.WeakSet[EventEmitter]" = weakref.WeakSet()
+log = logging.getLogger("shmbus")
 
 
 class _Outlet:
@@ -134,6 +142,7 @@ class EventEmitter:
         self._closing = False
         self._closed = False
         _open_emitters.add(self)
+        _ensure_upkeep()
 
     # -- public -------------------------------------------------------------------------
 
@@ -238,9 +247,11 @@ class EventEmitter:
 
     @property
     def subscriber_count(self) -> int:
-        """Live subscribers right now (dead ones are reaped on the way)."""
+        """Live subscribers right now (dead ones are reaped on the way). Works on the
+        registry only: it never waits for an emit in another thread, and never touches
+        what `close()` frees (the emitter lets go of a reaped ring at its next look)."""
         self._check_usable()
-        return len(self._registry.live_subscribers(self._token, self._control))
+        return len(self._registry.live_subscribers(self._token, None))
 
     def close(self) -> None:
         """End the stream. Subscribers still read everything already emitted.
@@ -342,6 +353,8 @@ class EventEmitter:
         if self._blobs.outstanding:
             self._blobs.reclaim(min((o.oldest_unread() for o in self._outlets.values()),
                                     default=seq))
+        elif self._blobs.has_excess:
+            self._blobs.trim()  # a burst is over: give its pool back
         count = len(payloads)
         outlets = self._reserve(seq, count, deadline, wait)
         blobs: list[int] = []
@@ -540,6 +553,21 @@ class EventEmitter:
 
     # -- membership ---------------------------------------------------------------------
 
+    def _upkeep(self) -> None:
+        """What an idle emitter does every `UPKEEP_INTERVAL`: join and leave, reap."""
+        if self._closed or self._epoch != _liveness.fork_epoch:
+            return
+        if not self._lock.acquire(blocking=False):
+            return  # an emit is under way, and keeps the bus itself
+        try:
+            if self._closed:
+                return
+            words = self._control.words
+            if words[GENERATION_WORD] != self._generation or time.monotonic() >= self._next_sweep:
+                self._refresh()
+        finally:
+            self._lock.release()
+
     def _refresh(self) -> None:
         # No mutex: emit must not wait on a joiner that may be stopped mid-join. A ring
         # listed before it is complete fails to attach and is skipped; its joiner bumps
@@ -616,6 +644,38 @@ def _give_back_room(outlets: list[_Outlet], count: int) -> None:
 
 def _generated_name() -> str:
     return f"bus-{os.getpid()}-{os.urandom(3).hex()}"
+
+
+_upkeep_guard = threading.Lock()
+_upkeeper: threading.Thread | None = None
+
+
+def _ensure_upkeep() -> None:
+    """Start the process's upkeep thread, unless it runs (it stops when no emitter is
+    open, and a fork child starts without it)."""
+    global _upkeeper
+    with _upkeep_guard:
+        if _upkeeper is None or not _upkeeper.is_alive():
+            _upkeeper = threading.Thread(target=_upkeep_all, name="shmbus-upkeep",
+                                         daemon=True)
+            _upkeeper.start()
+
+
+def _upkeep_all() -> None:
+    global _upkeeper
+    while True:
+        time.sleep(UPKEEP_INTERVAL)
+        with _upkeep_guard:
+            emitters = list(_open_emitters)  # strong references for this round only
+            if not emitters:
+                _upkeeper = None
+                return
+        for emitter in emitters:
+            try:
+                emitter._upkeep()
+            except Exception:  # never the end of the thread: the next emit will see it
+                log.exception("upkeep of %r failed", emitter)
+        del emitters, emitter
 
 
 @atexit.register

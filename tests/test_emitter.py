@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
 
 import pytest
 
 import shmbus
+from shmbus import _names, _platform
 from tests import helpers
 
 pytestmark = [pytest.mark.usefixtures("wait_mode"), pytest.mark.timeout(60)]
@@ -131,6 +133,28 @@ def test_subscriber_count_follows_joins_closes_and_deaths_without_emits(procs):
         helpers.wait_until(lambda: em.subscriber_count == 1, timeout=1)
         os.kill(victim.pid, signal.SIGKILL)
         helpers.wait_until(lambda: em.subscriber_count == 0, timeout=1)
+
+
+def _mapped_here(name: str) -> bool:
+    with open("/proc/self/maps") as maps:
+        return any(line.rstrip().endswith("/dev/shm" + name) for line in maps)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+def test_an_idle_emitter_reaps_a_killed_subscriber_within_a_second(procs):
+    with shmbus.EventEmitter("idle") as em:
+        ready = helpers.context().Queue()
+        victim = procs(helpers.subscribe_and_hold, "idle", ready)
+        sub_id = ready.get(timeout=10)
+        ring = _names.ring_name(helpers.token_of(em), sub_id)
+        helpers.wait_until(lambda: _mapped_here(ring), timeout=2)  # adopted while idle
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.join(5)
+        died = time.monotonic()
+        # No emit from here on: the ring must go from /dev/shm and from this process.
+        helpers.wait_until(lambda: not _mapped_here(ring) and not _platform.segment_exists(ring),
+                           timeout=2, step=0.005)
+        assert time.monotonic() - died < 1.0
 
 
 def test_a_subscriber_killed_while_emit_is_blocked_is_reaped_within_a_second(procs):

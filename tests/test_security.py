@@ -21,6 +21,7 @@ not from a broken environment.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -496,6 +497,8 @@ class Squatter:
                  semaphores: list[str]) -> None:
         plan = {"segments": [(name, header.hex(), size) for name, header, size in segments],
                 "semaphores": semaphores}
+        self.names = [name for name, _, _ in segments], semaphores
+        self.uid = intruder.uid
         self.process = intruder.start(SQUATTER_SCRIPT, json.dumps(plan))
         assert self.process.stdout is not None
         line = self.process.stdout.readline().strip()
@@ -511,9 +514,16 @@ class Squatter:
         return report
 
     def kill(self) -> None:
+        """Stop the squatter and remove what it made, if it did not (a failed test)."""
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
+        segments, semaphores = self.names
+        for name in segments + [f"sem.{n.lstrip('/')}" for n in semaphores]:
+            path = os.path.join(helpers.SHM_DIR, name.lstrip("/"))
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(path).st_uid == self.uid:  # the squatter's, made by this test
+                    os.unlink(path)
 
 
 def _ring_header(capacity: int) -> bytes:

@@ -300,7 +300,7 @@ def emitter_chaos(seed: int, rounds: int) -> Figures:
         emitter.start()
         subs = []
         try:
-            _wait_for_name(name)
+            token = _wait_for_name(name)
             for key, delay in enumerate([0.0, rng.choice([0.0, 0.0005, 0.002])]):
                 p = CTX.Process(target=_subscriber, args=(name, key, delay, None, out),
                                 daemon=True)
@@ -330,17 +330,19 @@ def emitter_chaos(seed: int, rounds: int) -> Figures:
                                                 ended - killed_at)
         assert figures.worst_death_detection < 1.0, (
             f"seed {seed} round {r}: end seen {figures.worst_death_detection:.3f}s after kill")
-        leftovers = [n for n in os.listdir(SHM) if n.startswith(("sb_", "sem.sb_"))]
+        leftovers = [n for n in os.listdir(SHM) if token in n]
         assert not leftovers, f"seed {seed} round {r}: left in /dev/shm: {leftovers}"
     return figures
 
 
-def _wait_for_name(name: str) -> None:
+def _wait_for_name(name: str) -> str:
+    """The token of bus `name`, once it exists."""
     registry = _registry.Registry()
     deadline = time.monotonic() + 10
-    while registry.resolve(name) is None:
+    while (token := registry.resolve(name)) is None:
         assert time.monotonic() < deadline, f"bus {name} never appeared"
         time.sleep(0.005)
+    return token
 
 
 # -- soak ----------------------------------------------------------------------------------
