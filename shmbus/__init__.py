@@ -36,7 +36,8 @@ from ._errors import (
 from ._pool import WorkerPool, WorkerResult, worker_index
 from ._registry import Cleaned, cleanup
 from ._stats import BusStats, SubscriberStats, buses, stats
-from ._subscription import EndReason, Subscription, subscribe
+from ._arena import DEFAULT_LARGE_BYTES
+from ._subscription import MAX_VIEWED_EVENTS, EndReason, Subscription, subscribe
 
 
 __version__ = "0.1.0"
@@ -57,6 +58,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "DEFAULT_CAPACITY",
+    "DEFAULT_LARGE_BYTES",
     "Bridge",
     "BusExists",
     "BusNotFound",
@@ -70,6 +72,7 @@ __all__ = [
     "EventsLost",
     "ForeignObject",
     "IncompatibleBus",
+    "MAX_VIEWED_EVENTS",
     "NatsError",
     "NatsUnavailable",
     "OutOfSharedMemory",

@@ -9,16 +9,21 @@ processes: lambdas, closures, and classes or functions defined in `__main__` (pl
 records those as a reference `__main__.Name`, which the subscriber's own `__main__` does
 not have, so any payload naming `__main__` is re-pickled by value).
 
-## Large events: pickled in parts, copied once
+## Large events: pickled in parts, copied once in and once out
 
 `pickle.dumps` of a 1 MiB `bytes` copies it into a growing buffer (page faults and all),
 and scanning the result for `__main__` reads it again: both cost more than the copy into
 shared memory. `encode_in_parts` instead pickles into a list: protocol 5 hands a large
-`bytes`, `bytearray`, or numpy buffer to the writer as the object itself, between small
-frames of opcodes, so the only copy is the one into the large-event segment, and only the
-frames are scanned for `__main__` (a raw payload is data, not a reference). The emitter
-uses it for the next event whenever the last one was large: the events of one bus tend to
-be alike, and a small event encoded that way costs only a microsecond more.
+`bytes` or `bytearray` to the writer as the object itself, between small frames of
+opcodes, and hands numpy arrays (anything that offers a `PickleBuffer`) to a callback,
+out of band. `Parts.write_into` then lays the event out in shared memory (a small table,
+the in-band pickle, each buffer 64-byte aligned): the only copy on the way in. Only the
+frames are scanned for `__main__` (a raw payload is data, not a reference).
+`decode_laid_out` copies each out-of-band buffer once on the way out, or, for a caller
+that asks, hands numpy read-only views of shared memory: no copy at all (see
+`Subscription.recv(view=True)` for how long they stay valid). The emitter encodes the
+next event in parts whenever the last one was large: the events of one bus tend to be
+alike, and a small event encoded that way costs only a microsecond more.
 
 ## Why not cloudpickle for everything
 
@@ -30,6 +35,7 @@ several times slower than the C pickler, and the hot path pays it on every `emit
 from __future__ import annotations
 
 import pickle
+import struct
 from typing import Any, Callable, NoReturn
 
 import cloudpickle
@@ -58,37 +64,103 @@ def encode(event: Any) -> bytes:
 
 
 class Parts:
-    """A pickle in pieces, in order; `len()` is its size in bytes."""
+    """A large event's pickle as it goes into shared memory: the in-band pickle in
+    pieces (written one after another) and the out-of-band buffers (written each on its
+    own, 64-byte aligned). `len()` is its size in bytes, as laid out (see `layout`)."""
 
-    __slots__ = ("pieces", "size")
+    __slots__ = ("pieces", "inband", "buffers", "readonly", "size")
 
-    def __init__(self, pieces: list[Any]) -> None:
+    def __init__(self, pieces: list[Any], buffers: list[memoryview],
+                 readonly: list[bool]) -> None:
         self.pieces = pieces
-        self.size = sum(map(len, pieces))
+        self.inband = sum(map(len, pieces))
+        self.buffers = buffers
+        self.readonly = readonly
+        self.size = layout(self.inband, [len(b) for b in buffers])[-1]
 
     def __len__(self) -> int:
         return self.size
-
-    def __bytes__(self) -> bytes:
-        return b"".join(self.pieces)
 
     def names_main(self) -> bool:
         return any(_MAIN_REFERENCE in piece for piece in self.pieces
                    if len(piece) < _RAW_PAYLOAD)
 
+    def write_into(self, view: memoryview) -> None:
+        """Lay this event out at the start of `view` (at least `len(self)` bytes)."""
+        offsets = layout(self.inband, [len(b) for b in self.buffers])
+        _HEADER.pack_into(view, 0, len(self.buffers), 0, self.inband)
+        for index, (buffer, readonly) in enumerate(zip(self.buffers, self.readonly)):
+            _BUFFER.pack_into(view, _HEADER.size + index * _BUFFER.size,
+                              offsets[index + 1], len(buffer), int(readonly))
+        position = offsets[0]
+        for piece in self.pieces:
+            view[position : position + len(piece)] = piece
+            position += len(piece)
+        for index, buffer in enumerate(self.buffers):
+            view[offsets[index + 1] : offsets[index + 1] + len(buffer)] = buffer
+
+    def copied(self) -> "Parts":
+        """The same event with every piece and buffer copied: what the caller's objects
+        hold now, whatever they hold later."""
+        return Parts([bytes(p) for p in self.pieces], [memoryview(bytes(b)) for b in
+                                                       self.buffers], self.readonly)
+
+
+_HEADER = struct.Struct("<IIQ")  # buffer count, reserved, in-band pickle length
+_BUFFER = struct.Struct("<QQQ")  # offset, length, read-only
+_ALIGN = 64
+
+
+def layout(inband: int, buffers: list[int]) -> list[int]:
+    """Offsets of the in-band pickle and of each buffer in a laid-out large event, then
+    its total size."""
+    position = _HEADER.size + len(buffers) * _BUFFER.size
+    offsets = [position]
+    position += inband
+    for size in buffers:
+        position = -(-position // _ALIGN) * _ALIGN
+        offsets.append(position)
+        position += size
+    offsets.append(position)
+    return offsets
+
 
 def encode_in_parts(event: Any) -> "Parts | bytes":
     """As `encode`, without copying large buffers (see the module docstring)."""
     pieces: list[Any] = []
+    buffers: list[pickle.PickleBuffer] = []
     try:
-        pickle.Pickler(_Collector(pieces), PROTOCOL).dump(event)
-    except Exception:
+        pickle.Pickler(_Collector(pieces), PROTOCOL, buffer_callback=buffers.append).dump(event)
+        raw = [b.raw() for b in buffers]
+    except Exception:  # BufferError: a buffer that is not contiguous
         return _encode_by_value(event)
     parts = Parts([memoryview(p).cast("B") if not isinstance(p, bytes) else p
-                   for p in pieces])
+                   for p in pieces], raw, [r.readonly for r in raw])
     if parts.names_main():
         return _encode_by_value(event)
     return parts
+
+
+def decode_laid_out(view: memoryview, lend: "Callable[[int, int], memoryview] | None" = None
+                    ) -> Any:
+    """Unpickle a large event laid out by `Parts.write_into`.
+
+    The out-of-band buffers (numpy arrays, `PickleBuffer`s) are copied once; or, with
+    `lend`, each is `lend(offset, length)` (offsets from the start of `view`): a view of
+    the memory itself, which the event then holds.
+    """
+    count, _, inband = _HEADER.unpack_from(view, 0)
+    start = _HEADER.size + count * _BUFFER.size
+    buffers: list[Any] = []
+    for index in range(count):
+        offset, length, readonly = _BUFFER.unpack_from(view, _HEADER.size + index * _BUFFER.size)
+        if lend is not None:
+            buffers.append(lend(offset, length))
+        else:
+            with view[offset : offset + length] as data:
+                buffers.append(bytes(data) if readonly else bytearray(data))
+    with view[start : start + inband] as pickled:
+        return decode(pickled, buffers)
 
 
 class _Collector:
@@ -110,7 +182,7 @@ def _encode_by_value(event: Any) -> bytes:
     return data
 
 
-def decode(data: Any) -> Any:
+def decode(data: Any, buffers: "list[Any] | None" = None) -> Any:
     """Unpickle one event; a failure is reported for this event alone.
 
     An event whose unpickling raises `KeyboardInterrupt` or `SystemExit` is undecodable
@@ -119,11 +191,11 @@ def decode(data: Any) -> Any:
     an event that raises it again is the event's doing (see `_interrupted_or_undecodable`).
     """
     try:
-        return pickle.loads(data)
+        return pickle.loads(data, buffers=buffers)
     except Exception as exc:
         raise _undecodable(exc) from exc
     except BaseException as exc:
-        _interrupted_or_undecodable(exc, lambda: pickle.loads(data))
+        _interrupted_or_undecodable(exc, lambda: pickle.loads(data, buffers=buffers))
 
 
 def decode_all(payloads: list[Any]) -> list[Any]:

@@ -4,25 +4,33 @@
 
 A small segment `/sb_<token>` that the emitter creates and every subscriber maps:
 
-    offset  field         written by      meaning
-    0       magic, version  emitter       b"shmbusCB", LAYOUT_VERSION: refuse anything else
-    12      slot_size     emitter         bytes per ring slot on this bus
-    16      committed     emitter         sequence number of the next event; every event
-                                          below it is in every ring it was sent to
-    24      closed        emitter         1 once the emitter closed cleanly
-    28      capacity      emitter         ring capacity a subscriber gets by default
-    32      generation    joiners/leavers bumped (under the bus's file mutex) whenever a
-                                          subscriber joins or leaves
-    40      next_sub_id   joiners         id for the next subscriber (under the mutex)
-    48      blob_limit    emitter         every large-event segment has an index below it
-    56      bytes         emitter         pickled bytes of every committed event: statistics
-    64      -             -               reserved
+    offset  field          written by       meaning
+    0       magic, version  emitter         b"shmbusCB", LAYOUT_VERSION: refuse anything else
+    12      slot_size      emitter          bytes per ring slot on this bus
+    16      committed      emitter          sequence number of the next event; every event
+                                            below it is in every ring it was sent to
+    24      closed         emitter          1 once the emitter closed cleanly
+    28      capacity       emitter          ring capacity a subscriber gets by default
+    32      generation     joiners/leavers  bumped (under the bus's file mutex) whenever a
+                                            subscriber joins or leaves
+    40      next_sub_id    joiners          id for the next subscriber (under the mutex)
+    48      bytes          emitter          pickled bytes of every committed event: statistics
+    56      large_bytes    emitter          the bound of the large-event arena (`_arena`)
+    64      arena table    emitter          ARENA_ENTRIES x (nonce u32, in use u32, size u64):
+                                            the arena segments that exist or may exist
+    128     segment table  emitter          SEGMENT_ENTRIES x the same: segments of events
+                                            larger than the arena
+    640     -              -                reserved
 
 `committed` is the bus's linearization point: an event exists for subscribers exactly
 when `committed` has moved past its sequence number, and it moves in one 8-byte store.
 That is what makes `emit` all-or-nothing (see `_emitter`). The 8-byte counters are read
 and written as aligned machine words (native byte order: every platform shmbus runs on
 is little-endian, as the layout is).
+
+The two tables are written *before* the segment they name is created and cleared after
+it is removed, so whoever removes a dead bus finds every large-event segment there is,
+even on macOS, which cannot list shared memory.
 
 ## Why not a counter per ring
 
@@ -33,29 +41,39 @@ others without.
 
 from __future__ import annotations
 
-import mmap
 import struct
 
 from ._errors import IncompatibleBus, ShmBusError
+from ._platform import Mapping
 
 MAGIC = b"shmbusCB"
-LAYOUT_VERSION = 1
-SIZE = 128
+LAYOUT_VERSION = 2
+SIZE = 1024
 MAX_SUB_ID = 1 << 60
 """Keeps `/sb_<token>_r<id>d` within 30 characters, which macOS's sem_open takes
 (its 31 counts the NUL). One id per subscribe(), so no bus lives to see it."""
 
+ARENA_ENTRIES = 4
+"""Arena segments alive at once: the current one, and older (smaller) ones that events
+not yet read by everyone still live in. The arena grows at most this many times at once."""
+SEGMENT_ENTRIES = 32
+"""Events larger than the arena that may be in flight at once (each in a segment of its
+own); one more waits until the oldest is read by everyone."""
+
 _HEAD = struct.Struct("<8sII")
 _U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
+_ENTRY = struct.Struct("<IIQ")
 
 _COMMITTED = 16
 _CLOSED = 24
 _DEFAULT_CAPACITY = 28
 _GENERATION = 32
 _NEXT_SUB_ID = 40
-_BLOB_LIMIT = 48
-_BYTES = 56
+_BYTES = 48
+_LARGE_BYTES = 56
+_ARENA_TABLE = 64
+_SEGMENT_TABLE = _ARENA_TABLE + ARENA_ENTRIES * _ENTRY.size
 COMMITTED_WORD = _COMMITTED // 8
 GENERATION_WORD = _GENERATION // 8
 BYTES_WORD = _BYTES // 8
@@ -64,31 +82,38 @@ BYTES_WORD = _BYTES // 8
 class ControlBlock:
     """Typed access to a mapped control block."""
 
-    def __init__(self, buf: mmap.mmap) -> None:
-        self.buf = buf
+    def __init__(self, mapping: Mapping) -> None:
+        self.mapping = mapping
+        self.buf = mapping.view
         # The counters as machine words: each read or write is one aligned 8-byte access,
         # which no reader can see half-done, and cheaper than a struct call.
-        self.words = memoryview(buf)[:SIZE].cast("Q")
+        self.words = self.buf[:SIZE].cast("Q")
+
+    @property
+    def unmapped(self) -> bool:
+        return self.mapping.closed
 
     def close(self) -> None:
-        """Unmap; `buf.closed` then says this ran."""
+        """Unmap; `unmapped` then says this ran."""
         self.words.release()
-        self.buf.close()
+        self.mapping.close()
 
     @classmethod
-    def initialize(cls, buf: mmap.mmap, slot_size: int, default_capacity: int) -> "ControlBlock":
-        _HEAD.pack_into(buf, 0, MAGIC, LAYOUT_VERSION, slot_size)
-        _U32.pack_into(buf, _DEFAULT_CAPACITY, default_capacity)
-        return cls(buf)
+    def initialize(cls, mapping: Mapping, slot_size: int, default_capacity: int,
+                   large_bytes: int) -> "ControlBlock":
+        _HEAD.pack_into(mapping.view, 0, MAGIC, LAYOUT_VERSION, slot_size)
+        _U32.pack_into(mapping.view, _DEFAULT_CAPACITY, default_capacity)
+        _U64.pack_into(mapping.view, _LARGE_BYTES, large_bytes)
+        return cls(mapping)
 
     @classmethod
-    def attach(cls, buf: mmap.mmap, where: str) -> "ControlBlock":
-        if len(buf) < SIZE:
+    def attach(cls, mapping: Mapping, where: str) -> "ControlBlock":
+        if len(mapping) < SIZE:
             raise IncompatibleBus(
-                f"{where}: control block is {len(buf)} bytes, expected {SIZE}; it is "
+                f"{where}: control block is {len(mapping)} bytes, expected {SIZE}; it is "
                 "corrupt or not a shmbus bus. Run `shmbus gc` and recreate the bus."
             )
-        magic, version, _ = _HEAD.unpack_from(buf, 0)
+        magic, version, _ = _HEAD.unpack_from(mapping.view, 0)
         if magic != MAGIC:
             raise IncompatibleBus(
                 f"{where}: control block has magic {magic!r}, not a shmbus bus (corrupt?). "
@@ -99,7 +124,7 @@ class ControlBlock:
                 f"{where}: bus was made by a shmbus with layout version {version}; this one "
                 f"speaks {LAYOUT_VERSION}. Use the same shmbus version in every process."
             )
-        return cls(buf)
+        return cls(mapping)
 
     @property
     def slot_size(self) -> int:
@@ -124,6 +149,10 @@ class ControlBlock:
         return int(_U32.unpack_from(self.buf, _DEFAULT_CAPACITY)[0])
 
     @property
+    def large_bytes(self) -> int:
+        return int(_U64.unpack_from(self.buf, _LARGE_BYTES)[0])
+
+    @property
     def generation(self) -> int:
         return self.words[GENERATION_WORD]
 
@@ -143,15 +172,46 @@ class ControlBlock:
         return sub_id
 
     @property
-    def blob_limit(self) -> int:
-        return int(_U64.unpack_from(self.buf, _BLOB_LIMIT)[0])
-
-    def raise_blob_limit(self, limit: int) -> None:
-        _U64.pack_into(self.buf, _BLOB_LIMIT, limit)
-
-    @property
     def bytes_emitted(self) -> int:
         return self.words[BYTES_WORD]
 
     def set_bytes_emitted(self, total: int) -> None:
         self.words[BYTES_WORD] = total
+
+    # -- the large-event tables -----------------------------------------------------
+
+    def arena_entries(self) -> list[tuple[int, int]]:
+        """(nonce, size) of every arena segment that exists or may exist."""
+        return self._entries(_ARENA_TABLE, ARENA_ENTRIES)
+
+    def segment_entries(self) -> list[tuple[int, int]]:
+        """(nonce, size) of every segment of an event larger than the arena."""
+        return self._entries(_SEGMENT_TABLE, SEGMENT_ENTRIES)
+
+    def arena_entry(self, index: int) -> tuple[int, int] | None:
+        """(nonce, size) of arena table entry `index`, if it is in use."""
+        return self._entry(_ARENA_TABLE, index)
+
+    def segment_entry(self, index: int) -> tuple[int, int] | None:
+        """(nonce, size) of segment table entry `index`, if it is in use."""
+        return self._entry(_SEGMENT_TABLE, index)
+
+    def set_arena_entry(self, index: int, nonce: int, size: int) -> None:
+        _ENTRY.pack_into(self.buf, _ARENA_TABLE + index * _ENTRY.size, nonce, 1, size)
+
+    def clear_arena_entry(self, index: int) -> None:
+        _ENTRY.pack_into(self.buf, _ARENA_TABLE + index * _ENTRY.size, 0, 0, 0)
+
+    def set_segment_entry(self, index: int, nonce: int, size: int) -> None:
+        _ENTRY.pack_into(self.buf, _SEGMENT_TABLE + index * _ENTRY.size, nonce, 1, size)
+
+    def clear_segment_entry(self, index: int) -> None:
+        _ENTRY.pack_into(self.buf, _SEGMENT_TABLE + index * _ENTRY.size, 0, 0, 0)
+
+    def _entries(self, table: int, count: int) -> list[tuple[int, int]]:
+        return [entry for index in range(count)
+                if (entry := self._entry(table, index)) is not None]
+
+    def _entry(self, table: int, index: int) -> tuple[int, int] | None:
+        nonce, used, size = _ENTRY.unpack_from(self.buf, table + index * _ENTRY.size)
+        return (int(nonce), int(size)) if used else None

@@ -40,7 +40,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import posix_ipc
@@ -48,7 +48,7 @@ import posix_ipc
 from . import _codec, _liveness, _ring
 from ._control import BYTES_WORD, COMMITTED_WORD, GENERATION_WORD
 from ._bell import Bell, Ringer
-from ._blob import BlobStore
+from ._arena import DEFAULT_LARGE_BYTES, Arena, validate_large_bytes
 from ._errors import Closed, ShmBusError, Timeout
 from ._registry import Registry, validate_name
 from ._ring import EMITTER_WAITING, SUB_WAITING
@@ -105,7 +105,9 @@ class _Outlet:
         return seq - self.start - self.known_tail < self.capacity
 
     def oldest_unread(self) -> int:
-        return self.start + self.ring.tail
+        """The oldest event whose memory its subscriber may still read: not yet
+        consumed, or consumed but still read in place (`_ring` on `pinned`)."""
+        return min(self.start + self.ring.tail, self.ring.pinned)
 
 
 class EventEmitter:
@@ -116,15 +118,17 @@ class EventEmitter:
     call `close()`: subscribers then read what is left and their iteration ends.
     """
 
-    def __init__(self, name: str | None = None, *, capacity: int = DEFAULT_CAPACITY) -> None:
+    def __init__(self, name: str | None = None, *, capacity: int = DEFAULT_CAPACITY,
+                 large_bytes: int = DEFAULT_LARGE_BYTES) -> None:
         self._capacity = _ring.validate_capacity(capacity)
+        large_bytes = validate_large_bytes(large_bytes)
         self._name = validate_name(name) if name is not None else _generated_name()
         self._waiter = waiter_from_env()
         self._registry = Registry()
         self._registry.sweep_some()
         record = {"pid": os.getpid(), "capacity": capacity, "created": time.time()}
         self._token, self._life, self._control = self._registry.create_bus(
-            self._name, record, _ring.SLOT_SIZE, self._capacity
+            self._name, record, _ring.SLOT_SIZE, self._capacity, large_bytes
         )
         self._epoch = _liveness.fork_epoch
         self._lock = threading.RLock()
@@ -134,7 +138,7 @@ class EventEmitter:
         self._generation = -1
         self._next_sweep = 0.0
         self._inline_max = _ring.SLOT_SIZE - _ring.SLOT_HEADER_SIZE
-        self._blobs = BlobStore(self._token, self._control)
+        self._arena = Arena(self._token, self._control)
         self._bytes_emitted = 0
         self._expect_large = False
         self._bell: Bell | None = None  # created by the first aemit that has to wait
@@ -221,7 +225,7 @@ class EventEmitter:
         if isinstance(payload, _codec.Parts):
             # Other tasks run while this waits: send the event as it was when aemit was
             # called, not as they may leave its buffers.
-            payload = bytes(payload)
+            payload = payload.copied()
         deadline = deadline_after(timeout)
         while True:
             # Each try is synchronous, and cancellation lands only at the `await`: the
@@ -269,7 +273,7 @@ class EventEmitter:
             # next call, or by the one at interpreter exit.
             if self._closed:
                 return
-            if not self._control.buf.closed:
+            if not self._control.unmapped:
                 self._control.mark_closed()
                 self._refresh()  # rings that joined since the last emit hear the end too
                 self._drop_departed()  # the dead are removed now, not by the last one out
@@ -279,7 +283,7 @@ class EventEmitter:
                         self._ringer.ring(outlet.bell)
                     outlet.ring.detach()
                 self._ringer.close()
-                self._blobs.close()
+                self._arena.close()
                 if self._bell is not None:
                     self._bell.close()
                 self._outlets.clear()
@@ -309,15 +313,18 @@ class EventEmitter:
     # -- emit, step by step -----------------------------------------------------------
 
     def _encode(self, event: Any) -> "bytes | _codec.Parts":
+        """The event's pickle: bytes if it fits in a slot, else `Parts` for the arena."""
         # In parts while the events are large: see `_codec`. Threads may race on the
         # flag; it only picks the cheaper of two correct encodings.
-        if not self._expect_large:
-            payload: bytes | _codec.Parts = _codec.encode(event)
-        else:
-            payload = _codec.encode_in_parts(event)
-            if len(payload) <= self._inline_max:
-                payload = bytes(payload)
-        self._expect_large = len(payload) > self._inline_max
+        payload = _codec.encode_in_parts(event) if self._expect_large else _codec.encode(event)
+        large = len(payload) > self._inline_max
+        self._expect_large = large
+        if large:
+            if not isinstance(payload, _codec.Parts):
+                payload = _codec.encode_in_parts(event)  # its buffers out of band, once
+            return payload if isinstance(payload, _codec.Parts) else _codec.Parts([payload], [], [])
+        if isinstance(payload, _codec.Parts):
+            return _codec.encode(event)  # small after all: in band, in a slot
         return payload
 
     def _enter(self, deadline: float | None) -> None:
@@ -350,17 +357,16 @@ class EventEmitter:
             # Sized after `_refresh`: a chunk must fit in every ring, new ones included.
             payloads = payloads[first : first + self._chunk_size()]
         seq = words[COMMITTED_WORD]  # the truth, even after an interrupted emit
-        if self._blobs.outstanding:
-            self._blobs.reclaim(min((o.oldest_unread() for o in self._outlets.values()),
-                                    default=seq))
-        elif self._blobs.has_excess:
-            self._blobs.trim()  # a burst is over: give its pool back
+        if self._arena.outstanding:
+            self._reclaim(seq)
         count = len(payloads)
-        outlets = self._reserve(seq, count, deadline, wait)
-        blobs: list[int] = []
+        slots: list[bytes] = []  # those of large events, placed before any ring is touched
+        outlets: list[_Outlet] = []
         try:
+            slots = self._place(seq, payloads, deadline, wait)
+            outlets = self._reserve(seq, count, deadline, wait)
             if outlets:
-                self._write(seq, payloads, outlets, blobs)
+                self._write(seq, slots, outlets)
             words[COMMITTED_WORD] = seq + count
             self._bytes_emitted += len(payloads[0]) if count == 1 else sum(map(len, payloads))
             words[BYTES_WORD] = self._bytes_emitted
@@ -370,20 +376,59 @@ class EventEmitter:
                 if outlet.ring.flags[SUB_WAITING]:  # read after a post: see `_bell`
                     self._ringer.ring(outlet.bell)
         except BaseException:
-            self._abort(seq + count, outlets, count, blobs)
+            self._abort(seq + count, outlets, count, slots)
             raise
         return count, len(outlets)
 
-    def _write(self, seq: int, payloads: "list[bytes | _codec.Parts]", outlets: list[_Outlet],
-               blobs: list[int]) -> None:
+    def _place(self, seq: int, payloads: "list[bytes | _codec.Parts]", deadline: float | None,
+               wait: bool) -> list[bytes]:
+        """Every event's slot: inline, or referring to where it was written in the arena
+        (waiting for room there as for room in a ring)."""
         slots = []
-        for offset, payload in enumerate(payloads):
-            if len(payload) <= self._inline_max:  # then it is bytes: `_encode` joins parts
-                slots.append(_ring.inline_slot(seq + offset, payload))  # type: ignore[arg-type]
-            else:
-                blob, incarnation = self._blobs.put(seq + offset, payload)
-                blobs.append(blob)
-                slots.append(_ring.blob_slot(seq + offset, blob, incarnation, len(payload)))
+        try:
+            for offset, payload in enumerate(payloads):
+                if isinstance(payload, _codec.Parts):
+                    slots.append(self._place_large(seq + offset, payload, deadline, wait))
+                else:
+                    slots.append(_ring.inline_slot(seq + offset, payload))
+        except BaseException:
+            self._discard_large(slots)
+            raise
+        return slots
+
+    def _place_large(self, seq: int, parts: _codec.Parts, deadline: float | None,
+                     wait: bool) -> bytes:
+        oversized = len(parts) > self._arena.bound // 2
+        while True:
+            ref = self._arena.put(seq, parts)
+            if ref is not None:
+                return _ring.large_slot(seq, _ring.KIND_SEGMENT if oversized
+                                        else _ring.KIND_ARENA, ref)
+            oldest = self._arena.oldest_seq
+            if oldest is None:
+                raise ShmBusError(  # pragma: no cover - an empty arena always has room
+                    f"no room for a large event of {len(parts)} bytes on bus {self._name!r}")
+            slowest = min(self._everyone, key=_Outlet.oldest_unread, default=None)
+            if slowest is None or slowest.oldest_unread() > oldest:
+                self._reclaim(seq)  # read by everyone meanwhile, or nobody left to read it
+                continue
+            if not wait:
+                raise _RingsFull([slowest])
+            # Room comes when the slowest subscriber has read the oldest large event in
+            # flight, and no longer reads it in place (a view it still holds).
+            self._await(slowest, lambda: slowest.oldest_unread() > oldest, deadline,
+                        "has not finished with the large events that fill the bus's "
+                        f"{self._arena.bound >> 20} MiB of large-event memory (large_bytes)")
+
+    def _discard_large(self, slots: list[bytes]) -> None:
+        for slot in reversed(slots):
+            if _ring.slot_kind(slot) != _ring.KIND_INLINE:
+                self._arena.discard_newest()
+
+    def _reclaim(self, seq: int) -> None:
+        self._arena.reclaim(min((o.oldest_unread() for o in self._everyone), default=seq))
+
+    def _write(self, seq: int, slots: list[bytes], outlets: list[_Outlet]) -> None:
         if len(slots) == 1:
             for outlet in outlets:
                 outlet.ring.write_slot(seq, slots[0])
@@ -392,7 +437,7 @@ class EventEmitter:
             for outlet in outlets:
                 outlet.ring.write_slots(seq, block)
 
-    def _abort(self, end: int, outlets: list[_Outlet], count: int, blobs: list[int]) -> None:
+    def _abort(self, end: int, outlets: list[_Outlet], count: int, slots: list[bytes]) -> None:
         if self._control.committed == end:
             _ring_all(outlets, count)  # may ring a bell twice: one spurious wake-up
             for outlet in outlets:
@@ -400,8 +445,7 @@ class EventEmitter:
                     self._ringer.ring(outlet.bell)
         else:
             _give_back_room(outlets, count)
-            for blob in reversed(blobs):
-                self._blobs.discard(blob)
+            self._discard_large(slots)
 
     def _chunk_size(self) -> int:
         smallest = min((o.capacity for o in self._outlets.values()), default=self._capacity)
@@ -525,7 +569,15 @@ class EventEmitter:
             self._lock.release()
 
     def _await_room(self, outlet: _Outlet, seq: int, deadline: float | None) -> bool:
-        """Wait until `outlet` has room: True, or False if its subscriber left."""
+        """Wait until `outlet` has room for event `seq`: True, or False if its
+        subscriber left."""
+        return self._await(outlet, lambda: outlet.has_room(seq), deadline, "kept its ring full")
+
+    def _await(self, outlet: _Outlet, ready: Callable[[], bool], deadline: float | None,
+               why: str) -> bool:
+        """Wait until `ready()` says the subscriber of `outlet` has done what the emitter
+        needs: True, or False if that subscriber left. Woken by its `space` doorbell, one
+        slice at a time, checking between slices that it lives."""
         began = time.monotonic_ns()
         try:
             while True:
@@ -535,7 +587,7 @@ class EventEmitter:
                 if outlet.ring.sub_closed:
                     self._drop(outlet)
                     return False
-                if outlet.has_room(seq):
+                if ready():
                     return True
                 if not got:
                     if self._registry.reap_if_dead(self._token, outlet.sub_id, self._control):
@@ -544,7 +596,7 @@ class EventEmitter:
                     if expired(deadline):
                         raise Timeout(
                             f"emit timed out: subscriber {outlet.sub_id} of bus "
-                            f"{self._name!r} kept its ring of {outlet.capacity} full; "
+                            f"{self._name!r} {why} (ring of {outlet.capacity}); "
                             "no subscriber received the event"
                         )
         finally:
@@ -565,6 +617,8 @@ class EventEmitter:
             words = self._control.words
             if words[GENERATION_WORD] != self._generation or time.monotonic() >= self._next_sweep:
                 self._refresh()
+            if self._arena.outstanding:
+                self._reclaim(words[COMMITTED_WORD])  # large events read meanwhile
         finally:
             self._lock.release()
 
@@ -584,7 +638,6 @@ class EventEmitter:
         if now >= self._next_sweep:
             self._next_sweep = now + SWEEP_INTERVAL
             self._drop_departed()
-            self._blobs.trim()  # once a burst of large events is over, its pool goes
 
     def _adopt(self, sub_id: int) -> None:
         try:

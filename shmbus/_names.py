@@ -8,9 +8,12 @@ the emitter creates it), never from the user's bus name:
     /sb_<token>               the control block (one per bus)
     /sb_<token>_r<id>         subscriber <id>'s ring, with semaphores ..._r<id>d (data)
                               and ..._r<id>s (space)
-    /sb_<token>_b<k>          large event number <k> (see `_blob`)
+    /sb_<token>_a<nonce>      an arena of large events (see `_arena`)
+    /sb_<token>_x<nonce>      one event too large for the arena
 
-The longest is 23 characters, under macOS's limit of 31 (30 with the NUL that its
+A nonce is 8 random hex digits, drawn when the segment is made: another user who lists
+`/dev/shm` sees the token, but cannot guess the next large-event name and take it
+first. The longest is 23 characters, under macOS's limit of 31 (30 with the NUL that its
 `sem_open` counts), whatever the bus is called; two buses cannot collide because
 creation is exclusive (`O_EXCL`) and a clash draws a new token.
 """
@@ -36,5 +39,13 @@ def space_sem_name(token: str, sub_id: int) -> str:
     return ring_name(token, sub_id) + "s"
 
 
-def blob_name(token: str, index: int) -> str:
-    return f"{PREFIX}{token}_b{index:x}"
+def large_name(token: str, kind: str, nonce: int) -> str:
+    return f"{PREFIX}{token}_{kind}{nonce:08x}"
+
+
+def arena_name(token: str, nonce: int) -> str:
+    return large_name(token, "a", nonce)
+
+
+def oversized_name(token: str, nonce: int) -> str:
+    return large_name(token, "x", nonce)

@@ -8,6 +8,16 @@ already exist (checked), remove one, and ask whether one exists. The rest of the
 names objects (`_names`) and decides who owns them (`_registry`); it never calls
 `posix_ipc` to create, open or remove anything itself.
 
+## Mappings keep no descriptor
+
+A segment is mapped with `mmap(2)` and its descriptor closed at once: a mapping does not
+need one. (Python's `mmap.mmap` keeps a duplicate open for as long as the mapping lives,
+before 3.13, which made every subscriber cost the emitter a descriptor and let a process
+at its `RLIMIT_NOFILE` stop the whole bus.) `Mapping` is the mapped segment: a
+`memoryview` of its bytes, and a `close()` that unmaps only once no view of it is left,
+so no code can touch memory that is gone. It is the compiled core's mapping where that is
+built, else one made here through `ctypes`.
+
 ## Checked opening
 
 `/dev/shm` is writable by everyone (sticky), so any local user can create a name before
@@ -49,15 +59,19 @@ segment is `posix_fallocate`d at creation, so it fails at once with `OutOfShared
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import mmap
 import os
+import resource
 import stat
 import sys
+import weakref
+from collections.abc import Callable
 
 import posix_ipc
 
-from ._errors import ForeignObject, OutOfSharedMemory
+from ._errors import ForeignObject, OutOfSharedMemory, ShmBusError
 
 MODE = 0o600
 LEDGER_ENV = "SHMBUS_LEDGER"
@@ -65,6 +79,14 @@ SEGMENT = "segment"
 SEMAPHORE = "semaphore"
 
 _LINUX = sys.platform.startswith("linux")
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                       ctypes.c_int, ctypes.c_long]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.munmap.restype = ctypes.c_int
+_MAP_FAILED = ctypes.c_void_p(-1).value
 _SEMAPHORE_DIR = "/dev/shm"
 """Where Linux (glibc) keeps named semaphores, as files `sem.<name without the slash>`."""
 
@@ -72,13 +94,108 @@ _SEMAPHORE_DIR = "/dev/shm"
 # -- segments ------------------------------------------------------------------------
 
 
-def create_segment(name: str, size: int) -> mmap.mmap:
+class Mapping:
+    """A shared segment mapped into this process, with no descriptor kept open.
+
+    `view` is a writable `memoryview` of its bytes. `close()` unmaps it, and refuses
+    (`BufferError`) while a view made from `view` is still alive, as `mmap.mmap` does.
+    `lend()` hands out read-only views that outlive even `close()`: the unmapping waits
+    until the last of them, and the last thing made from them, is gone.
+    """
+
+    __slots__ = ("view", "size", "_address", "_array", "_lent", "_returned", "_closing",
+                 "__weakref__")
+
+    def __init__(self, fd: int, size: int) -> None:
+        if size <= 0:
+            raise ValueError(f"cannot map {size} bytes")
+        address = _libc.mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED,
+                             fd, 0)
+        if address is None or address == _MAP_FAILED:
+            code = ctypes.get_errno()
+            if code == errno.EMFILE:
+                raise too_many_files() from None
+            raise OSError(code, f"mmap of {size} bytes failed: {os.strerror(code)}")
+        self._address: int | None = address
+        self._array = (ctypes.c_ubyte * size).from_address(address)
+        self.view = memoryview(self._array).cast("B")
+        self.size = size
+        self._lent = 0
+        self._returned: list[None] = []  # appended by finalizers: atomic under the GIL
+        self._closing = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closing or self._address is None
+
+    def __len__(self) -> int:
+        return self.size
+
+    def lend(self, offset: int, length: int, on_return: Callable[[], None]) -> memoryview:
+        """A read-only view of `length` bytes at `offset`, valid as long as it or anything
+        made from it (a numpy array, a slice) lives; `on_return()` runs when all are gone.
+        """
+        if self._address is None or self._closing or not 0 <= offset <= self.size - length:
+            raise ValueError(f"cannot lend {length} bytes at {offset} of this mapping")
+        array = (ctypes.c_ubyte * length).from_address(self._address + offset)
+        self._lent += 1
+        weakref.finalize(array, self._given_back, on_return)
+        return memoryview(array).toreadonly()
+
+    def close(self) -> None:
+        """Unmap, now or once every lent view is gone. Idempotent; `BufferError` while a
+        view made from `view` is still in use."""
+        if self._address is None or self._closing:
+            return
+        self.view.release()
+        # Every live view (slices and casts included) holds the array: one reference
+        # here, one for getrefcount's argument, any more is a view still out there.
+        if sys.getrefcount(self._array) > 2:
+            self.view = memoryview(self._array).cast("B")
+            raise BufferError("cannot unmap a segment while a view of it is still in use")
+        self._closing = True
+        if self._lent == len(self._returned):
+            self._unmap()
+
+    def _given_back(self, on_return: Callable[[], None]) -> None:
+        self._returned.append(None)
+        on_return()
+        if self._closing and self._lent == len(self._returned):
+            self._unmap()
+
+    def _unmap(self) -> None:
+        address, self._address = self._address, None
+        if address is not None:
+            del self._array
+            _libc.munmap(address, self.size)
+
+    def __del__(self) -> None:
+        # Dropped without close() (an interruption at the wrong moment): unmap, unless a
+        # view still needs the memory (lent views keep this object alive themselves).
+        if getattr(self, "_address", None) is not None and not self._closing:
+            try:
+                self.close()
+            except BufferError:
+                pass
+
+
+def too_many_files() -> ShmBusError:
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return ShmBusError(
+        f"this process has reached its limit of {limit} open files (RLIMIT_NOFILE): shmbus "
+        "needs one more for a moment. Close files or sockets you no longer need, or raise "
+        "the limit (`ulimit -n`, or resource.setrlimit). shmbus keeps one open per "
+        "emitter and per subscription; see the README's platform notes."
+    )
+
+
+def create_segment(name: str, size: int) -> Mapping:
     """Create a new segment of `size` bytes (fails if `name` exists) and map it."""
-    shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=MODE, size=size)
+    shm = _shared_memory(name, posix_ipc.O_CREX, size)
     _record(SEGMENT, name)
     try:
         _reserve(shm.fd, size, name)
-        return mmap.mmap(shm.fd, size)
+        return Mapping(shm.fd, size)
     except BaseException:
         unlink_segment(name)
         raise
@@ -86,23 +203,32 @@ def create_segment(name: str, size: int) -> mmap.mmap:
         shm.close_fd()
 
 
-def open_segment(name: str) -> mmap.mmap:
+def open_segment(name: str) -> Mapping:
     """Map an existing segment of ours whole.
 
     Raises `posix_ipc.ExistentialError` if it is gone or not sized yet (its creator is
     between creating and sizing it), and `ForeignObject` if it is not ours alone.
     """
     try:
-        shm = posix_ipc.SharedMemory(name)
+        shm = _shared_memory(name, 0, 0)
     except posix_ipc.PermissionsError:
         raise _foreign(name, "shared-memory segment") from None
     try:
         _check_ours(os.fstat(shm.fd), name, "shared-memory segment")
         if shm.size == 0:
             raise posix_ipc.ExistentialError(f"{name} is being created")
-        return mmap.mmap(shm.fd, shm.size)
+        return Mapping(shm.fd, shm.size)
     finally:
         shm.close_fd()
+
+
+def _shared_memory(name: str, flags: int, size: int) -> posix_ipc.SharedMemory:
+    try:
+        return posix_ipc.SharedMemory(name, flags, mode=MODE, size=size)
+    except OSError as exc:
+        if exc.errno == errno.EMFILE:
+            raise too_many_files() from None
+        raise
 
 
 def unlink_segment(name: str) -> bool:
@@ -153,6 +279,11 @@ def segment_exists(name: str) -> bool:
     except posix_ipc.PermissionsError:
         pass  # someone else's, but there
     return True
+
+
+def page_size() -> int:
+    """The size of a memory page here; every size rounded to pages is derived from it."""
+    return mmap.PAGESIZE
 
 
 # -- semaphores ----------------------------------------------------------------------

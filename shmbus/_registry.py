@@ -51,7 +51,7 @@ from typing import Any
 
 import posix_ipc
 
-from . import _blob, _names, _platform, _ring
+from . import _arena, _names, _platform, _ring
 from ._control import SIZE as CONTROL_SIZE
 from ._control import ControlBlock
 from ._errors import BusExists, BusNotFound, ForeignObject, IncompatibleBus, ShmBusError
@@ -161,7 +161,8 @@ class Registry:
     # -- the emitter's side ---------------------------------------------------------
 
     def create_bus(self, name: str, record: dict[str, Any], slot_size: int,
-                   default_capacity: int) -> tuple[str, LifeLock, ControlBlock]:
+                   default_capacity: int, large_bytes: int
+                   ) -> tuple[str, LifeLock, ControlBlock]:
         """Claim `name` for a new bus instance: its token, life lock and control block."""
         previous = self.resolve(name)
         if previous is not None and not is_alive(self.emitter_path(previous)):
@@ -175,14 +176,15 @@ class Registry:
                     "another name"
                 )
             token, life, control = self._new_instance(name, record, slot_size,
-                                                      default_capacity)
+                                                      default_capacity, large_bytes)
             link = os.path.join(self.names_dir, f".{name}.{token}")
             os.symlink(os.path.join("..", "buses", token), link)
             os.replace(link, os.path.join(self.names_dir, name))
         return token, life, control
 
     def _new_instance(self, name: str, record: dict[str, Any], slot_size: int,
-                      default_capacity: int) -> tuple[str, LifeLock, ControlBlock]:
+                      default_capacity: int, large_bytes: int
+                      ) -> tuple[str, LifeLock, ControlBlock]:
         """A fresh token with its directory, emitter record and control block."""
         while True:
             token = secrets.token_hex(4)
@@ -197,7 +199,7 @@ class Registry:
                 life = LifeLock.create(self.emitter_path(token), _json(record))
                 buf = _platform.create_segment(_names.control_name(token), CONTROL_SIZE)
                 return token, life, ControlBlock.initialize(buf, slot_size,
-                                                            default_capacity)
+                                                            default_capacity, large_bytes)
             except BaseException as exc:
                 _remove_tree_quietly(self.bus_dir(token))
                 if life is not None:
@@ -446,9 +448,8 @@ class Registry:
 def _remove_shared_objects(token: str) -> None:
     control = _attach_control_quietly(token)
     if control is not None:
-        limit = control.blob_limit
+        _arena.remove_all(token, control)
         control.close()
-        _blob.unlink_all(token, limit)
     _platform.unlink_segment(_names.control_name(token))
 
 

@@ -2,7 +2,7 @@
 
 ## Shape
 
-A segment `/sb_<token>_r<id>` with a 64-byte header and `capacity` fixed-size slots, and
+A segment `/sb_<token>_r<id>` with a 128-byte header and `capacity` fixed-size slots, and
 two POSIX semaphores beside it:
 
     header  magic, version, capacity, slot_size
@@ -14,8 +14,13 @@ two POSIX semaphores beside it:
             sub_waiting          written by the subscriber only: it waits on its bell
             emitter_waiting      written by the emitter only: it waits on its bell
                                  for room in this ring (see `_bell`)
+            pinned               written by the subscriber only: the oldest event whose
+                                 large-event memory it still reads in place (views
+                                 handed out by `recv(view=True)`), or NO_PIN; the emitter
+                                 reuses that memory only once this has moved past it
     slot    seq (u64), kind (u32), length (u32), payload: the event's pickle inline if it
-            fits in `slot_size - 16` bytes, else a reference to a large-event segment
+            fits in `slot_size - 16` bytes, else where it lies in the arena or in a
+            segment of its own (`_arena.REF`)
 
 Event `seq` lives in slot `seq % capacity`. The ring holds events `start_seq + tail` up to
 (not including) the bus's `committed`; the emitter may write only while fewer than
@@ -46,7 +51,6 @@ platform notes).
 
 from __future__ import annotations
 
-import mmap
 import struct
 from typing import NamedTuple
 
@@ -56,8 +60,8 @@ from . import _names, _platform
 from ._errors import ForeignObject, IncompatibleBus
 
 MAGIC = b"shmbusRG"
-LAYOUT_VERSION = 1
-HEADER_SIZE = 64
+LAYOUT_VERSION = 2
+HEADER_SIZE = 128
 SLOT_HEADER_SIZE = 16
 SLOT_SIZE = 512
 """Events whose pickle is at most 496 bytes travel inline; a 100-byte dict uses one slot
@@ -68,13 +72,15 @@ MAX_CAPACITY = min(1 << 20, posix_ipc.SEMAPHORE_VALUE_MAX)
 some systems); past a million slots a ring would also take 512 MiB."""
 
 KIND_INLINE = 0
-KIND_BLOB = 1
+KIND_ARENA = 1
+KIND_SEGMENT = 2
+_KINDS = (KIND_INLINE, KIND_ARENA, KIND_SEGMENT)
 
 _HEAD = struct.Struct("<8sIII")
 _U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
 _SLOT = struct.Struct("<QII")
-_BLOB_REF = struct.Struct("<QQQ")  # segment index, its incarnation, pickle length
+_LARGE_LENGTH = struct.Struct("<Q")
 
 _ADOPTED = 20
 _START_SEQ = 24
@@ -87,6 +93,9 @@ SUB_WAITING = 0
 """Index in `Ring.flags`: the subscriber listens on its bell for events."""
 EMITTER_WAITING = 1
 """Index in `Ring.flags`: the emitter listens on its bell for room in this ring."""
+_PINNED = 64
+PINNED_WORD = _PINNED // 8
+NO_PIN = (1 << 64) - 1
 
 
 def validate_capacity(capacity: object) -> int:
@@ -105,18 +114,20 @@ class Ring:
     def __init__(
         self,
         sub_id: int,
-        buf: mmap.mmap,
+        mapping: _platform.Mapping,
         data: posix_ipc.Semaphore,
         space: posix_ipc.Semaphore,
         names: tuple[str, str, str],
     ) -> None:
+        buf = mapping.view
         magic, version, capacity, slot_size = _HEAD.unpack_from(buf, 0)
         self.sub_id = sub_id
+        self.mapping = mapping
         self.buf = buf
         # Header counters as aligned machine words, as in the control block.
-        self.words = memoryview(buf)[:HEADER_SIZE].cast("Q")
+        self.words = buf[:HEADER_SIZE].cast("Q")
         # The two bell flags, 4 bytes each: each side writes only its own.
-        self.flags = memoryview(buf)[_WAITING : _WAITING + 8].cast("I")
+        self.flags = buf[_WAITING : _WAITING + 8].cast("I")
         self.data = data
         self.space = space
         self.names = names
@@ -132,23 +143,24 @@ class Ring:
         # Each step undoes only what this call created: a name that was already taken
         # (by anyone) is left alone.
         names = ring_object_names(token, sub_id)
-        buf = _platform.create_segment(names[0], HEADER_SIZE + capacity * slot_size)
+        mapping = _platform.create_segment(names[0], HEADER_SIZE + capacity * slot_size)
         try:
-            _HEAD.pack_into(buf, 0, MAGIC, LAYOUT_VERSION, capacity, slot_size)
+            _HEAD.pack_into(mapping.view, 0, MAGIC, LAYOUT_VERSION, capacity, slot_size)
+            _U64.pack_into(mapping.view, _PINNED, NO_PIN)
             data = _platform.create_semaphore(names[1], 0)
         except BaseException:
-            buf.close()
+            mapping.close()
             _platform.unlink_segment(names[0])
             raise
         try:
             space = _platform.create_semaphore(names[2], capacity)
         except BaseException:
             data.close()
-            buf.close()
+            mapping.close()
             _platform.unlink_segment(names[0])
             _platform.unlink_semaphore(names[1])
             raise
-        return cls(sub_id, buf, data, space, names)
+        return cls(sub_id, mapping, data, space, names)
 
     @classmethod
     def attach(cls, token: str, sub_id: int, slot_size: int) -> "Ring":
@@ -157,9 +169,9 @@ class Ring:
         squatter's: never written to), and `IncompatibleBus` if its header makes no
         sense."""
         names = ring_object_names(token, sub_id)
-        buf = _platform.open_segment(names[0])
+        mapping = _platform.open_segment(names[0])
         try:
-            _check_header(buf, names[0], slot_size)
+            _check_header(mapping.view, names[0], slot_size)
             data = _platform.open_semaphore(names[1])
             try:
                 space = _platform.open_semaphore(names[2])
@@ -167,14 +179,14 @@ class Ring:
                 data.close()
                 raise
         except BaseException:
-            buf.close()
+            mapping.close()
             raise
-        return cls(sub_id, buf, data, space, names)
+        return cls(sub_id, mapping, data, space, names)
 
     def detach(self) -> None:
         """Close this process's handles; the shared objects stay for their owner.
 
-        The mapping goes last: callers test `buf.closed` to know whether this ran.
+        The mapping goes last: callers test `detached` to know whether this ran.
         """
         for sem in (self.data, self.space):
             try:
@@ -183,10 +195,11 @@ class Ring:
                 pass
         self.words.release()
         self.flags.release()
-        try:
-            self.buf.close()
-        except BufferError:
-            pass  # a memoryview is still out; the mapping goes with the last reference
+        self.mapping.close()
+
+    @property
+    def detached(self) -> bool:
+        return self.mapping.closed
 
     # -- header fields ----------------------------------------------------------------
 
@@ -210,6 +223,14 @@ class Ring:
         self.words[TAIL_WORD] = tail
 
     @property
+    def pinned(self) -> int:
+        return self.words[PINNED_WORD]
+
+    def pin(self, seq: int) -> None:
+        """Keep the large-event memory of events from `seq` on (NO_PIN: none)."""
+        self.words[PINNED_WORD] = seq
+
+    @property
     def sub_closed(self) -> bool:
         return bool(_U32.unpack_from(self.buf, _SUB_CLOSED)[0])
 
@@ -226,7 +247,7 @@ class Ring:
     # -- slots --------------------------------------------------------------------------
 
     def write_slot(self, seq: int, slot: bytes) -> None:
-        """Put a slot made by `inline_slot` or `blob_slot` where event `seq` belongs."""
+        """Put a slot made by `inline_slot` or `large_slot` where event `seq` belongs."""
         off = HEADER_SIZE + (seq % self.capacity) * self.slot_size
         self.buf[off : off + len(slot)] = slot
 
@@ -255,21 +276,22 @@ class Ring:
             if found != seq or kind != KIND_INLINE or length > limit:
                 return None
             start = off + SLOT_HEADER_SIZE
-            payloads.append(buf[start : start + length])
+            payloads.append(bytes(buf[start : start + length]))
         return payloads
 
     def read(self, seq: int) -> tuple[int, bytes]:
         """(kind, payload) of event `seq`: inline pickle bytes, or a packed blob ref."""
         off = HEADER_SIZE + (seq % self.capacity) * self.slot_size
         found, kind, length = _SLOT.unpack_from(self.buf, off)
-        if found != seq or kind not in (KIND_INLINE, KIND_BLOB) or length > self.inline_max:
+        if found != seq or kind not in _KINDS or length > self.inline_max:
             raise IncompatibleBus(
                 f"{self.names[0]}: slot for event {seq} holds event {found} (kind {kind}, "
                 f"{length} bytes); the ring is corrupt. Close this subscription and "
                 "subscribe again."
             )
         start = off + SLOT_HEADER_SIZE
-        return kind, self.buf[start : start + length]
+        # A copy, never a view: a view held by a traceback would pin the mapping.
+        return kind, bytes(self.buf[start : start + length])
 
 
 def inline_slot(seq: int, payload: bytes) -> bytes:
@@ -280,20 +302,24 @@ def inline_slot(seq: int, payload: bytes) -> bytes:
     return _SLOT.pack(seq, KIND_INLINE, len(payload)) + payload
 
 
-def blob_slot(seq: int, index: int, incarnation: int, length: int) -> bytes:
-    """Event `seq` as one ring slot referring to large-event segment `index`."""
-    return _SLOT.pack(seq, KIND_BLOB, _BLOB_REF.size) + _BLOB_REF.pack(index, incarnation, length)
+def slot_kind(slot: bytes) -> int:
+    """The kind of a slot made by `inline_slot` or `large_slot`."""
+    return int(_SLOT.unpack_from(slot, 0)[1])
+
+
+def large_slot(seq: int, kind: int, ref: bytes) -> bytes:
+    """Event `seq` as one ring slot referring to where it lies (`_arena.REF`)."""
+    return _SLOT.pack(seq, kind, len(ref)) + ref
 
 
 def slot_block(slots: list[bytes], slot_size: int = SLOT_SIZE) -> bytes:
-    """Slots made by `inline_slot` or `blob_slot`, padded to whole slots, end to end."""
+    """Slots made by `inline_slot` or `large_slot`, padded to whole slots, end to end."""
     return b"".join([slot.ljust(slot_size, b"\0") for slot in slots])
 
 
-def unpack_blob_ref(payload: bytes) -> tuple[int, int, int]:
-    """(index, incarnation, length) of the large event a slot refers to."""
-    index, incarnation, length = _BLOB_REF.unpack(payload)
-    return int(index), int(incarnation), int(length)
+def large_length(ref: bytes) -> int:
+    """The size of the large event a slot's payload refers to (`_arena.REF`)."""
+    return int(_LARGE_LENGTH.unpack_from(ref, 16)[0])
 
 
 def ring_object_names(token: str, sub_id: int) -> tuple[str, str, str]:
@@ -312,7 +338,7 @@ def unlink_ring(token: str, sub_id: int) -> None:
     _platform.unlink_semaphore(space)
 
 
-def _check_header(buf: mmap.mmap, name: str, slot_size: int) -> None:
+def _check_header(buf: memoryview, name: str, slot_size: int) -> None:
     if len(buf) < HEADER_SIZE:
         raise IncompatibleBus(f"{name}: ring is {len(buf)} bytes, too small to be a ring")
     magic, version, capacity, found_slot = _HEAD.unpack_from(buf, 0)
@@ -349,9 +375,10 @@ def read_figures(token: str, sub_id: int) -> Figures | None:
     """
     name = _names.ring_name(token, sub_id)
     try:
-        buf = _platform.open_segment(name)
+        mapping = _platform.open_segment(name)
     except (posix_ipc.ExistentialError, ForeignObject):
         return None
+    buf = mapping.view
     try:
         if len(buf) < HEADER_SIZE or _HEAD.unpack_from(buf, 0)[:2] != (MAGIC, LAYOUT_VERSION):
             return None
@@ -364,4 +391,4 @@ def read_figures(token: str, sub_id: int) -> Figures | None:
             blocked_ns=int(_U64.unpack_from(buf, _BLOCKED_NS)[0]),
         )
     finally:
-        buf.close()
+        mapping.close()

@@ -63,6 +63,11 @@ class BusStats:
     """Events whose `emit` completed (committed), over the life of the bus."""
     bytes_emitted: int
     """Pickled bytes of those events (each counted once, whatever the subscribers)."""
+    large_bytes: int
+    """The bound of the shared memory large events may take (`EventEmitter(large_bytes=)`),
+    not counting events larger than half of it, which take a segment each."""
+    large_bytes_held: int
+    """Shared memory the bus's large events hold now, oversized ones included."""
     subscribers: tuple[SubscriberStats, ...]
 
     @property
@@ -106,6 +111,9 @@ def _read_bus(registry: Registry, name: str, token: str) -> BusStats | None:
             capacity=control.default_capacity,
             emitted=emitted,
             bytes_emitted=control.bytes_emitted,
+            large_bytes=control.large_bytes,
+            large_bytes_held=sum(size for _, size in [*control.arena_entries(),
+                                                      *control.segment_entries()]),
             subscribers=tuple(_read_subscribers(registry, token, emitted)),
         )
     finally:

@@ -44,7 +44,7 @@ import posix_ipc
 
 from . import _codec, _liveness, _ring
 from ._bell import Bell, Ringer
-from ._blob import BlobReader
+from ._arena import ArenaReader
 from ._control import COMMITTED_WORD, ControlBlock
 from ._errors import Closed, DeserializationError, EmitterDied, ShmBusError, Timeout
 from ._liveness import LifeLock, is_alive
@@ -64,6 +64,10 @@ from ._wait import (
 )
 
 REMOTE_SCHEME = "nats://"
+
+MAX_VIEWED_EVENTS = 16
+"""How many events' views (`recv(view=True)`) may be in use at once: each keeps shared
+memory the emitter is waiting to reuse."""
 
 BATCH_BYTES = 1 << 20
 """`recv_many` stops adding large events to its list once they hold this many pickled
@@ -167,7 +171,7 @@ class Subscription:
         self._committed = 0
         self._parked: _Parked | None = None
         self._surplus: _Parked | None = None  # what an interrupted recv_many left over
-        self._blobs = BlobReader(token)
+        self._large = ArenaReader(token, self._set_pin)
         self._bell: Bell | None = None  # created by the first async wait
         self._ringer: Ringer | None = None
         self._end: EndReason | None = None
@@ -200,17 +204,24 @@ class Subscription:
     def closed(self) -> bool:
         return self._closed
 
-    def recv(self, *, timeout: float | None = None) -> Any:
+    def recv(self, *, timeout: float | None = None, view: bool = False) -> Any:
         """The next event, waiting for it as long as `timeout` allows (None: forever).
 
         Raises `Timeout` if none arrived in time (nothing is consumed), `Closed` once the
         bus is closed and every event has been read (`EmitterDied` if the emitter died),
         and `DeserializationError` for an event that cannot be unpickled here (that
         event is consumed; the next call returns the next one).
+
+        With `view=True`, the numpy arrays (any out-of-band pickle buffer) of a large
+        event are not copied: they are read-only views of the bus's shared memory. They
+        stay valid, and that memory stays reserved for them, for as long as you hold them
+        (the emitter waits rather than overwrite it, once the bus's large-event memory is
+        full). So keep a view only while you work on it, and `.copy()` what you keep;
+        holding views of more than `MAX_VIEWED_EVENTS` events at once is refused.
         """
         deadline = deadline_after(timeout)
         while True:
-            self._park(deadline, 1)
+            self._park(deadline, 1, view)
             # No call may stand between taking the parked events and returning them: an
             # interruption there would drop events that are already consumed.
             parked, self._parked = self._parked, None
@@ -292,8 +303,8 @@ class Subscription:
                 self._end = EndReason.UNSUBSCRIBED
             if self._bell is not None:
                 self._bell.close()
-            self._blobs.close()
-            if not self._ring.buf.closed:
+            self._large.close()
+            if not self._ring.detached:
                 self._ring.mark_sub_closed()
                 with contextlib.suppress(posix_ipc.Error):  # closed by an earlier try
                     self._ring.space.release()  # an emitter blocked on this ring moves on
@@ -302,7 +313,7 @@ class Subscription:
                 if self._ringer is not None:
                     self._ringer.close()
                 self._ring.detach()
-            if not self._control.buf.closed:
+            if not self._control.unmapped:
                 self._registry.leave(self._token, self._sub_id, self._life, self._control)
                 self._control.close()
             self._closed = True
@@ -326,7 +337,7 @@ class Subscription:
 
     # -- receiving, step by step ------------------------------------------------------
 
-    def _park(self, deadline: float | None, max_n: int) -> None:
+    def _park(self, deadline: float | None, max_n: int, view: bool = False) -> None:
         """Leave the next events, consumed, in `self._parked`: between 1 and `max_n`."""
         if self._closed or self._epoch != _liveness.fork_epoch:
             self._check_usable()
@@ -335,6 +346,13 @@ class Subscription:
         try:
             if self._closed:
                 self._check_usable()
+            if view and self._large.viewed >= MAX_VIEWED_EVENTS:
+                    raise ShmBusError(
+                        f"views of {self._large.viewed} events from recv(view=True) are "
+                        f"still in use on bus {self._name!r}; each keeps shared memory "
+                        "the emitter needs. Drop them (del array) or copy what you keep "
+                        "(array.copy()) before asking for more views."
+                    )
             if self._parked is not None or self._surplus is not None:
                 if self._hand_out_leftovers(max_n):
                     return
@@ -348,7 +366,7 @@ class Subscription:
                     pass
             if max_n > 1:
                 self._committed = self._control.words[COMMITTED_WORD]
-            self._consume(self._read(seq, min(max_n, self._committed - seq)))
+            self._consume(self._read(seq, min(max_n, self._committed - seq), view))
         finally:
             self._lock.release()
 
@@ -508,7 +526,7 @@ class Subscription:
             )
         raise Closed(f"bus {self._name!r} is closed and every event has been received")
 
-    def _read(self, seq: int, count: int) -> _Parked:
+    def _read(self, seq: int, count: int, view: bool = False) -> _Parked:
         """Decode events `seq` to `seq + count - 1`, stopping before an undecodable one
         unless it is the first."""
         if count > 1:
@@ -529,14 +547,24 @@ class Subscription:
                 if kind == _ring.KIND_INLINE:
                     values.append(_codec.decode(payload))
                 else:
-                    blob, incarnation, length = _ring.unpack_blob_ref(payload)
-                    values.append(self._blobs.load(blob, incarnation, length))
-                    large_bytes += length
+                    # With `view`, pinned before `tail` moves past it (`_ring`, `pinned`).
+                    values.append(self._large.load(index, kind == _ring.KIND_ARENA, payload,
+                                                   view))
+                    large_bytes += _ring.large_length(payload)
+                    if view:
+                        fence(self._ring.space)  # the pin is seen before the tail moves
             except DeserializationError as exc:
                 if values:
                     break  # the next call reports it
                 return _Parked(seq, [], exc)
         return _Parked(seq, values, None)
+
+    def _set_pin(self, seq: int) -> None:
+        """Write the `pinned` word (see `ArenaReader`), from any thread; not once the
+        ring is gone."""
+        if not self._ring.detached:
+            with contextlib.suppress(ValueError):  # detached meanwhile: nobody to tell
+                self._ring.pin(seq)
 
     def _parked_was_consumed(self, parked: _Parked) -> bool:
         # After an interruption: did `tail` move past the parked event before it landed?

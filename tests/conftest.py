@@ -21,7 +21,10 @@ from shmbus import _platform
 from tests import helpers
 
 
-pytest_plugins = ["tests.nats_server"]  # the `nats_server` fixture: a real nats-server -js
+pytest_plugins = [
+    "tests.nats_server",  # the `nats_server` fixture: a real nats-server -js
+    "tests.private_shm",  # the `private_shm` fixture: a child on a tmpfs of its own
+]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

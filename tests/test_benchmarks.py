@@ -48,7 +48,7 @@ def test_quick_suite_gives_every_figure_and_prints() -> None:
     has_psutil = importlib.util.find_spec("psutil") is not None
     assert all((r["emitter"]["delta"] is not None) == has_psutil for r in results["growth"])
     assert results["machine"]["cpu_count"] >= 1
-    assert results["shmbus_shared_memory"]["ring_bytes_per_subscriber"] == 256 * 512 + 64
+    assert results["shmbus_shared_memory"]["ring_bytes_per_subscriber"] == 256 * 512 + 128
 
     out = io.StringIO()
     run.print_table(results, Console(file=out, width=100))

@@ -14,15 +14,16 @@ pytestmark = pytest.mark.timeout(30)
 @pytest.mark.parametrize("content, message", [
     (b"x" * 16, "control block is 16 bytes"),                              # truncated
     (b"\x00" * _control.SIZE, "not a shmbus bus"),                         # garbage
-    (_control.MAGIC + b"\x02\x00\x00\x00" + bytes(_control.SIZE - 12),     # another version
-     "layout version 2"),
+    (_control.MAGIC + bytes([_control.LAYOUT_VERSION + 1, 0, 0, 0])
+     + bytes(_control.SIZE - 12), f"layout version {_control.LAYOUT_VERSION + 1}"),
+
 ])
 def test_subscribers_refuse_a_bad_control_block(content, message):
     with shmbus.EventEmitter("ctl") as em:
         name = _names.control_name(helpers.token_of(em))
         _platform.unlink_segment(name)  # the emitter keeps its own mapping
         bad = _platform.create_segment(name, len(content))
-        bad[:] = content
+        bad.view[:] = content
         bad.close()
         with pytest.raises(shmbus.IncompatibleBus, match=message):
             shmbus.subscribe("ctl")

@@ -33,7 +33,6 @@ from shmbus import _control, _names, _platform, _registry, _ring
 from tests import helpers
 
 SHM_SIZE = "1m"
-CHILD_TIMEOUT = 30.0
 
 
 # -- leak check ------------------------------------------------------------------------
@@ -42,57 +41,13 @@ CHILD_TIMEOUT = 30.0
 # -- a private, small /dev/shm ---------------------------------------------------------
 
 
-_UNSHARE = (("unshare", "-m"), ("unshare", "--map-root-user", "-m"))
-"""As root, a mount namespace is enough; otherwise a user namespace maps us to root in it
-(files we own, such as the registry, then appear owned by that root: the same uid)."""
-
-
-def _in_small_shm(unshare: tuple[str, ...], argv: list[str]) -> list[str]:
-    mount = f'mount -t tmpfs -o size={SHM_SIZE},mode=1777 tmpfs /dev/shm && exec "$@"'
-    return [*unshare, "sh", "-c", mount, "sh", *argv]
-
-
-@functools.lru_cache(maxsize=None)
-def _small_shm() -> tuple[tuple[str, ...] | None, str]:
-    """How to get a private small /dev/shm here, or None and why not."""
-    if not sys.platform.startswith("linux"):
-        return None, "needs Linux (mount namespaces, tmpfs on /dev/shm)"
-    if shutil.which("unshare") is None:
-        return None, "`unshare` (util-linux) is not installed"
-    failures = []
-    for unshare in _UNSHARE:
-        try:
-            probe = subprocess.run(_in_small_shm(unshare, ["ls", "-A", "/dev/shm"]),
-                                   capture_output=True, text=True, timeout=CHILD_TIMEOUT)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            failures.append(f"`{' '.join(unshare)}`: {exc}")
-            continue
-        if probe.returncode == 0 and not probe.stdout.strip():
-            return unshare, ""
-        said = probe.stderr.strip() or probe.stdout.strip()
-        failures.append(f"`{' '.join(unshare)}`: {said}")
-    return None, ("cannot mount a private tmpfs on /dev/shm (needs root, or unprivileged "
-                  "user namespaces): " + "; ".join(failures))
-
-
 @pytest.fixture
-def small_shm():
-    unshare, reason = _small_shm()
-    if unshare is None:
-        pytest.skip(reason)
-    return functools.partial(run_with_small_shm, unshare)
-
-
-def run_with_small_shm(unshare: tuple[str, ...], scenario: str) -> dict[str, Any]:
-    """Run `scenario` of CHILD_SCRIPT with a private 1 MiB /dev/shm; what it saw."""
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}  # SHMBUS_DIR: this test's
-    done = subprocess.run(_in_small_shm(unshare, [sys.executable, "-c", CHILD_SCRIPT,
-                                                  scenario]),
-                          env=env, capture_output=True, text=True, timeout=CHILD_TIMEOUT)
-    assert done.returncode == 0, f"child crashed ({done.returncode}):\n{done.stderr}"
-    seen = json.loads(done.stdout.strip().splitlines()[-1])
-    assert seen["initial"] == [], f"the private /dev/shm was not empty: {seen['initial']}"
-    return seen
+def small_shm(private_shm):
+    def run(scenario: str) -> dict[str, Any]:
+        seen = private_shm(SHM_SIZE, CHILD_SCRIPT, scenario)
+        assert seen["initial"] == [], f"the private /dev/shm was not empty: {seen['initial']}"
+        return seen
+    return run
 
 
 CHILD_SCRIPT = r'''
@@ -276,100 +231,6 @@ def test_no_room_for_ring_semaphores_leaves_nothing_half_created(small_shm) -> N
 def test_no_room_for_ring_semaphores_is_out_of_shared_memory(small_shm) -> None:
     seen = small_shm("no_room_for_semaphores")
     assert_out_of_shared_memory(seen["sub"])
-
-
-# -- names ------------------------------------------------------------------------------
-
-LONGEST_TOKEN = "ffffffff"
-LARGEST_ID = 2**64 - 1
-"""Subscriber ids and the large-event bound are u64 words of the control block."""
-
-MACOS_NAME_MAX = 31
-"""PSHMNAMLEN and PSEMNAMLEN: macOS refuses longer shm_open/sem_open names."""
-
-MACOS_NAME_MAX_COUNTING_NUL = 30
-"""xnu's sem_open (and shm_open before macOS 10.15) compares the length copyinstr()
-reports, which counts the terminating NUL, with 31: 30 characters is what always works."""
-
-
-def names_of(token: str, sub_id: int, blob: int) -> dict[str, str]:
-    return {
-        "control": _names.control_name(token),
-        "ring": _names.ring_name(token, sub_id),
-        "data semaphore": _names.data_sem_name(token, sub_id),
-        "space semaphore": _names.space_sem_name(token, sub_id),
-        "large event": _names.blob_name(token, blob),
-    }
-
-
-def test_tokens_are_never_longer_than_eight_hex_digits() -> None:
-    assert _registry._TOKEN.fullmatch(LONGEST_TOKEN)
-    assert not _registry._TOKEN.fullmatch(LONGEST_TOKEN + "f")
-    assert len(_names.PREFIX + LONGEST_TOKEN) == 12
-
-
-@pytest.mark.parametrize("sub_id, blob", [(0, 0), (2**32 - 1, 2**32 - 1),
-                                          (LARGEST_ID, LARGEST_ID)])
-def test_longest_names_fit_macos_limit(sub_id: int, blob: int) -> None:
-    for kind, name in names_of(LONGEST_TOKEN, sub_id, blob).items():
-        assert len(name) <= MACOS_NAME_MAX, f"{kind} {name!r} has {len(name)} characters"
-        assert re.fullmatch(r"/[A-Za-z0-9_]+", name), f"{kind} {name!r}: not portable"
-        assert LONGEST_TOKEN in name
-
-
-def test_segment_names_fit_even_counting_the_nul() -> None:
-    for sub_id, blob in [(LARGEST_ID, LARGEST_ID)]:
-        names = names_of(LONGEST_TOKEN, sub_id, blob)
-        for kind in ("control", "ring", "large event"):
-            assert len(names[kind]) <= MACOS_NAME_MAX_COUNTING_NUL, (kind, names[kind])
-
-
-def test_semaphore_names_fit_sem_open_for_any_reachable_subscriber_id() -> None:
-    # One id per subscribe(): 2**60 of them is beyond any bus's lifetime.
-    for sub_id in (0, 2**32, 2**60 - 1):
-        names = names_of(LONGEST_TOKEN, sub_id, 0)
-        for kind in ("data semaphore", "space semaphore"):
-            assert len(names[kind]) <= MACOS_NAME_MAX_COUNTING_NUL, (kind, names[kind])
-
-
-def test_subscriber_ids_stop_where_semaphore_names_would_stop_fitting() -> None:
-    buf = mmap.mmap(-1, _control.SIZE)
-    control = _control.ControlBlock.initialize(buf, 512, 1)
-    struct.pack_into("<Q", buf, _control._NEXT_SUB_ID, _control.MAX_SUB_ID - 1)
-    assert control.allocate_sub_id() == _control.MAX_SUB_ID - 1
-    with pytest.raises(shmbus.ShmBusError, match="recreate the bus"):
-        control.allocate_sub_id()
-    names = names_of(LONGEST_TOKEN, _control.MAX_SUB_ID - 1, 0)
-    for kind in ("data semaphore", "space semaphore"):
-        assert len(names[kind]) <= MACOS_NAME_MAX_COUNTING_NUL, (kind, names[kind])
-
-
-def test_names_of_one_kind_never_collide() -> None:
-    # Hex ids end in letters too: "r1" + "d" must not be confused with "r1d".
-    ids = [0, 1, 0xD, 0x1D, 0xDD, 0x1DD, 0x5, 0x15, LARGEST_ID]
-    segments = [_names.control_name(LONGEST_TOKEN)]
-    segments += [_names.ring_name(LONGEST_TOKEN, i) for i in ids]
-    segments += [_names.blob_name(LONGEST_TOKEN, i) for i in ids]
-    semaphores = [_names.data_sem_name(LONGEST_TOKEN, i) for i in ids]
-    semaphores += [_names.space_sem_name(LONGEST_TOKEN, i) for i in ids]
-    assert len(set(segments)) == len(segments)
-    assert len(set(semaphores)) == len(semaphores)
-
-
-@pytest.mark.skipif(not os.path.isdir(helpers.SHM_DIR), reason="needs a listable /dev/shm")
-def test_a_bus_with_the_longest_name_creates_only_short_names() -> None:
-    name = "n" * 128
-    with shmbus.EventEmitter(name) as em:
-        sub = em.subscribe()
-        em.emit(b"z" * 10_000, timeout=5)  # a large-event segment too
-        created = helpers.objects_of(helpers.token_of(em))
-        assert sub.recv(timeout=5) == b"z" * 10_000
-        sub.close()
-    assert len(created) == 5, created  # control, ring, 2 semaphores, large event
-    for entry in created:
-        posix_name = "/" + entry.removeprefix("sem.")
-        assert len(posix_name) <= MACOS_NAME_MAX, posix_name
-        assert "nnnn" not in posix_name
 
 
 # -- the ledger -------------------------------------------------------------------------

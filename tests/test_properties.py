@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 import shmbus
-from shmbus import _blob, _codec, _ring
+from shmbus import _arena, _codec, _ring
 from tests import helpers
 
 KiB = 1024
@@ -226,10 +226,6 @@ def check_event(got: Any, want: tuple[int, bytes], where: str) -> None:
     assert got == want, f"{where}: got {short(got)}, expected {short(want)}"
 
 
-def blob_segments(token: str) -> set[str]:
-    return {n for n in helpers.objects_of(token) if n.startswith(f"sb_{token}_b")}
-
-
 @pytest.mark.timeout(120)
 @settings(max_examples=150, **SETTINGS)
 @given(
@@ -243,8 +239,8 @@ def test_ring_matches_a_model_of_bounded_fifo_queues(
     subs: list[ModelSub] = []
     committed = 0  # events emitted successfully so far: the next event's sequence number
     attempts = 0  # emits tried so far: each event's payload is made from this
-    large_sent: list[tuple[int, int]] = []  # (seq, size) of delivered events in a segment
-    check_blobs = os.path.isdir(helpers.SHM_DIR)
+    large_sent: list[tuple[int, int]] = []  # (seq, size) of delivered events in the arena
+    check_large = True
 
     def live() -> list[ModelSub]:
         return [s for s in subs if s.open]
@@ -286,18 +282,15 @@ def test_ring_matches_a_model_of_bounded_fifo_queues(
             hypothesis.event("emit refused: a ring is full")
             with pytest.raises(shmbus.Timeout):
                 em.emit(ev, timeout=0)
-        if check_blobs:
+        if check_large:
             unread = [size for seq, size in large_sent if seq >= floor]
-            found = blob_segments(token)
-            assert len(found) >= len(unread), (
-                f"{where}: {len(found)} large-event segments exist for {len(unread)} "
-                f"unread large events (at seq >= {floor} of {large_sent})"
-            )
-            # A segment in use is at most twice its event, rounded up; the rest is pool.
-            budget = _blob.FREE_POOL_BYTES + sum(
-                2 * size + 2 * _blob.SEGMENT_GRAIN for size in unread)
-            held = sum(os.path.getsize(os.path.join(helpers.SHM_DIR, n)) for n in found)
-            assert held <= budget, f"{where}: large-event segments hold {held} bytes"
+            held = shmbus.stats(em.name).large_bytes_held
+            # One arena holds them all, never more than its bound; an event still unread
+            # is still in it.
+            assert held <= _arena.DEFAULT_LARGE_BYTES, f"{where}: large events hold {held}"
+            assert not unread or held >= max(unread), (
+                f"{where}: {held} bytes hold {len(unread)} unread large events "
+                f"(at seq >= {floor} of {large_sent})")
         return room
 
     def recv(where: str, which: int) -> bool:
@@ -364,7 +357,6 @@ def test_ring_matches_a_model_of_bounded_fifo_queues(
     with ExitStack() as cleanup:
         em = shmbus.EventEmitter(capacity=capacity)
         cleanup.callback(em.close)
-        token = helpers.token_of(em)
         for cap in initial:
             join(cap)
         for step, op in enumerate(ops):

@@ -37,7 +37,7 @@ from typing import Any
 import pytest
 
 import shmbus
-from shmbus import _liveness, _names, _registry, _ring
+from shmbus import _arena, _liveness, _names, _registry, _ring
 from tests import helpers
 
 BUS = "secbus"
@@ -323,7 +323,7 @@ def attack(intruder: Intruder, registry_dir: str, em: shmbus.EventEmitter,
         "segments": {
             "control": _names.control_name(token),
             "ring": _names.ring_name(token, sub.id),
-            "blob": _names.blob_name(token, 0),
+            "arena": _arena_of(em),
         },
         "semaphores": {
             "data": _names.data_sem_name(token, sub.id),
@@ -413,7 +413,7 @@ def test_other_user_cannot_open_or_remove_the_shared_objects(
     before = sorted(helpers.objects_of(token))
     attempts = attack(intruder, registry_dir, em, sub)
 
-    for kind in ("control", "ring", "blob"):
+    for kind in ("control", "ring", "arena"):
         assert_refused(attempts, f"shm_open_rw:{kind}", "posix_ipc.PermissionsError")
         assert_refused(attempts, f"shm_open_ro:{kind}", "posix_ipc.PermissionsError")
         assert_refused(attempts, f"devshm_read:{kind}", "builtins.PermissionError")
@@ -436,7 +436,7 @@ def test_bus_objects_and_registry_are_private_to_their_owner(registry_dir: str,
     em, sub = bus
     token = helpers.token_of(em)
     objects = helpers.objects_of(token)
-    assert {f"sb_{token}", f"sb_{token}_r{sub.id:x}", f"sb_{token}_b0",
+    assert {f"sb_{token}", f"sb_{token}_r{sub.id:x}", _arena_of(em).lstrip("/"),
             f"sem.sb_{token}_r{sub.id:x}d", f"sem.sb_{token}_r{sub.id:x}s"} <= set(objects)
     for name in objects:
         st = os.stat(os.path.join(helpers.SHM_DIR, name))
@@ -577,18 +577,34 @@ def test_rings_squatted_by_another_user_are_never_written(intruder: Intruder,
 
 @pytest.mark.timeout(60)
 def test_large_event_names_squatted_by_another_user_are_skipped(intruder: Intruder,
-                                                                registry_dir: str) -> None:
+                                                                registry_dir: str,
+                                                                monkeypatch) -> None:
+    """Large-event names carry a random nonce, so nobody can take one first by guessing;
+    here the draws are made to land on names the other user holds, which must be
+    skipped, never written, and never fatal."""
     with shmbus.EventEmitter("bigsquat") as em, em.subscribe() as sub:
         token = helpers.token_of(em)
-        squatted = [_names.blob_name(token, k) for k in range(6)]
+        taken = list(range(1, 7))
+        squatted = [_names.arena_name(token, n) for n in taken]
+        squatted += [_names.oversized_name(token, n) for n in taken]
+        draws = iter(taken + taken[:3] + list(range(100, 200)))
+        monkeypatch.setattr(_arena.secrets, "randbits", lambda bits: next(draws))
         squatter = Squatter(intruder, [(name, b"", 1 << 20) for name in squatted], [])
         try:
             for i in range(30):
                 event = bytes([i]) * 200_000
-                em.emit(event, timeout=5)
+                em.emit(event, timeout=5)  # the arena, after 6 squatted names
                 assert sub.recv(timeout=5) == event
+            huge = bytes(40 << 20)  # more than half the arena: a segment of its own
+            em.emit(huge, timeout=5)
+            assert sub.recv(timeout=5) == huge
             report = squatter.report()
         finally:
             squatter.kill()
     for name in squatted:
         assert report[name]["touched"] is False, (name, report[name])
+
+
+def _arena_of(em: shmbus.EventEmitter) -> str:
+    [(nonce, _)] = em._control.arena_entries()
+    return _names.arena_name(helpers.token_of(em), nonce)

@@ -243,7 +243,7 @@ def subscriber_chaos(seed: int, seconds: float) -> Figures:
 
 
 def _blocked_ns(ring: Any) -> int:
-    return int(struct.unpack_from("<Q", ring, _ring._BLOCKED_NS)[0])
+    return int(struct.unpack_from("<Q", ring.view, _ring._BLOCKED_NS)[0])
 
 
 def _check_subscribers(seed: int, emits: list[tuple[float, float]],
