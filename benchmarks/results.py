@@ -24,8 +24,8 @@ from benchmarks.plan import (
 )
 from benchmarks.systems import BATCH
 
-LIBRARIES = ("shmbus", "multiprocess", "faster-fifo", "pyzmq", "iceoryx2", "numpy",
-             "psutil", "rich", "matplotlib")
+LIBRARIES = ("shmbus", "multiprocess", "faster-fifo", "pyzmq", "iceoryx2", "eclipse-zenoh",
+             "numpy", "psutil", "rich", "matplotlib")
 
 Raw = dict[Key, list[dict[str, Any]]]
 Errors = dict[Key, list[str]]

@@ -9,13 +9,16 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import os
+import time
 from typing import Any
 
+import multiprocess
 import pytest
 from rich.console import Console
 
 from benchmarks import harness, run
-from benchmarks.systems import EmitterPort
+from benchmarks.systems import EmitterPort, ReceiverPort
 from benchmarks.systems.mp_queue import MultiprocessingQueue
 from benchmarks.verify import DeliveryError, OrderVerifier
 from benchmarks.workloads import SMALL_TEXT, WORKLOADS
@@ -119,6 +122,46 @@ class _LossyQueue(MultiprocessingQueue):
 def test_a_lost_event_fails_the_measurement() -> None:
     with pytest.raises(harness.MeasurementFailed, match="events 7..7 were lost"):
         harness.measure(_LossyQueue, WORKLOADS["small"], 2, harness.Job(50))
+
+
+class _LateReceiver(ReceiverPort):
+    """A zenoh receiver that joins only 0.3 s after the harness has let the emitter go:
+    whatever the emitter puts before the join reaches it only if `start()` waited."""
+
+    def __init__(self, open_late: Any) -> None:
+        self.open_late = open_late
+        self.inner: ReceiverPort | None = None
+
+    def receive(self, timeout: float) -> list[Any]:
+        if self.inner is None:
+            time.sleep(0.3)
+            self.inner = self.open_late()
+        return self.inner.receive(timeout)
+
+    def close(self) -> None:
+        if self.inner is not None:
+            self.inner.close()
+
+
+@pytest.mark.timeout(120)
+def test_zenoh_delivers_every_event_even_to_a_late_subscriber_and_leaves_nothing() -> None:
+    pytest.importorskip("zenoh")  # the bench extra, not the test extra
+    from benchmarks.systems.zenoh_pubsub import ZenohPubSub
+
+    class LateZenoh(ZenohPubSub):
+        def open_receiver(self, index: int, address: Any) -> ReceiverPort:
+            if index == 0:
+                return super().open_receiver(index, address)
+            return _LateReceiver(lambda: super(LateZenoh, self).open_receiver(index, address))
+
+    shm_before = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+    for system, workload, events in ((LateZenoh, WORKLOADS["small"], 400),
+                                     (ZenohPubSub, WORKLOADS["large"], 20)):
+        figures = harness.measure(system, workload, 2, harness.Job(events, warmup=5))
+        assert figures["events_per_s"] > 0
+    assert multiprocess.active_children() == []
+    if shm_before:  # zenoh's shared-memory transport, were it on, would leave these
+        assert not [n for n in set(os.listdir("/dev/shm")) - shm_before if "zenoh" in n]
 
 
 def test_unknown_names_and_missing_libraries_are_reported() -> None:
