@@ -64,7 +64,8 @@ def _throughput_table(results: dict[str, Any], workload: str, rows: list[dict[st
     first = rows[0]
     table = _table(f"Throughput, {workload} ({description}), {first['events']:,} events "
                    f"after {first.get('warmup', 0):,} unmeasured: events/s, median of "
-                   f"{config['runs']} run(s) (min-max)")
+                   f"{config['runs']} run(s) (min-max); under it, the CPU of all "
+                   "processes per event, us")
     counts = sorted({r["subscribers"] for r in rows})
     for n in counts:
         table.add_column(f"{n} sub{'s' if n > 1 else ''}", justify="right")
@@ -80,9 +81,23 @@ def _throughput_table(results: dict[str, Any], workload: str, rows: list[dict[st
             if cell is None or rate is None:
                 line += [FAILED if cell and cell["failed"] else "-", "-"]
             else:
-                line += [_spread(rate, _rate), _ratio(cell["vs_reference"])]
+                line += [_rate_and_cpu(rate, cell.get("cpu_us_per_event")),
+                         _ratio(cell["vs_reference"])]
         table.add_row(*line)
     return table
+
+
+def _rate_and_cpu(rate: dict[str, Any], cpu: dict[str, Any] | None) -> str:
+    """The rate, and under it (dim) the CPU per event; saved runs from before CPU was
+    measured have none."""
+    if cpu is None:
+        return _spread(rate, _rate)
+    return f"{_spread(rate, _rate)}\n[dim]cpu {_spread(cpu, _cpu)}[/dim]"
+
+
+def _cpu(value: float) -> str:
+    """Microseconds, three significant digits below 1,000: 8.12, 81.2, 812, 8,120."""
+    return f"{value:.3g}" if value < 1000 else f"{value:,.0f}"
 
 
 def _latency_table(results: dict[str, Any], reference: str) -> Table:
@@ -144,13 +159,14 @@ def _growth_table(results: dict[str, Any]) -> Table:
     table = _table(f"RSS over one long run: 1 subscriber, {first['events']:,} small events "
                    f"after {first.get('warmup', 0):,} unmeasured; MiB after those -> at the "
                    "end, and the growth in KiB")
-    for name in ("events/s", "emitter", "growth", "subscriber", "growth"):
+    for name in ("events/s", "cpu\nus/ev", "emitter", "growth", "subscriber", "growth"):
         table.add_column(name, justify="right")
     for row in results["growth"]:
         if row["failed"] or row["emitter"] is None:
-            table.add_row(row["system"], FAILED if row["failed"] else "-", "-", "-", "-", "-")
+            table.add_row(row["system"], FAILED if row["failed"] else "-", *["-"] * 5)
             continue
-        line = [row["system"], _rate(row["events_per_s"])]
+        cpu = row.get("cpu_us_per_event")
+        line = [row["system"], _rate(row["events_per_s"]), _cpu(cpu) if cpu else "-"]
         for side in (row["emitter"], row["subscriber"]):
             line.append(f"{_mib(side['warm'])} -> {_mib(side['end'])}")
             line.append(f"{side['delta'] / 1024:+,.0f}" if side["delta"] is not None else "-")

@@ -41,12 +41,21 @@ def test_quick_suite_gives_every_figure_and_prints() -> None:
         rate = row["events_per_s"]
         assert 0 < rate["min"] <= rate["median"] <= rate["max"]
         assert row["rss_peak_bytes"]["emitter"] > 0 and row["rss_peak_bytes"]["subscriber"] > 0
+        cpu, by_role = row["cpu_us_per_event"], row["cpu_us_per_event_by_role"]
+        assert 0 < cpu["min"] <= cpu["median"] <= cpu["max"]
+        assert by_role["emitter"] > 0 and by_role["subscribers"] > 0
+        assert by_role["emitter"] + by_role["subscribers"] == pytest.approx(cpu["median"])
+    # Each subscriber unpickles and checks every event: two of them cost more than one.
+    for system in ("shmbus", "mp-queue"):
+        assert (throughput[(system, 2)]["cpu_us_per_event_by_role"]["subscribers"]
+                > throughput[(system, 1)]["cpu_us_per_event_by_role"]["subscribers"])
     assert throughput[("shmbus", 2)]["vs_reference"] == 1.0
     assert throughput[("shmbus", 2)]["shm_peak_bytes"] > 0
     assert throughput[("mp-queue", 1)]["shm_peak_bytes"] is None
     for row in results["latency"]:
         assert 0 < row["p50_us"]["median"] <= row["p99_us"]["median"] <= row["max_us"]["median"]
     assert [r["system"] for r in results["growth"]] == ["shmbus", "mp-queue"]
+    assert all(r["cpu_us_per_event"] > 0 for r in results["growth"])
     # RSS needs psutil (the bench extra); without it the figures are None, not made up.
     has_psutil = importlib.util.find_spec("psutil") is not None
     assert all((r["emitter"]["delta"] is not None) == has_psutil for r in results["growth"])
@@ -56,6 +65,8 @@ def test_quick_suite_gives_every_figure_and_prints() -> None:
     out = io.StringIO()
     run.print_table(results, Console(file=out, width=100))
     assert "mp-queue" in out.getvalue() and "latency" in out.getvalue()
+    shown = f"cpu {throughput[('shmbus', 1)]['cpu_us_per_event']['median']:.3g}"
+    assert shown in out.getvalue()
 
 
 def test_events_fit_their_stated_sizes_and_damage_is_seen() -> None:
