@@ -84,6 +84,31 @@ def test_events_fit_their_stated_sizes_and_damage_is_seen() -> None:
     assert not WORKLOADS["large"].body_ok(large)  # a bytearray is not what was sent
 
 
+def test_slow_workloads_compare_every_byte() -> None:
+    large, slow = WORKLOADS["large"], WORKLOADS["large-slow"]
+    body = slow.make_body()
+    assert slow.body_ok(body) and slow.body_ok(bytes(body))  # equal, not identical
+    damaged = bytearray(body)
+    damaged[12_345] ^= 0xFF  # far from the fast check's samples
+    assert large.body_ok(bytes(damaged)) and not slow.body_ok(bytes(damaged))
+    assert not slow.body_ok(damaged)  # a bytearray is not what was sent
+    if importlib.util.find_spec("numpy") is None:
+        return  # numpy is in the bench extra, not the test extra
+    numpy_fast, numpy_slow = WORKLOADS["numpy"], WORKLOADS["numpy-slow"]
+    array = numpy_slow.make_body()
+    assert numpy_slow.body_ok(array.copy())
+    array[12_345] += 1
+    assert numpy_fast.body_ok(array) and not numpy_slow.body_ok(array)
+    assert not numpy_slow.body_ok(array.astype("float32"))
+
+
+@pytest.mark.timeout(120)
+def test_a_slow_workload_runs_through_the_harness() -> None:
+    figures = harness.measure(MultiprocessingQueue, WORKLOADS["large-slow"], 2,
+                              harness.Job(20, warmup=5))
+    assert figures["events_per_s"] > 0 and figures["cpu_us_per_event"] > 0
+
+
 def test_verifier_catches_a_gap_a_repeat_a_short_stream_and_a_damaged_body() -> None:
     small = WORKLOADS["small"]
 
