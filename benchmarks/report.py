@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from rich.console import Console
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.table import Table
 
 MiB = 1 << 20
+WIDTH = 80
 FAILED = "[bold red]FAILED[/bold red]"
 
 
@@ -25,7 +28,8 @@ def print_report(results: dict[str, Any], console: Any) -> None:
     if results["latency"]:
         console.print(_latency_table(results, reference))
     if results["throughput"]:
-        console.print(_memory_table(results))
+        for table in _memory_tables(results):
+            console.print(table)
     if results["growth"]:
         console.print(_growth_table(results))
     for line in _notes(results, reference):
@@ -132,12 +136,30 @@ def _spread(summary: dict[str, Any], show: Callable[[float], str]) -> str:
     return f"{show(summary['median'])} ({show(summary['min'])}-{show(summary['max'])})"
 
 
-def _memory_table(results: dict[str, Any]) -> Table:
+def _memory_tables(results: dict[str, Any]) -> list[Table]:
+    """Two columns per workload, as many workloads to a table as fit 80 columns."""
     most = max(r["subscribers"] for r in results["throughput"])
     rows = [r for r in results["throughput"] if r["subscribers"] == most]
-    workloads = list(dict.fromkeys(r["workload"] for r in rows))
-    table = _table(f"Memory with {most} subscriber(s), MiB (median of runs). RSS: peak of the "
-                   "emitter/of the largest subscriber; shm: the most this run held in /dev/shm")
+    title = (f"Memory with {most} subscriber(s), MiB (median of runs). RSS: peak of the "
+             "emitter/of the largest subscriber; shm: the most this run held in /dev/shm")
+    groups: list[list[str]] = []
+    for workload in dict.fromkeys(r["workload"] for r in rows):
+        if groups and _width(_memory_table("", rows, [*groups[-1], workload])) <= WIDTH:
+            groups[-1].append(workload)
+        else:
+            groups.append([workload])
+    return [_memory_table(title if i == 0 else "Memory, continued", rows, group)
+            for i, group in enumerate(groups)]
+
+
+def _width(table: Table) -> int:
+    """The columns `table` takes when nothing is cut or wrapped."""
+    console = Console(width=10_000)
+    return Measurement.get(console, console.options, table).maximum
+
+
+def _memory_table(title: str, rows: list[dict[str, Any]], workloads: list[str]) -> Table:
+    table = _table(title)
     for workload in workloads:
         table.add_column(f"{workload}\nRSS", justify="right")
         table.add_column(f"{workload}\nshm", justify="right")

@@ -17,7 +17,7 @@ import multiprocess
 import pytest
 from rich.console import Console
 
-from benchmarks import harness, run
+from benchmarks import harness, report, run
 from benchmarks.systems import EmitterPort, ReceiverPort
 from benchmarks.systems.mp_queue import MultiprocessingQueue
 from benchmarks.verify import DeliveryError, OrderVerifier
@@ -67,6 +67,31 @@ def test_quick_suite_gives_every_figure_and_prints() -> None:
     assert "mp-queue" in out.getvalue() and "latency" in out.getvalue()
     shown = f"cpu {throughput[('shmbus', 1)]['cpu_us_per_event']['median']:.3g}"
     assert shown in out.getvalue()
+
+
+@pytest.mark.timeout(120)
+def test_tables_fit_80_columns_with_every_workload_named_whole(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    workloads = ["small", "large", "large-slow"]
+    results = run.run_suite(systems=["shmbus-batch", "mp-queue"], workloads=workloads,
+                            subscribers=[1], runs=1, latency=False, growth=False,
+                            events={"small": 50, "large": 5, "large-slow": 5})
+    out = io.StringIO()
+    run.print_table(results, Console(file=out, width=80))
+    assert max(len(line) for line in out.getvalue().splitlines()) <= 80
+    assert "…" not in out.getvalue()  # nothing cut to fit
+    # Memory takes two columns per workload; where they do not fit, the table is split,
+    # each part as full as fits.
+    monkeypatch.setattr(report, "WIDTH", 45)
+    parts = [[c.header.split("\n")[0] for c in t.columns[1::2]]
+             for t in report._memory_tables(results)]
+    assert len(parts) > 1 and sum(parts, []) == workloads
+
+    def width(some: list[str]) -> int:
+        return report._width(report._memory_table("", results["throughput"], some))
+
+    assert all(width(part) <= 45 for part in parts if len(part) > 1)
+    assert all(width([*part, after[0]]) > 45 for part, after in zip(parts, parts[1:]))
 
 
 def test_events_fit_their_stated_sizes_and_damage_is_seen() -> None:
