@@ -225,6 +225,35 @@ def test_zenoh_delivers_every_event_even_to_a_late_subscriber_and_leaves_nothing
         assert not [n for n in set(os.listdir("/dev/shm")) - shm_before if "zenoh" in n]
 
 
+@pytest.mark.timeout(120)
+def test_buses_at_scale_times_both_calls_and_leaves_nothing() -> None:
+    import resource
+
+    from benchmarks import buses_at_scale
+
+    registry, limit = os.environ["SHMBUS_DIR"], resource.getrlimit(resource.RLIMIT_NOFILE)
+    results = buses_at_scale.measure([10, 3], tries=3)
+    assert [row["buses"] for row in results["rows"]] == [3, 10]
+    for row in results["rows"]:
+        assert row["reached"]
+        for figure in (row["create_ms"], row["subscribe_ms"]):
+            assert 0 < figure["min"] <= figure["median"] <= figure["max"]
+    assert results["leaked"] == [] and not os.path.exists(results["registry"])
+    assert results["open_files"]["per_bus"] > 0
+    assert os.environ["SHMBUS_DIR"] == registry  # its own registry was only borrowed
+    assert resource.getrlimit(resource.RLIMIT_NOFILE) == limit
+
+    # A count out of reach (open files, or time) is reported, and the rest still runs.
+    results = buses_at_scale.measure([3, 10**7, 10**8], tries=2, budget_seconds=10)
+    first, far, farther = results["rows"]
+    assert first["reached"] and results["leaked"] == []
+    assert not far["reached"] and far["why"].startswith("not tried")
+    assert not farther["reached"] and farther["why"].startswith("skipped")
+    out = io.StringIO()
+    buses_at_scale.print_results(results, Console(file=out, width=100))
+    assert "not reached" in out.getvalue() and far["why"][:40] in out.getvalue()
+
+
 def test_unknown_names_and_missing_libraries_are_reported() -> None:
     with pytest.raises(ValueError, match="unknown system"):
         run.count_measurements(systems=["no-such-queue"])
