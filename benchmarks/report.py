@@ -69,7 +69,7 @@ def _throughput_table(results: dict[str, Any], workload: str, rows: list[dict[st
     table = _table(f"Throughput, {workload} ({description}), {first['events']:,} events "
                    f"after {first.get('warmup', 0):,} unmeasured: events/s, median of "
                    f"{config['runs']} run(s) (min-max); under it, the CPU of all "
-                   "processes per event, us")
+                   "processes per event, us (median)")
     counts = sorted({r["subscribers"] for r in rows})
     for n in counts:
         table.add_column(f"{n} sub{'s' if n > 1 else ''}", justify="right")
@@ -92,11 +92,12 @@ def _throughput_table(results: dict[str, Any], workload: str, rows: list[dict[st
 
 
 def _rate_and_cpu(rate: dict[str, Any], cpu: dict[str, Any] | None) -> str:
-    """The rate, and under it (dim) the CPU per event; saved runs from before CPU was
+    """The rate, and under it (dim) the median CPU per event: its min and max, which are
+    in the JSON, would not fit beside it in 80 columns. Saved runs from before CPU was
     measured have none."""
     if cpu is None:
         return _spread(rate, _rate)
-    return f"{_spread(rate, _rate)}\n[dim]cpu {_spread(cpu, _cpu)}[/dim]"
+    return f"{_spread(rate, _rate)}\n[dim]cpu {_cpu(cpu['median'])}[/dim]"
 
 
 def _cpu(value: float) -> str:
