@@ -29,7 +29,8 @@ What does not match exactly:
 - zenoh has no receive with a timeout, only a blocking `recv()` that checks for
   signals every 100 ms and a non-blocking `try_recv()`. An idle receiver blocks in
   `recv()` with a SIGALRM timer armed for the timeout (the subscriber processes are
-  the harness's, each in its main thread), so waiting costs no polling.
+  the harness's, each in its main thread): it sleeps like the others, where polling
+  `try_recv()` would burn a core or add latency.
 - Payload bytes are copied on both sides: into zenoh's buffer on `put` (it copies a
   `bytes` object), and out of it on receipt (`ZBytes` offers no buffer to unpickle
   from in place); TCP adds its own copies.
@@ -40,9 +41,9 @@ one. So `start()` puts empty probe payloads on the data key every few millisecon
 until every subscriber has answered one on a key of its own (`<prefix>/ready/<index>`);
 receivers answer every probe and drop it. Probes and events go through the same
 publisher, in order, so all probes arrive before the first event. `close()` returns
-once no subscriber is left on the data key (each leaves after taking all it wants), so
-nothing in flight is cut off, then closes the session; zenoh starts no process and,
-with shared memory off, writes no file.
+once no subscriber is left on the data key (each leaves after taking all it wants; at
+most the stall timeout), so nothing in flight is cut off, then closes the session;
+zenoh starts no process and, with shared memory off, writes no file.
 """
 
 from __future__ import annotations
