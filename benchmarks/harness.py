@@ -21,6 +21,14 @@ the others are in; every child is killed and reaped in a `finally`, then the sys
 `cleanup` runs, whatever happened. A measurement whose children reported an error, lost
 an event, stalled or died raises `MeasurementFailed`: there is no figure for it.
 
+CPU, per process: `time.process_time()` (user + system, every thread of the process,
+so a library's own I/O threads count) read where the measured part starts and ends:
+the emitter from the end of the warm-up until every subscriber is done (its queues and
+threads may still be sending after its last emit returns), each subscriber from the
+end of its warm-up to its last receipt. Their sum over the measured events is the CPU
+an event costs the whole job, whichever process pays it: a system that is fast on
+spare cores but burns them shows here.
+
 Memory, per process: RSS (psutil) right after the fork, after the warm-up and at the
 end (their difference is the growth over the measured events), and the kernel's
 high-water mark (`ru_maxrss`; psutil has no peak, and sampling would miss short spikes). Forked children start with the harness's
@@ -107,9 +115,13 @@ def measure(system_class: type[System], workload: Workload, subscribers: int, jo
         system.cleanup(failed)
     emitter, *receivers = children
     seconds = max(reports[r]["end"] for r in receivers) - reports[emitter]["start"]
+    cpu = {"emitter": reports[emitter]["cpu_seconds"],
+           "subscribers": [reports[r]["cpu_seconds"] for r in receivers]}
     return {
         "seconds": seconds,
         "events_per_s": job.events / seconds,
+        "cpu_seconds": cpu,
+        "cpu_us_per_event": (cpu["emitter"] + sum(cpu["subscribers"])) / job.events * 1e6,
         "latencies_ns": reports[receivers[0]]["latencies_ns"],
         "rss": {
             "harness": _rss(),
@@ -137,7 +149,8 @@ def _start(context: Any, system: System, job: Job, phases: "_Phases",
 
 def _drive(phases: "_Phases", job: Job, children: list["_Child"]) -> dict["_Child", Any]:
     """Take the children through warm-up, measured events and close; every child's
-    figures: the emitter's start and RSS, each subscriber's end, latencies and RSS."""
+    figures: the emitter's start, RSS and CPU, each subscriber's end, latencies, RSS and
+    CPU."""
     emitter, *receivers = children
     phases.go.set()
     if job.warmup:
@@ -250,13 +263,15 @@ def _emitter_main(send: Callable[[Any], None], system: System, job: Job,
     _emit(port, system, job, body, range(job.warmup))
     phases.wait(phases.timed, "the warm-up is over")
     warm = _rss()
+    cpu = time.process_time()
     start = time.perf_counter()
     _emit(port, system, job, body, range(job.warmup, job.warmup + job.events))
     end = _rss()
     send(("emitted", {"start": start}))
     phases.wait(phases.finish, "finish")
+    cpu = time.process_time() - cpu
     port.close()
-    send(("done", {"rss": _rss_figures(after_fork, warm, end)}))
+    send(("done", {"rss": _rss_figures(after_fork, warm, end), "cpu_seconds": cpu}))
 
 
 def _emit(port: EmitterPort, system: System, job: Job, body: Any, seqs: range) -> None:
@@ -291,12 +306,14 @@ def _subscriber_main(send: Callable[[Any], None], system: System, index: int, ad
     if job.warmup:
         send(("warm", None))
     latencies: list[int] | None = [] if job.interval is not None else None
+    cpu = time.process_time()
     _receive(port, verifier, job.warmup + job.events, latencies)
     end = time.perf_counter()
+    cpu = time.process_time() - cpu
     verifier.finish()
     rss = _rss_figures(after_fork, warm, _rss())
     port.close()
-    send(("done", {"end": end, "latencies_ns": latencies, "rss": rss}))
+    send(("done", {"end": end, "latencies_ns": latencies, "rss": rss, "cpu_seconds": cpu}))
 
 
 def _receive(port: ReceiverPort, verifier: OrderVerifier, until: int,

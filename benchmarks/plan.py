@@ -19,9 +19,10 @@ REFERENCE = "shmbus"
 BOUND = 256
 DEFAULT_RUNS = 3
 QUICK_RUNS = 1
-DEFAULT_EVENTS = {"small": 50_000, "large": 300, "numpy": 50, "latency": 2_000,
-                  "growth": 200_000}
-QUICK_EVENTS = {"small": 2_000, "large": 30, "numpy": 6, "latency": 300, "growth": 20_000}
+DEFAULT_EVENTS = {"small": 50_000, "large": 300, "numpy": 50, "large-slow": 300,
+                  "numpy-slow": 30, "latency": 2_000, "growth": 200_000}
+QUICK_EVENTS = {"small": 2_000, "large": 30, "numpy": 6, "large-slow": 30, "numpy-slow": 6,
+                "latency": 300, "growth": 20_000}
 LATENCY_INTERVAL = 500e-6
 LATENCY_WORKLOAD = "small"
 GROWTH_WORKLOAD = "small"

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from rich.console import Console
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.table import Table
 
 MiB = 1 << 20
+WIDTH = 80
 FAILED = "[bold red]FAILED[/bold red]"
 
 
@@ -25,7 +28,8 @@ def print_report(results: dict[str, Any], console: Any) -> None:
     if results["latency"]:
         console.print(_latency_table(results, reference))
     if results["throughput"]:
-        console.print(_memory_table(results))
+        for table in _memory_tables(results):
+            console.print(table)
     if results["growth"]:
         console.print(_growth_table(results))
     for line in _notes(results, reference):
@@ -64,7 +68,8 @@ def _throughput_table(results: dict[str, Any], workload: str, rows: list[dict[st
     first = rows[0]
     table = _table(f"Throughput, {workload} ({description}), {first['events']:,} events "
                    f"after {first.get('warmup', 0):,} unmeasured: events/s, median of "
-                   f"{config['runs']} run(s) (min-max)")
+                   f"{config['runs']} run(s) (min-max); under it, the CPU of all "
+                   "processes per event, us (median)")
     counts = sorted({r["subscribers"] for r in rows})
     for n in counts:
         table.add_column(f"{n} sub{'s' if n > 1 else ''}", justify="right")
@@ -80,9 +85,24 @@ def _throughput_table(results: dict[str, Any], workload: str, rows: list[dict[st
             if cell is None or rate is None:
                 line += [FAILED if cell and cell["failed"] else "-", "-"]
             else:
-                line += [_spread(rate, _rate), _ratio(cell["vs_reference"])]
+                line += [_rate_and_cpu(rate, cell.get("cpu_us_per_event")),
+                         _ratio(cell["vs_reference"])]
         table.add_row(*line)
     return table
+
+
+def _rate_and_cpu(rate: dict[str, Any], cpu: dict[str, Any] | None) -> str:
+    """The rate, and under it (dim) the median CPU per event: its min and max, which are
+    in the JSON, would not fit beside it in 80 columns. Saved runs from before CPU was
+    measured have none."""
+    if cpu is None:
+        return _spread(rate, _rate)
+    return f"{_spread(rate, _rate)}\n[dim]cpu {_cpu(cpu['median'])}[/dim]"
+
+
+def _cpu(value: float) -> str:
+    """Microseconds, three significant digits below 1,000: 8.12, 81.2, 812, 8,120."""
+    return f"{value:.3g}" if value < 1000 else f"{value:,.0f}"
 
 
 def _latency_table(results: dict[str, Any], reference: str) -> Table:
@@ -117,12 +137,30 @@ def _spread(summary: dict[str, Any], show: Callable[[float], str]) -> str:
     return f"{show(summary['median'])} ({show(summary['min'])}-{show(summary['max'])})"
 
 
-def _memory_table(results: dict[str, Any]) -> Table:
+def _memory_tables(results: dict[str, Any]) -> list[Table]:
+    """Two columns per workload, as many workloads to a table as fit 80 columns."""
     most = max(r["subscribers"] for r in results["throughput"])
     rows = [r for r in results["throughput"] if r["subscribers"] == most]
-    workloads = list(dict.fromkeys(r["workload"] for r in rows))
-    table = _table(f"Memory with {most} subscriber(s), MiB (median of runs). RSS: peak of the "
-                   "emitter/of the largest subscriber; shm: the most this run held in /dev/shm")
+    title = (f"Memory with {most} subscriber(s), MiB (median of runs). RSS: peak of the "
+             "emitter/of the largest subscriber; shm: the most this run held in /dev/shm")
+    groups: list[list[str]] = []
+    for workload in dict.fromkeys(r["workload"] for r in rows):
+        if groups and _width(_memory_table("", rows, [*groups[-1], workload])) <= WIDTH:
+            groups[-1].append(workload)
+        else:
+            groups.append([workload])
+    return [_memory_table(title if i == 0 else "Memory, continued", rows, group)
+            for i, group in enumerate(groups)]
+
+
+def _width(table: Table) -> int:
+    """The columns `table` takes when nothing is cut or wrapped."""
+    console = Console(width=10_000)
+    return Measurement.get(console, console.options, table).maximum
+
+
+def _memory_table(title: str, rows: list[dict[str, Any]], workloads: list[str]) -> Table:
+    table = _table(title)
     for workload in workloads:
         table.add_column(f"{workload}\nRSS", justify="right")
         table.add_column(f"{workload}\nshm", justify="right")
@@ -144,13 +182,14 @@ def _growth_table(results: dict[str, Any]) -> Table:
     table = _table(f"RSS over one long run: 1 subscriber, {first['events']:,} small events "
                    f"after {first.get('warmup', 0):,} unmeasured; MiB after those -> at the "
                    "end, and the growth in KiB")
-    for name in ("events/s", "emitter", "growth", "subscriber", "growth"):
+    for name in ("events/s", "cpu\nus/ev", "emitter", "growth", "subscriber", "growth"):
         table.add_column(name, justify="right")
     for row in results["growth"]:
         if row["failed"] or row["emitter"] is None:
-            table.add_row(row["system"], FAILED if row["failed"] else "-", "-", "-", "-", "-")
+            table.add_row(row["system"], FAILED if row["failed"] else "-", *["-"] * 5)
             continue
-        line = [row["system"], _rate(row["events_per_s"])]
+        cpu = row.get("cpu_us_per_event")
+        line = [row["system"], _rate(row["events_per_s"]), _cpu(cpu) if cpu else "-"]
         for side in (row["emitter"], row["subscriber"]):
             line.append(f"{_mib(side['warm'])} -> {_mib(side['end'])}")
             line.append(f"{side['delta'] / 1024:+,.0f}" if side["delta"] is not None else "-")

@@ -4,6 +4,10 @@ Every figure is the median of its runs with min and max beside it (`summary`); a
 any of whose runs failed has none, only its errors: a median over the runs that happened
 to survive would flatter the system that lost events. Ratios are against the reference
 system (shmbus one event per call), median to median.
+
+Beside every throughput figure is the CPU it cost: microseconds of CPU (user + system)
+of every process of the run together, per measured event (`cpu_us_per_event`), and
+that CPU split between the emitter and all subscribers together.
 """
 
 from __future__ import annotations
@@ -24,8 +28,8 @@ from benchmarks.plan import (
 )
 from benchmarks.systems import BATCH
 
-LIBRARIES = ("shmbus", "multiprocess", "faster-fifo", "pyzmq", "iceoryx2", "numpy",
-             "psutil", "rich", "matplotlib")
+LIBRARIES = ("shmbus", "multiprocess", "faster-fifo", "pyzmq", "iceoryx2", "eclipse-zenoh",
+             "numpy", "psutil", "rich", "matplotlib")
 
 Raw = dict[Key, list[dict[str, Any]]]
 Errors = dict[Key, list[str]]
@@ -83,11 +87,12 @@ def _throughput(plan: Plan, raw: Raw, errors: Errors) -> list[dict[str, Any]]:
                     "events": plan.events[workload.name],
                     "warmup": plan.throughput_job(workload).warmup,
                     "failed": errors.get(key, []),
-                    "events_per_s": None, "vs_reference": None, "rss_peak_bytes": None,
+                    "events_per_s": None, "vs_reference": None, "cpu_us_per_event": None,
+                    "cpu_us_per_event_by_role": None, "rss_peak_bytes": None,
                     "rss_after_fork_bytes": None, "shm_peak_bytes": None, "bound": None,
                 }
                 if runs and not row["failed"]:
-                    row.update(_throughput_figures(runs))
+                    row.update(_throughput_figures(runs, row["events"]))
                     if system.name == REFERENCE:
                         reference = row["events_per_s"]["median"]
                 rows.append(row)
@@ -97,18 +102,31 @@ def _throughput(plan: Plan, raw: Raw, errors: Errors) -> list[dict[str, Any]]:
     return rows
 
 
-def _throughput_figures(runs: list[dict[str, Any]]) -> dict[str, Any]:
+def _throughput_figures(runs: list[dict[str, Any]], events: int) -> dict[str, Any]:
     emitter_peaks = [r["rss"]["emitter"]["peak"] for r in runs]
     subscriber_peaks = [max(s["peak"] for s in r["rss"]["subscribers"]) for r in runs]
     shm = [r["shm_peak_bytes"] for r in runs if r["shm_peak_bytes"] is not None]
     return {
         "events_per_s": summary([r["events_per_s"] for r in runs]),
+        **_cpu_figures(runs, events),
         "rss_peak_bytes": {"emitter": statistics.median(emitter_peaks),
                            "subscriber": statistics.median(subscriber_peaks)},
         "rss_after_fork_bytes": _median_or_none(
             [r["rss"]["emitter"]["after_fork"] for r in runs]),
         "shm_peak_bytes": max(shm) if shm else None,
         "bound": runs[0]["bound"],
+    }
+
+
+def _cpu_figures(runs: list[dict[str, Any]], events: int) -> dict[str, Any]:
+    """CPU microseconds per event: all processes (median, min, max), and the medians of
+    the emitter's share and of all subscribers' together."""
+    emitter = [r["cpu_seconds"]["emitter"] / events * 1e6 for r in runs]
+    subscribers = [sum(r["cpu_seconds"]["subscribers"]) / events * 1e6 for r in runs]
+    return {
+        "cpu_us_per_event": summary([r["cpu_us_per_event"] for r in runs]),
+        "cpu_us_per_event_by_role": {"emitter": statistics.median(emitter),
+                                     "subscribers": statistics.median(subscribers)},
     }
 
 
@@ -156,12 +174,14 @@ def _growth(plan: Plan, raw: Raw, errors: Errors) -> list[dict[str, Any]]:
                                "subscribers": 1, "events": plan.events["growth"],
                                "warmup": plan.growth_job().warmup,
                                "failed": errors.get(key, []), "emitter": None,
-                               "subscriber": None, "events_per_s": None}
+                               "subscriber": None, "events_per_s": None,
+                               "cpu_us_per_event": None}
         if key in raw and not row["failed"]:
             run = raw[key][0]
             row["emitter"] = _rss_growth(run["rss"]["emitter"])
             row["subscriber"] = _rss_growth(run["rss"]["subscribers"][0])
             row["events_per_s"] = run["events_per_s"]
+            row["cpu_us_per_event"] = run["cpu_us_per_event"]
         rows.append(row)
     return rows
 

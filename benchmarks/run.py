@@ -12,7 +12,9 @@ events with the emitter blocking, never dropping; every receiver checks every ev
 and any loss or reordering fails the run. Measured:
 
 - throughput: events/s from the first emit to the last receipt by the slowest
-  subscriber, per workload (`small`, `large`, `numpy`) and subscriber count;
+  subscriber, per workload (`small`, `large`, `numpy`, and `large-slow`, `numpy-slow`
+  whose subscribers compare every byte of every event, so their bounds stay full) and
+  subscriber count, each with the CPU per event of all processes together;
 - one-way latency, p50/p99/max: one subscriber, small events at least 500 us apart,
   stamped with `perf_counter_ns()` just before the emit;
 - memory: each process's peak RSS in every run, the bytes in /dev/shm, and RSS growth
@@ -92,8 +94,8 @@ def run_suite(*, systems: Sequence[str] | None = None, workloads: Sequence[str] 
 
     `systems` and `workloads` default to all (those not installed are skipped, with
     the reason, in `results["skipped"]`); `runs` to 3 (1 with `quick`); `events` maps
-    "small", "large", "numpy", "latency" and "growth" to event counts and overrides the
-    defaults (`DEFAULT_EVENTS`, or `QUICK_EVENTS` with `quick`). `progress` is called
+    a workload's name, "latency" or "growth" to event counts and overrides the defaults
+    (`DEFAULT_EVENTS`, or `QUICK_EVENTS` with `quick`). `progress` is called
     with a short label before each measurement. Raises `BenchmarkFailed` (carrying the
     results) after the last measurement if any failed; ValueError for bad arguments.
     """
@@ -160,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_table(json.loads(Path(args.show).read_text()), console)
         return 0
     events = {name: value for name in DEFAULT_EVENTS
-              if (value := getattr(args, f"events_{name}")) is not None}
+              if (value := getattr(args, f"events_{name.replace('-', '_')}")) is not None}
     options: dict[str, Any] = dict(
         systems=args.systems, workloads=args.workloads, subscribers=args.subscribers,
         runs=args.runs, events=events, quick=args.quick, latency=not args.no_latency,

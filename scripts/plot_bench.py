@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,8 @@ from matplotlib.patches import Rectangle  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator  # noqa: E402
 
 GROUP_WIDTH = 0.8
+TITLE_WIDTH = 60
+"""Characters per line of a panel's title, wrapped so that it stays over its panel."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,7 +139,7 @@ def _throughput_panel(ax: Axes, results: dict[str, Any], workload: str, systems:
 
     _bars(ax, groups, systems, colors, value, log=False)
     description = results["config"].get("workload_descriptions", {}).get(workload, "")
-    ax.set_title(f"{workload}: {description}", fontsize=10)
+    ax.set_title(textwrap.fill(f"{workload}: {description}", TITLE_WIDTH), fontsize=10)
     ax.set_ylabel("events/s (higher is better)")
 
 

@@ -113,9 +113,9 @@ class System:
 def all_systems() -> dict[str, type[System]]:
     """Every system, in the order tables show them (the reference first)."""
     from benchmarks.systems import faster_fifo_queue, iceoryx2_pubsub, mp_queue
-    from benchmarks.systems import shmbus_bus, zmq_pushpull
+    from benchmarks.systems import shmbus_bus, zenoh_pubsub, zmq_pushpull
 
     order = (shmbus_bus.Shmbus, shmbus_bus.ShmbusBatch, mp_queue.MultiprocessingQueue,
              faster_fifo_queue.FasterFifo, zmq_pushpull.ZmqPushPull,
-             iceoryx2_pubsub.Iceoryx2PubSub)
+             iceoryx2_pubsub.Iceoryx2PubSub, zenoh_pubsub.ZenohPubSub)
     return {cls.name: cls for cls in order}
