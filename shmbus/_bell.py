@@ -40,6 +40,7 @@ import stat
 import threading
 
 from ._errors import ShmBusError
+from ._platform import files_checked
 
 
 class Bell:
@@ -59,8 +60,9 @@ class Bell:
         self._keep_open_fd: int | None = None
         _make_fifo(path)
         try:
-            self._read_fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-            self._keep_open_fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+            with files_checked():
+                self._read_fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+                self._keep_open_fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
         except BaseException:
             self.close()
             raise

@@ -41,6 +41,8 @@ import os
 import threading
 import weakref
 
+from ._platform import files_checked
+
 _guard = threading.RLock()
 _open: "weakref.WeakValueDictionary[int, LifeLock]" = weakref.WeakValueDictionary()
 """Every descriptor this module has open, for a fork child to close. Weak, so that a
@@ -56,7 +58,7 @@ class LifeLock:
     """A descriptor of a lock file, with whatever flock this process took on it."""
 
     def __init__(self, path: str, flags: int) -> None:
-        with _guard:
+        with _guard, files_checked():
             self.fd = os.open(path, flags | os.O_CLOEXEC, 0o600)
             _open[self.fd] = self
 

@@ -67,7 +67,7 @@ import resource
 import stat
 import sys
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import posix_ipc
 
@@ -189,6 +189,18 @@ def too_many_files() -> ShmBusError:
     )
 
 
+@contextlib.contextmanager
+def files_checked() -> Iterator[None]:
+    """Turn running out of file descriptors into `too_many_files()`."""
+    try:
+        yield
+    except OSError as exc:
+        # posix_ipc says EMFILE in words only, with no errno.
+        if exc.errno == errno.EMFILE or "maximum number of files" in str(exc):
+            raise too_many_files() from exc
+        raise
+
+
 def create_segment(name: str, size: int) -> Mapping:
     """Create a new segment of `size` bytes (fails if `name` exists) and map it."""
     shm = _shared_memory(name, posix_ipc.O_CREX, size)
@@ -223,12 +235,8 @@ def open_segment(name: str) -> Mapping:
 
 
 def _shared_memory(name: str, flags: int, size: int) -> posix_ipc.SharedMemory:
-    try:
+    with files_checked():
         return posix_ipc.SharedMemory(name, flags, mode=MODE, size=size)
-    except OSError as exc:
-        if exc.errno == errno.EMFILE:
-            raise too_many_files() from None
-        raise
 
 
 def unlink_segment(name: str) -> bool:
@@ -291,7 +299,8 @@ def page_size() -> int:
 
 def create_semaphore(name: str, initial: int) -> posix_ipc.Semaphore:
     try:
-        sem = posix_ipc.Semaphore(name, posix_ipc.O_CREX, mode=MODE, initial_value=initial)
+        with files_checked():
+            sem = posix_ipc.Semaphore(name, posix_ipc.O_CREX, mode=MODE, initial_value=initial)
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.ENOMEM):
             raise
@@ -304,7 +313,8 @@ def open_semaphore(name: str) -> posix_ipc.Semaphore:
     """Open an existing semaphore of ours (checked where the platform shows its owner)."""
     before = _semaphore_file(name)
     try:
-        sem = posix_ipc.Semaphore(name)
+        with files_checked():
+            sem = posix_ipc.Semaphore(name)
     except posix_ipc.PermissionsError:
         raise _foreign(name, "semaphore") from None
     if before is not None and _semaphore_file(name) != before:

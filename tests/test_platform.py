@@ -284,3 +284,102 @@ def test_the_ledger_finds_what_was_left_behind() -> None:
     sub.close()
     em.close()
     assert _platform.ledger_leftovers(ledger) == []
+
+
+# -- file descriptors -----------------------------------------------------------------
+
+LOW_LIMIT = 64
+
+
+def _emit_under_a_low_file_limit(subscribers: int, count: int, out) -> None:
+    import resource
+
+    open_now = len(os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE,
+                       (LOW_LIMIT, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+    with shmbus.EventEmitter("lowlimit") as em:
+        out.put(("ready", open_now))
+        helpers.wait_until(lambda: em.subscriber_count == subscribers, timeout=30)
+        for i in range(count):
+            em.emit({"i": i, "pad": b"x" * (i % 3) * 1000}, timeout=30)  # some large
+        out.put(("sent", len(os.listdir("/proc/self/fd"))))
+
+
+def _many_subscriptions(name: str, how_many: int, count: int, out) -> None:
+    helpers.wait_until(lambda: _registry.Registry().resolve(name), timeout=10)
+    subs = [shmbus.subscribe(name) for _ in range(how_many)]
+    got = [[sub.recv(timeout=30) for _ in range(count)] for sub in subs]
+    for sub in subs:
+        sub.close()
+    out.put(("received", got))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts /proc/self/fd")
+@pytest.mark.timeout(120)
+def test_an_emitter_at_a_low_file_limit_serves_more_subscribers_than_the_limit(procs):
+    out = helpers.context().Queue()
+    count, groups, per_group = 50, 4, 20
+    procs(_emit_under_a_low_file_limit, groups * per_group, count, out)
+    kind, open_at_start = out.get(timeout=30)
+    assert kind == "ready" and open_at_start < LOW_LIMIT - 16, open_at_start
+    for _ in range(groups):
+        procs(_many_subscriptions, "lowlimit", per_group, count, out)
+    messages = [out.get(timeout=90) for _ in range(groups + 1)]
+    sent = [m for m in messages if m[0] == "sent"]
+    received = [m[1] for m in messages if m[0] == "received"]
+    assert sent, f"the emitter did not get through: {messages}"
+    assert sent[0][1] <= open_at_start + 4  # a descriptor per subscriber: none
+    want = [{"i": i, "pad": b"x" * (i % 3) * 1000} for i in range(count)]
+    assert len(received) == groups
+    assert all(events == want for got in received for events in got)
+
+
+_AT_THE_LIMIT = r'''
+import json, os, resource, sys
+import shmbus
+
+seen = {}
+with shmbus.EventEmitter("full", large_bytes=1 << 20) as em:
+    sub = em.subscribe()
+    big = os.urandom(600_000)  # more than half the arena: a segment per event
+    em.emit(big)
+    em.emit(big[::-1])
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 8, limit[1]))
+    hogs = []
+    try:
+        while True:
+            hogs.append(os.open(os.devnull, os.O_RDONLY))
+    except OSError:
+        pass
+    def attempt(fn):
+        try:
+            return {"ok": repr(fn())[:60]}
+        except Exception as exc:
+            return {"type": type(exc).__name__, "shmbus": isinstance(exc, shmbus.ShmBusError),
+                    "msg": str(exc)}
+    seen["recv"] = attempt(sub.recv)
+    seen["subscribe"] = attempt(lambda: shmbus.subscribe("full"))
+    seen["emitter"] = attempt(lambda: shmbus.EventEmitter("another"))
+    for fd in hogs[:4]:
+        os.close(fd)
+    seen["then"] = [sub.recv(timeout=5) == big, sub.recv(timeout=5) == big[::-1]]
+    for fd in hogs[4:]:
+        os.close(fd)
+    sub.close()
+print(json.dumps(seen))
+'''
+
+
+def test_running_out_of_descriptors_is_a_clear_error_and_loses_nothing():
+    import json
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", _AT_THE_LIMIT], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    for call in ("recv", "subscribe", "emitter"):
+        assert seen[call]["shmbus"], (call, seen[call])
+        assert "limit of" in seen[call]["msg"] and "open files" in seen[call]["msg"], seen
+    assert seen["then"] == [True, True]  # the event that could not be read was not lost
