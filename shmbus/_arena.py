@@ -64,7 +64,7 @@ import posix_ipc
 
 from . import _codec, _names, _platform
 from ._control import ARENA_ENTRIES, SEGMENT_ENTRIES, ControlBlock
-from ._errors import IncompatibleBus, OutOfSharedMemory, ShmBusError
+from ._errors import IncompatibleBus, InvalidArgument, OutOfSharedMemory, ShmBusError, shown
 
 DEFAULT_LARGE_BYTES = 64 << 20
 """The arena's bound: large events take at most this much shared memory (plus events
@@ -440,10 +440,10 @@ def remove_all(token: str, control: ControlBlock) -> None:
 
 def validate_large_bytes(large_bytes: object) -> int:
     if isinstance(large_bytes, bool) or not isinstance(large_bytes, int):
-        raise TypeError(f"large_bytes must be an int, got {type(large_bytes).__name__}")
+        raise InvalidArgument(f"large_bytes must be an int, got {type(large_bytes).__name__}")
     if large_bytes < MIN_LARGE_BYTES:
-        raise ValueError(
+        raise InvalidArgument(
             f"large_bytes must be at least {MIN_LARGE_BYTES} ({MIN_LARGE_BYTES >> 20} MiB), "
-            f"got {large_bytes}"
+            f"got {shown(large_bytes)}"
         )
     return large_bytes

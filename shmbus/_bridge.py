@@ -85,7 +85,15 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from . import _codec, _remote
-from ._errors import Closed, DeserializationError, NatsError, SerializationError, Timeout
+from ._errors import (
+    Closed,
+    DeserializationError,
+    InvalidArgument,
+    NatsError,
+    SerializationError,
+    Timeout,
+    shown,
+)
 from ._liveness import LifeLock
 from ._registry import Registry, validate_name
 from ._subscription import EndReason, Subscription, subscribe
@@ -134,7 +142,7 @@ class Bridge:
         self._servers = _remote.parse_servers(nats_url)
         for label, value in (("max_msgs", max_msgs), ("max_bytes", max_bytes)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{label} must be an int >= 1, got {value!r}")
+                raise InvalidArgument(f"{label} must be an int >= 1, got {shown(value)}")
         self.max_msgs = max_msgs
         self.max_bytes = max_bytes
         self.capacity = capacity

@@ -17,6 +17,14 @@ class ShmBusError(Exception):
     """Base class of every error shmbus raises on purpose."""
 
 
+class InvalidArgument(ShmBusError, ValueError, TypeError):
+    """An argument is of the wrong type or out of range; nothing was done.
+
+    Also a `ValueError` and a `TypeError`, so code that catches either still does. The
+    message says what is allowed, and quotes the bad value only in part (`shown`).
+    """
+
+
 class Timeout(ShmBusError, TimeoutError):
     """A call did not complete within its `timeout`. Nothing was delivered or consumed.
 
@@ -44,7 +52,10 @@ class BusExists(ShmBusError, FileExistsError):
 
 
 class SerializationError(ShmBusError):
-    """An event could not be pickled, even by cloudpickle. Nothing was sent."""
+    """An event could not be pickled, even by cloudpickle. Nothing was sent, except by
+    `emit_many`: `emitted` says how many of its events went out before this one."""
+
+    emitted: int | None = None
 
 
 class DeserializationError(ShmBusError):
@@ -105,3 +116,10 @@ class EventsLost(ShmBusError):
     @property
     def count(self) -> int:
         return self.last - self.first + 1
+
+
+def shown(value: object, limit: int = 40) -> str:
+    """`repr(value)`, cut to about `limit` characters: an error quotes bad input, never a
+    page of it."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 5]}...{text[-2:]}"

@@ -90,10 +90,12 @@ from . import _codec, _ring
 from ._errors import (
     Closed,
     DeserializationError,
+    InvalidArgument,
     SerializationError,
     ShmBusError,
     Timeout,
     WorkerError,
+    shown,
 )
 from ._registry import cleanup
 from ._subscription import EndReason, subscribe
@@ -170,15 +172,15 @@ class WorkerPool:
                  capacity: int | None = None, start_method: str | None = None,
                  start_timeout: float = START_TIMEOUT) -> None:
         if not callable(handler):
-            raise TypeError(f"handler must be callable, got {handler!r}")
+            raise InvalidArgument(f"handler must be callable, got {shown(handler)}")
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise ValueError(f"workers must be an int >= 1, got {workers!r}")
+            raise InvalidArgument(f"workers must be an int >= 1, got {shown(workers)}")
         if capacity is not None:
             _ring.validate_capacity(capacity)
         method = start_method if start_method is not None else _default_start_method()
         if method not in START_METHODS:
-            raise ValueError(
-                f"start_method must be one of {START_METHODS}, got {method!r}: a "
+            raise InvalidArgument(
+                f"start_method must be one of {START_METHODS}, got {shown(method)}: a "
                 "forkserver worker's parent is the fork server, so it could not notice "
                 "this process dying"
             )
@@ -481,7 +483,8 @@ class _WorkerHandle:
         if self._report is not None and self._report.error is not None:
             return self._report.error.recreate(self._who())
         return WorkerError(
-            f"{self._who()} {exit_phrase(self.process.exitcode)} before it subscribed "
+            f"{self._who()} {exit_phrase(self.result.exitcode if self.result else None)} "
+            "before it subscribed "
             f"to bus {self._bus_name!r}"
         )
 
@@ -496,6 +499,7 @@ class _WorkerHandle:
         self.result = self._conclude(self.process.exitcode)
         self._conn.close()
         self._eof = True
+        self.process.close()  # its sentinel too: a finished pool holds no descriptor
         return True
 
     def waitables(self) -> list[Any]:

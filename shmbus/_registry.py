@@ -37,6 +37,7 @@ stopped inside a critical section cannot stall `emit`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -54,7 +55,15 @@ import posix_ipc
 from . import _arena, _names, _platform, _ring
 from ._control import SIZE as CONTROL_SIZE
 from ._control import ControlBlock
-from ._errors import BusExists, BusNotFound, ForeignObject, IncompatibleBus, ShmBusError
+from ._errors import (
+    BusExists,
+    BusNotFound,
+    ForeignObject,
+    IncompatibleBus,
+    InvalidArgument,
+    ShmBusError,
+    shown,
+)
 from ._liveness import FileMutex, LifeLock, is_alive, try_lock
 
 REGISTRY_VERSION = 1
@@ -74,18 +83,26 @@ _SUB_FILE = re.compile(r"sub\.([0-9]{1,19})")
 
 def validate_name(name: object) -> str:
     if not isinstance(name, str):
-        raise TypeError(f"bus name must be a str, got {type(name).__name__}")
+        raise InvalidArgument(f"a bus name must be a str, got {type(name).__name__}")
     if not _NAME.fullmatch(name):
-        raise ValueError(
-            f"invalid bus name {name!r}: use 1 to 128 characters from A-Z a-z 0-9 _ . -, "
-            "not starting with '.' or '-'"
+        raise InvalidArgument(
+            f"invalid bus name {shown(name)}: use 1 to 128 characters from A-Z a-z 0-9 "
+            "_ . -, not starting with '.' or '-'"
         )
     return name
 
 
 def default_root() -> str:
+    """`$SHMBUS_DIR`, else `$XDG_RUNTIME_DIR/shmbus`, else `/tmp/shmbus-<uid>`.
+
+    A relative `SHMBUS_DIR` is made absolute against the working directory of the first
+    process that reads it, and written back to the environment: every process that one
+    starts then finds the same registry, wherever it runs.
+    """
     configured = os.environ.get(DIR_ENV)
     if configured:
+        if not os.path.isabs(configured):
+            configured = os.environ[DIR_ENV] = os.path.abspath(configured)
         return configured
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime and os.path.isdir(runtime):
@@ -109,10 +126,9 @@ class Registry:
     """One registry directory and the operations on it."""
 
     def __init__(self, root: str | None = None) -> None:
-        self.root = os.path.abspath(root or default_root())
+        self.root = _private_root(os.path.abspath(root or default_root()))
         self.names_dir = os.path.join(self.root, "names")
         self.buses_dir = os.path.join(self.root, "buses")
-        _ensure_private_dir(self.root)
         _ensure_private_dir(self.names_dir)
         _ensure_private_dir(self.buses_dir)
 
@@ -465,11 +481,29 @@ def _attach_control_quietly(token: str) -> ControlBlock | None:
         return None
 
 
-def _ensure_private_dir(path: str) -> None:
-    try:
+def _private_root(path: str) -> str:
+    """The registry's directory, made if need be (with its parents), checked, and with
+    a symlink to it resolved: a link is followed only if it is ours, to a directory that
+    is ours and private."""
+    with contextlib.suppress(FileExistsError):
+        os.makedirs(os.path.dirname(path), 0o700, exist_ok=True)
         os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        if st.st_uid != os.getuid():
+            raise ShmBusError(
+                f"registry path {path} is a symlink that belongs to uid {st.st_uid}, not to "
+                f"you (uid {os.getuid()}): whoever owns it can point it anywhere. Set "
+                f"{DIR_ENV} to a directory of your own."
+            )
+        path = os.path.realpath(path)
+    _ensure_private_dir(path)
+    return path
+
+
+def _ensure_private_dir(path: str) -> None:
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
     st = os.lstat(path)
     if not stat.S_ISDIR(st.st_mode):
         raise ShmBusError(f"registry path {path} exists and is not a directory; remove it")

@@ -96,10 +96,12 @@ from ._errors import (
     DeserializationError,
     EmitterDied,
     EventsLost,
+    InvalidArgument,
     NatsError,
     NatsUnavailable,
     ShmBusError,
     Timeout,
+    shown,
 )
 from ._registry import validate_name
 from ._subscription import REMOTE_SCHEME, EndReason
@@ -191,7 +193,7 @@ def parse_servers(url: str) -> list[str]:
     scheme, _, rest = url.partition("://")
     netloc = rest.split("/", 1)[0].split("?", 1)[0]
     if not netloc:
-        raise ValueError(f"no NATS server in {url!r}: use nats://HOST:PORT")
+        raise InvalidArgument(f"no NATS server in {url!r}: use nats://HOST:PORT")
     credentials, at, hosts = netloc.rpartition("@")
     prefix = f"{scheme}://{credentials}{at}"
     return [prefix + host for host in hosts.split(",")]
@@ -218,17 +220,17 @@ class RemoteAddress:
     @classmethod
     def parse(cls, url: str, durable: str | None = None) -> "RemoteAddress":
         if not url.startswith(REMOTE_SCHEME):
-            raise ValueError(f"a remote bus is named nats://HOST:PORT/NAME, not {url!r}")
+            raise InvalidArgument(f"a remote bus is named nats://HOST:PORT/NAME, not {url!r}")
         parts = urlsplit(url)
         bus = validate_name(parts.path.lstrip("/"))
         query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
         unknown = set(query) - {"durable", "stream"}
         if unknown:
-            raise ValueError(f"unknown option(s) {sorted(unknown)} in {url!r}; "
+            raise InvalidArgument(f"unknown option(s) {sorted(unknown)} in {url!r}; "
                              "use durable=NAME and/or stream=NAME")
         durable = durable or query.get("durable")
         if durable is not None and not _DURABLE.fullmatch(durable):
-            raise ValueError(f"invalid durable name {durable!r}: use 1 to 64 of A-Z a-z 0-9 _ -")
+            raise InvalidArgument(f"invalid durable name {shown(durable)}: use 1 to 64 of A-Z a-z 0-9 _ -")
         stream = validate_stream(query.get("stream") or stream_for(bus))
         servers = parse_servers(f"{parts.scheme}://{parts.netloc}")
         return cls(url, servers, bus, stream, durable)
@@ -236,7 +238,7 @@ class RemoteAddress:
 
 def validate_stream(stream: str) -> str:
     if not _STREAM.fullmatch(stream):
-        raise ValueError(f"invalid stream name {stream!r}: use A-Z a-z 0-9 _ -")
+        raise InvalidArgument(f"invalid stream name {shown(stream)}: use A-Z a-z 0-9 _ -")
     return stream
 
 
@@ -437,7 +439,7 @@ def subscribe_remote(name: str, *, capacity: int | None = None,
     if capacity is None:
         capacity = DEFAULT_CAPACITY
     if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
-        raise ValueError(f"capacity must be an int >= 1, got {capacity!r}")
+        raise InvalidArgument(f"capacity must be an int >= 1, got {shown(capacity)}")
     return RemoteSubscription._open(address, capacity)
 
 
@@ -531,7 +533,7 @@ class RemoteSubscription:
         `recv`, an error never inside a list.
         """
         if isinstance(max_n, bool) or not isinstance(max_n, int) or max_n < 1:
-            raise ValueError(f"max_n must be an int >= 1, got {max_n!r}")
+            raise InvalidArgument(f"max_n must be an int >= 1, got {shown(max_n)}")
         return self._take(max_n, timeout)
 
     def __iter__(self) -> Iterator[Any]:

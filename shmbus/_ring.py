@@ -57,7 +57,7 @@ from typing import NamedTuple
 import posix_ipc
 
 from . import _names, _platform
-from ._errors import ForeignObject, IncompatibleBus
+from ._errors import ForeignObject, IncompatibleBus, InvalidArgument, shown
 
 MAGIC = b"shmbusRG"
 LAYOUT_VERSION = 2
@@ -100,10 +100,10 @@ NO_PIN = (1 << 64) - 1
 
 def validate_capacity(capacity: object) -> int:
     if isinstance(capacity, bool) or not isinstance(capacity, int):
-        raise TypeError(f"capacity must be an int, got {type(capacity).__name__}")
+        raise InvalidArgument(f"capacity must be an int, got {type(capacity).__name__}")
     if not 1 <= capacity <= MAX_CAPACITY:
-        raise ValueError(
-            f"capacity must be between 1 and {MAX_CAPACITY} slots, got {capacity}"
+        raise InvalidArgument(
+            f"capacity must be between 1 and {MAX_CAPACITY} slots, got {shown(capacity)}"
         )
     return capacity
 

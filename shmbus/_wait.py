@@ -34,6 +34,8 @@ from abc import ABC, abstractmethod
 
 import posix_ipc
 
+from ._errors import InvalidArgument, shown
+
 SLICE = 0.1
 """Longest single sleep. A dead peer is noticed at most this long after it died, plus
 the time of one liveness probe: well under the 1 second the bus promises."""
@@ -114,7 +116,8 @@ def waiter_from_env() -> Waiter:
     """The strategy for a bus or subscription created now (`SHMBUS_WAIT` = timed | poll)."""
     wanted = os.environ.get(WAIT_ENV, "").strip().lower()
     if wanted not in ("", "timed", "poll"):
-        raise ValueError(f"{WAIT_ENV}={wanted!r} is not a wait strategy; use 'timed' or 'poll'")
+        raise InvalidArgument(
+            f"{WAIT_ENV}={shown(wanted)} is not a wait strategy; use 'timed' or 'poll'")
     if wanted == "poll" or not posix_ipc.SEMAPHORE_TIMEOUT_SUPPORTED:
         return PollingWaiter()
     return TimedWaiter()
@@ -125,8 +128,10 @@ def deadline_after(timeout: float | None) -> float | None:
     infinite timeout)."""
     if timeout is None:
         return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise InvalidArgument(f"timeout must be None or a number of seconds, got {shown(timeout)}")
     if timeout != timeout or timeout < 0:
-        raise ValueError(f"timeout must be None or a number >= 0, got {timeout!r}")
+        raise InvalidArgument(f"timeout must be None or a number >= 0, got {shown(timeout)}")
     if timeout == math.inf:
         return None
     return time.monotonic() + timeout

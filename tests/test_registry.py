@@ -277,3 +277,71 @@ def test_a_sample_sweep_still_removes_what_killed_processes_left(procs, registry
     shmbus.EventEmitter("newcomer").close()  # fewer buses than a sample: all looked at
     assert [helpers.objects_of(token) for token in tokens] == [[], [], []]
     assert os.listdir(os.path.join(registry_dir, "names")) == []
+
+
+# -- every mistake a caller can make is a ShmBusError ------------------------------------
+
+
+@pytest.mark.parametrize("call", [
+    lambda: shmbus.EventEmitter("x" * 300),
+    lambda: shmbus.EventEmitter(42),  # type: ignore[arg-type]
+    lambda: shmbus.EventEmitter("ok", capacity=0),
+    lambda: shmbus.EventEmitter("ok", capacity="8"),  # type: ignore[arg-type]
+    lambda: shmbus.EventEmitter("ok", large_bytes=10),
+    lambda: shmbus.subscribe(42),  # type: ignore[arg-type]
+    lambda: shmbus.subscribe("no spaces please"),
+    lambda: shmbus.stats("bad/name"),
+])
+def test_bad_arguments_are_invalid_argument_errors_with_short_messages(call):
+    with pytest.raises(shmbus.InvalidArgument) as info:
+        call()
+    assert isinstance(info.value, shmbus.ShmBusError)
+    assert isinstance(info.value, ValueError) and isinstance(info.value, TypeError)
+    assert len(str(info.value)) < 200, str(info.value)
+    assert "x" * 60 not in str(info.value)  # a long bad value is quoted in part only
+
+
+def test_bad_arguments_to_calls_are_invalid_argument_errors():
+    with shmbus.EventEmitter("calls") as em, em.subscribe() as sub:
+        for call in (lambda: em.emit(1, timeout=-1), lambda: em.emit(1, timeout="soon"),
+                     lambda: em.emit_many(None), lambda: sub.recv(timeout=float("nan")),
+                     lambda: sub.recv_many(0), lambda: sub.recv_many(2.5)):
+            with pytest.raises(shmbus.InvalidArgument):
+                call()
+
+
+def test_a_relative_registry_directory_means_one_directory_for_every_process(
+        monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(_registry.DIR_ENV, "relative/registry")
+    with shmbus.EventEmitter("rel"):
+        assert os.environ[_registry.DIR_ENV] == str(tmp_path / "relative" / "registry")
+        monkeypatch.chdir("/")  # a child that runs elsewhere still finds the bus
+        with shmbus.subscribe("rel"):
+            pass
+
+
+def test_a_registry_directory_whose_parents_are_missing_is_made(monkeypatch, tmp_path):
+    monkeypatch.setenv(_registry.DIR_ENV, str(tmp_path / "a" / "b" / "registry"))
+    with shmbus.EventEmitter("deep"), shmbus.subscribe("deep"):
+        pass
+    assert stat.S_IMODE(os.stat(tmp_path / "a" / "b" / "registry").st_mode) == 0o700
+
+
+def test_a_symlinked_registry_directory_of_our_own_is_followed(monkeypatch, tmp_path):
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    (tmp_path / "link").symlink_to(real)
+    monkeypatch.setenv(_registry.DIR_ENV, str(tmp_path / "link"))
+    with shmbus.EventEmitter("linked"), shmbus.subscribe("linked"):
+        assert os.listdir(real / "names") == ["linked"]
+
+
+def test_a_symlink_to_a_directory_others_may_read_is_refused(monkeypatch, tmp_path):
+    real = tmp_path / "open"
+    real.mkdir(mode=0o755)
+    os.chmod(real, 0o755)
+    (tmp_path / "link").symlink_to(real)
+    monkeypatch.setenv(_registry.DIR_ENV, str(tmp_path / "link"))
+    with pytest.raises(shmbus.ShmBusError, match="must be private"):
+        shmbus.EventEmitter("linked")
