@@ -87,6 +87,8 @@ class Bell:
             if self._closed:
                 return
             self._closed = True
+            for stale in [loop for loop in self._waiters if loop.is_closed()]:
+                del self._waiters[stale]  # their waiters will never come back for the pipe
             waiting = {loop: set(futures) for loop, futures in self._waiters.items()}
             if not waiting:
                 self._close_fds()

@@ -35,12 +35,13 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import itertools
 import logging
 import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import posix_ipc
@@ -49,7 +50,7 @@ from . import _codec, _liveness, _ring
 from ._control import BYTES_WORD, COMMITTED_WORD, GENERATION_WORD
 from ._bell import Bell, Ringer
 from ._arena import DEFAULT_LARGE_BYTES, Arena, validate_large_bytes
-from ._errors import Closed, ShmBusError, Timeout
+from ._errors import Closed, InvalidArgument, SerializationError, ShmBusError, Timeout, shown
 from ._registry import Registry, validate_name
 from ._ring import EMITTER_WAITING, SUB_WAITING
 from ._wait import (
@@ -76,6 +77,11 @@ UPKEEP_INTERVAL = 0.25
 of the process: a subscriber that died while nothing was emitted is reaped (its ring
 removed and unmapped) within `SWEEP_INTERVAL` plus this, and one that joined is adopted
 within this. An emit under way does the same itself, so the thread never waits for one."""
+
+UPKEEP_HOLD = 0.05
+"""The longest an emit waits for the upkeep thread to let go of the emitter (it holds it
+for a look at the registry: well under a millisecond), whatever its timeout: a call with
+`timeout=0` must not fail because the upkeep happened to be looking."""
 
 if TYPE_CHECKING:
     from ._subscription import Subscription
@@ -145,6 +151,7 @@ class EventEmitter:
         self._ringer = Ringer()
         self._closing = False
         self._closed = False
+        self._upkeeping = False  # the upkeep thread holds the lock (see `_take_lock`)
         _open_emitters.add(self)
         _ensure_upkeep()
 
@@ -185,34 +192,40 @@ class EventEmitter:
             self._lock.release()
 
     def emit_many(self, events: Iterable[Any], *, timeout: float | None = None) -> int:
-        """Deliver every one of `events`, in order; how many were emitted.
+        """Deliver every one of `events`, in order; as `emit`, the number of subscribers
+        reached (by the last of them, if subscribers came or went meanwhile).
 
         The same as calling `emit` for each, with the same ordering and no-loss rules,
-        but markedly cheaper per event: the events are committed in chunks of up to a
-        quarter of the smallest ring, each chunk all-or-nothing like one `emit`. Every
-        event is pickled before any is sent, so a `SerializationError` sends nothing.
-        A `Timeout` can land between chunks: then the events before it were emitted and
-        the rest were not, and `Timeout.emitted` says how many were. An interruption
-        (`KeyboardInterrupt`) can too, and carries no count: subscribers see whole
-        chunks, in order, never part of one.
+        but markedly cheaper per event: the events are taken from `events` (any iterable,
+        a generator too), pickled and committed in chunks of up to a quarter of the
+        smallest ring, each chunk all-or-nothing like one `emit`, and other threads'
+        emits wait until the last chunk is out. A `Timeout` or a `SerializationError`
+        (an event that cannot be pickled) can stop it between chunks: then the events
+        before were emitted and the rest were not, and the error's `emitted` says how
+        many were. An interruption (`KeyboardInterrupt`) can too, and carries no count:
+        subscribers see whole chunks, in order, never part of one.
         """
-        payloads = [self._encode(event) for event in events]
+        source = _iterate(events)
         deadline = deadline_after(timeout)
-        sent = 0
+        sent = reached = 0
         try:
             self._enter(deadline)
-        except Timeout as exc:
+            try:
+                chunk: list[bytes | _codec.Parts] = []
+                while True:
+                    if not chunk:
+                        chunk = [self._encode(e) for e in itertools.islice(
+                            source, self._chunk_size())]
+                        if not chunk:
+                            return reached
+                    count, reached = self._send(chunk, 0, deadline)
+                    sent += count
+                    del chunk[:count]  # all of it, unless rings shrank the chunk size
+            finally:
+                self._lock.release()
+        except (Timeout, SerializationError) as exc:
             exc.emitted = sent
             raise
-        try:
-            while sent < len(payloads):
-                sent += self._send(payloads, sent, deadline)[0]
-        except Timeout as exc:
-            exc.emitted = sent
-            raise
-        finally:
-            self._lock.release()
-        return sent
 
     async def aemit(self, event: Any, *, timeout: float | None = None) -> int:
         """`emit` for asyncio: the event loop runs while this waits for room.
@@ -300,6 +313,12 @@ class EventEmitter:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    async def __aenter__(self) -> "EventEmitter":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
     def __del__(self) -> None:
         try:
             self.close()
@@ -330,11 +349,18 @@ class EventEmitter:
     def _enter(self, deadline: float | None) -> None:
         if self._closed or self._epoch != _liveness.fork_epoch:
             self._check_usable()
-        if not (self._lock.acquire() if deadline is None else acquire_by(self._lock, deadline)):
+        if not self._take_lock(deadline):
             raise Timeout("emit timed out waiting for another thread's emit; nothing sent")
         if self._closed:
             self._lock.release()
             raise Closed(f"bus {self._name!r} is closed")
+
+    def _take_lock(self, deadline: float | None) -> bool:
+        """The emitter's lock, by `deadline`; the upkeep thread's hold is always waited
+        out (it is short): only another emit can make a call time out here."""
+        if self._lock.acquire() if deadline is None else acquire_by(self._lock, deadline):
+            return True
+        return self._upkeeping and self._lock.acquire(timeout=UPKEEP_HOLD)
 
     def _check_usable(self) -> None:
         if self._epoch != _liveness.fork_epoch:
@@ -520,7 +546,7 @@ class EventEmitter:
         """Emit without waiting: the subscribers reached; or, if rings are full, what to
         wait for (no outlets if another thread holds the emitter)."""
         self._check_usable()
-        if not self._lock.acquire(blocking=False):
+        if not self._take_lock(time.monotonic()):
             return _Waiting([], None)
         try:
             self._check_usable()
@@ -611,6 +637,7 @@ class EventEmitter:
             return
         if not self._lock.acquire(blocking=False):
             return  # an emit is under way, and keeps the bus itself
+        self._upkeeping = True
         try:
             if self._closed:
                 return
@@ -620,6 +647,7 @@ class EventEmitter:
             if self._arena.outstanding:
                 self._reclaim(words[COMMITTED_WORD])  # large events read meanwhile
         finally:
+            self._upkeeping = False
             self._lock.release()
 
     def _refresh(self) -> None:
@@ -695,12 +723,34 @@ def _give_back_room(outlets: list[_Outlet], count: int) -> None:
     post_each([o.ring.space for o in outlets], count)
 
 
+def _iterate(events: Iterable[Any]) -> Iterator[Any]:
+    if isinstance(events, (str, bytes, bytearray, dict)):
+        raise InvalidArgument(
+            f"emit_many() takes an iterable of events, not a {type(events).__name__}; to "
+            "send it as one event, use emit()")
+    try:
+        return iter(events)
+    except TypeError:
+        raise InvalidArgument(
+            f"emit_many() takes an iterable of events, not {shown(events)}") from None
+
+
 def _generated_name() -> str:
     return f"bus-{os.getpid()}-{os.urandom(3).hex()}"
 
 
 _upkeep_guard = threading.Lock()
 _upkeeper: threading.Thread | None = None
+
+
+def _after_fork_in_child() -> None:
+    # The upkeep thread did not come along, and may have held the guard at the fork.
+    global _upkeep_guard, _upkeeper
+    _upkeep_guard = threading.Lock()
+    _upkeeper = None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _ensure_upkeep() -> None:

@@ -234,9 +234,37 @@ def open_segment(name: str) -> Mapping:
         shm.close_fd()
 
 
-def _shared_memory(name: str, flags: int, size: int) -> posix_ipc.SharedMemory:
-    with files_checked():
-        return posix_ipc.SharedMemory(name, flags, mode=MODE, size=size)
+class _Opened:
+    """A shared-memory object opened for a moment: its descriptor is closed by `close()`,
+    or when this is dropped, so an interruption in between cannot leak it (posix_ipc
+    never closes one by itself)."""
+
+    __slots__ = ("shm",)
+
+    def __init__(self, name: str, flags: int, size: int) -> None:
+        with files_checked():
+            self.shm = posix_ipc.SharedMemory(name, flags, mode=MODE, size=size)
+
+    @property
+    def fd(self) -> int:
+        return int(self.shm.fd)
+
+    @property
+    def size(self) -> int:
+        return int(self.shm.size)
+
+    def close_fd(self) -> None:
+        if self.shm.fd >= 0:
+            self.shm.close_fd()
+
+    def __del__(self) -> None:
+        if hasattr(self, "shm"):
+            with contextlib.suppress(Exception):
+                self.close_fd()
+
+
+def _shared_memory(name: str, flags: int, size: int) -> _Opened:
+    return _Opened(name, flags, size)
 
 
 def unlink_segment(name: str) -> bool:
@@ -245,11 +273,9 @@ def unlink_segment(name: str) -> bool:
     A name that is not ours is left alone, even where we could remove it (as root).
     """
     try:
-        shm = posix_ipc.SharedMemory(name)
-    except posix_ipc.ExistentialError:
-        return False
-    except posix_ipc.PermissionsError:
-        return False  # someone else's
+        shm = _shared_memory(name, 0, 0)
+    except (posix_ipc.ExistentialError, posix_ipc.PermissionsError):
+        return False  # gone, or someone else's
     try:
         _check_ours(os.fstat(shm.fd), name, "shared-memory segment")
     except ForeignObject:
@@ -266,7 +292,7 @@ def unlink_segment(name: str) -> bool:
 def remove_stale_segment(name: str) -> None:
     """Remove a leftover segment of ours; `ForeignObject` if the name is someone else's."""
     try:
-        shm = posix_ipc.SharedMemory(name)
+        shm = _shared_memory(name, 0, 0)
     except posix_ipc.ExistentialError:
         return
     except posix_ipc.PermissionsError:
@@ -281,7 +307,7 @@ def remove_stale_segment(name: str) -> None:
 
 def segment_exists(name: str) -> bool:
     try:
-        posix_ipc.SharedMemory(name).close_fd()
+        _shared_memory(name, 0, 0).close_fd()
     except posix_ipc.ExistentialError:
         return False
     except posix_ipc.PermissionsError:
@@ -411,11 +437,9 @@ def _foreign(name: str, kind: str) -> ForeignObject:
 def _record(kind: str, name: str) -> None:
     ledger = os.environ.get(LEDGER_ENV)
     if ledger:
-        fd = os.open(ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, MODE)
-        try:
-            os.write(fd, f"{kind} {name}\n".encode())  # one write: appends never interleave
-        finally:
-            os.close(fd)
+        # A file object closes itself when dropped, even after an interruption.
+        with open(ledger, "ab", buffering=0) as f:  # one write: appends never interleave
+            f.write(f"{kind} {name}\n".encode())
 
 
 def _reserve(fd: int, size: int, name: str) -> None:

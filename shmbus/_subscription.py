@@ -46,7 +46,15 @@ from . import _codec, _liveness, _ring
 from ._bell import Bell, Ringer
 from ._arena import ArenaReader
 from ._control import COMMITTED_WORD, ControlBlock
-from ._errors import Closed, DeserializationError, EmitterDied, ShmBusError, Timeout
+from ._errors import (
+    Closed,
+    DeserializationError,
+    EmitterDied,
+    InvalidArgument,
+    ShmBusError,
+    Timeout,
+    shown,
+)
 from ._liveness import LifeLock, is_alive
 from ._registry import Registry, validate_name
 from ._ring import EMITTER_WAITING, SUB_WAITING, TAIL_WORD
@@ -122,6 +130,8 @@ def subscribe(name: str, *, capacity: int | None = None) -> "Subscription":
     `name` may also be `nats://host:port/NAME`: the stream of bus NAME that a bridge
     (`shmbus bridge`) publishes to NATS JetStream, read from any host; see `_remote`.
     """
+    if not isinstance(name, str):
+        raise InvalidArgument(f"subscribe() takes a bus name, a str, got {shown(name)}")
     if name.startswith(REMOTE_SCHEME):
         from ._remote import subscribe_remote
 
@@ -241,7 +251,7 @@ class Subscription:
         as `recv`: an undecodable event is raised alone, never inside a list.
         """
         if isinstance(max_n, bool) or not isinstance(max_n, int) or max_n < 1:
-            raise ValueError(f"max_n must be an int >= 1, got {max_n!r}")
+            raise InvalidArgument(f"max_n must be an int >= 1, got {shown(max_n)}")
         deadline = deadline_after(timeout)
         while True:
             self._park(deadline, max_n)
@@ -270,6 +280,8 @@ class Subscription:
     async def __anext__(self) -> Any:
         try:
             return await self.arecv()
+        except EmitterDied:
+            raise  # a crash must not pass for the end of the stream
         except Closed:
             raise StopAsyncIteration from None
 
@@ -277,8 +289,13 @@ class Subscription:
         return self
 
     def __next__(self) -> Any:
+        """The next event; iteration ends quietly when the bus was closed and everything
+        read, and raises `EmitterDied` when the emitter died (after everything it
+        finished emitting was read), so that a crash cannot pass unnoticed."""
         try:
             return self.recv()
+        except EmitterDied:
+            raise
         except Closed:
             raise StopIteration from None
 
@@ -323,6 +340,12 @@ class Subscription:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> "Subscription":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
         self.close()
 
     def __del__(self) -> None:

@@ -66,10 +66,11 @@ def collect(name: str, out: Any, ready: Any = None, capacity: int | None = None,
     if ready is not None:
         ready.put(sub.id)
     events = []
-    for event in sub:
-        events.append(event)
-        if delay:
-            time.sleep(delay)
+    with contextlib.suppress(shmbus.EmitterDied):  # recorded below, as the end reason
+        for event in sub:
+            events.append(event)
+            if delay:
+                time.sleep(delay)
     reason = sub.end_reason.value if sub.end_reason else None
     sub.close()
     out.put((events, reason))

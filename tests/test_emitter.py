@@ -313,8 +313,8 @@ def test_emit_many_delivers_every_event_in_order_through_small_rings(procs):
         out = start_collectors(procs, "many", 2, capacity=3)  # chunks of one event
         other = start_collectors(procs, "many", 1)  # 16 slots
         events = [{"seq": i, "pad": "x" * (i % 600)} for i in range(2000)]  # some large
-        sent = sum(em.emit_many(events[i : i + 97]) for i in range(0, 2000, 97))
-    assert sent == 2000
+        reached = {em.emit_many(events[i : i + 97]) for i in range(0, 2000, 97)}
+    assert reached == {3}  # as emit: the subscribers reached
     for events_seen, reason in [out.get(timeout=30), out.get(timeout=30), other.get(timeout=30)]:
         assert events_seen == events
         assert reason == "closed"
@@ -335,6 +335,38 @@ def test_emit_many_pickles_everything_before_sending_anything():
             em.emit_many([1, 2, threading.Lock(), 4])
         em.emit("after")
         assert sub.recv(timeout=1) == "after"
+
+
+def test_emit_many_returns_what_emit_returns():
+    with shmbus.EventEmitter("manycount") as em:
+        assert em.emit_many(range(10)) == 0 == em.emit(10)  # nobody listens
+        with em.subscribe() as a, em.subscribe() as b:
+            assert em.emit_many(range(10)) == 2 == em.emit(10)
+            assert a.recv_many(100, timeout=1) == b.recv_many(100, timeout=1) == [*range(10), 10]
+
+
+def test_emit_many_streams_a_generator_chunk_by_chunk():
+    with shmbus.EventEmitter("stream", capacity=8) as em, em.subscribe() as sub:
+        taken = []
+
+        def events():
+            for i in range(7):
+                taken.append(i)
+                yield i
+            yield threading.Lock()  # cannot be pickled: in the fourth chunk of two
+
+        with pytest.raises(shmbus.SerializationError) as refused:
+            em.emit_many(events())
+        assert refused.value.emitted == 6  # three whole chunks went out before it
+        assert sub.recv_many(100, timeout=1) == [0, 1, 2, 3, 4, 5]
+        assert taken == list(range(7))
+
+
+@pytest.mark.parametrize("bad", [None, 42, "text", {"a": 1}])
+def test_emit_many_refuses_what_is_not_an_iterable_of_events(bad):
+    with shmbus.EventEmitter("notmany") as em:
+        with pytest.raises(shmbus.InvalidArgument, match="emit_many"):
+            em.emit_many(bad)
 
 
 def test_emit_many_timeout_says_how_many_chunks_went_out():
@@ -379,3 +411,51 @@ def test_keyboard_interrupts_anywhere_in_emit_many_deliver_whole_chunks_in_order
         assert received[0] == received[1]
         assert received[0] == sorted(set(received[0]))
         assert set(returned) <= set(received[0])
+
+
+def test_a_child_forked_in_the_middle_of_upkeep_can_create_an_emitter():
+    from shmbus import _emitter
+
+    with shmbus.EventEmitter("parent"):
+        for i in range(10):
+            with _emitter._upkeep_guard:  # as the upkeep thread holds it, at the fork
+                pid = os.fork()
+                if pid == 0:
+                    signal.signal(signal.SIGALRM, signal.SIG_DFL)  # not pytest-timeout's
+                    signal.alarm(5)  # a child stuck on the guard dies of SIGALRM
+                    try:
+                        shmbus.EventEmitter(f"child{i}").close()
+                    finally:
+                        os._exit(0)
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0, "the child hung on a lock"
+
+
+def test_the_upkeep_looking_never_makes_a_zero_timeout_emit_fail():
+    with shmbus.EventEmitter("upkept") as em, em.subscribe() as sub:
+        held, release = threading.Event(), threading.Event()
+
+        def look_like_the_upkeep() -> None:
+            with em._lock:
+                em._upkeeping = True
+                held.set()
+                release.wait(0.01)
+                em._upkeeping = False
+
+        thread = threading.Thread(target=look_like_the_upkeep)
+        thread.start()
+        held.wait(5)
+        assert em.emit("through", timeout=0) == 1
+        thread.join(5)
+        assert sub.recv(timeout=1) == "through"
+        # Another emit holding the lock is another matter: that one times out.
+        em._lock.acquire()
+        try:
+            blocked = []
+            other = threading.Thread(target=lambda: blocked.append(
+                pytest.raises(shmbus.Timeout, em.emit, "late", timeout=0)))
+            other.start()
+            other.join(5)
+            assert blocked
+        finally:
+            em._lock.release()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -426,3 +427,52 @@ def test_events_left_by_two_interrupted_calls_come_out_once_in_order():
         assert got == list(range(10))
         with pytest.raises(shmbus.Timeout):
             sub.recv(timeout=0)
+
+
+def _emit_then_die(name: str, count: int, ready) -> None:
+    em = shmbus.EventEmitter(name)
+    ready.put("created")
+    helpers.wait_until(lambda: em.subscriber_count == 1, timeout=10)
+    for i in range(count):
+        em.emit(i)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_for_loop_ends_quietly_on_close_and_raises_when_the_emitter_died(procs):
+    with shmbus.EventEmitter("loop") as em:
+        sub = em.subscribe()
+        em.emit_many(range(3))
+    assert list(sub) == [0, 1, 2]  # closed: the loop just ends
+    sub.close()
+
+    ready = helpers.context().Queue()
+    procs(_emit_then_die, "dying", 3, ready)
+    ready.get(timeout=10)
+    got = []
+    with shmbus.subscribe("dying") as sub, pytest.raises(shmbus.EmitterDied):
+        for event in sub:
+            got.append(event)
+    assert got == [0, 1, 2]  # everything it emitted, then the crash is said
+
+
+def test_async_for_raises_when_the_emitter_died_and_async_with_closes(procs):
+    ready = helpers.context().Queue()
+    procs(_emit_then_die, "adying", 3, ready)
+    ready.get(timeout=10)
+
+    async def read() -> tuple[list[int], bool]:
+        got = []
+        async with shmbus.subscribe("adying") as sub:
+            with pytest.raises(shmbus.EmitterDied):
+                async for event in sub:
+                    got.append(event)
+        return got, sub.closed
+
+    assert asyncio.run(read()) == ([0, 1, 2], True)
+
+    async def emit() -> bool:
+        async with shmbus.EventEmitter("awith") as em:
+            await em.aemit("x")
+        return em.closed
+
+    assert asyncio.run(emit())

@@ -22,6 +22,7 @@ Run by hand as a soak: `python -m tests.chaos.driver --minutes 10`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import random
@@ -81,20 +82,21 @@ def _subscriber(name: str, key: int, delay: float, stop_after: int | None, out: 
     first = last = None
     count = 0
     in_order = True
-    for event in sub:
-        n = event[0]
-        if first is None:
-            first = n
-        elif n != last + 1:
-            in_order = False
-        last = n
-        count += 1
-        if len(event) > 1 and event[1] != _payload(n, len(event[1])):
-            in_order = False  # a torn or foreign payload
-        if delay:
-            time.sleep(delay)
-        if stop_after is not None and count >= stop_after:
-            break
+    with contextlib.suppress(shmbus.EmitterDied):  # recorded below, as the end reason
+        for event in sub:
+            n = event[0]
+            if first is None:
+                first = n
+            elif n != last + 1:
+                in_order = False
+            last = n
+            count += 1
+            if len(event) > 1 and event[1] != _payload(n, len(event[1])):
+                in_order = False  # a torn or foreign payload
+            if delay:
+                time.sleep(delay)
+            if stop_after is not None and count >= stop_after:
+                break
     reason = sub.end_reason.value if sub.end_reason else "stopped"
     sub.close()
     out.put(("done", key, first, last, count, in_order, reason, time.monotonic()))
