@@ -38,7 +38,14 @@ from ._pool import WorkerPool, WorkerResult, worker_index
 from ._registry import Cleaned, cleanup
 from ._stats import BusStats, SubscriberStats, buses, stats
 from ._arena import DEFAULT_LARGE_BYTES
-from ._subscription import MAX_VIEWED_EVENTS, EndReason, Subscription, subscribe
+from ._facade import subscribe
+from ._subscription import (
+    MAX_VIEWED_EVENTS,
+    EndReason,
+    LocalSubscription,
+    RawEvent,
+    Subscription,
+)
 
 
 __version__ = "0.1.0"
@@ -73,11 +80,13 @@ __all__ = [
     "EventsLost",
     "ForeignObject",
     "IncompatibleBus",
+    "LocalSubscription",
     "InvalidArgument",
     "MAX_VIEWED_EVENTS",
     "NatsError",
     "NatsUnavailable",
     "OutOfSharedMemory",
+    "RawEvent",
     "RemoteSubscription",
     "SerializationError",
     "ShmBusError",

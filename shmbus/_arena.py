@@ -56,6 +56,7 @@ from __future__ import annotations
 import secrets
 import struct
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -329,7 +330,9 @@ class ArenaReader:
 
     def __init__(self, token: str, pin: Callable[[int], None]) -> None:
         self._token = token
-        self._pin = pin  # writes this subscriber's `pinned` word (`_ring`)
+        # Writes this subscriber's `pinned` word (`_ring`). Weak: the subscription holds
+        # this reader, and a cycle would leave a dropped subscription to the collector.
+        self._pin = weakref.WeakMethod(pin)
         self._arena: tuple[int, _platform.Mapping] | None = None
         self._viewed: deque[_Viewed] = deque()  # oldest first
         # Views are given back by finalizers, in any thread and at any moment, even
@@ -368,6 +371,17 @@ class ArenaReader:
                 self._repin()
         return value
 
+    def raw(self, kind_is_arena: bool, ref: bytes) -> bytes:
+        """A copy of the layout of the large event a slot refers to (see `_codec`)."""
+        nonce, _, offset, length = REF.unpack(ref)
+        if kind_is_arena:
+            return bytes(self._arena_mapping(nonce).view[offset : offset + length])
+        mapping = self._open(_names.oversized_name(self._token, nonce))
+        try:
+            return bytes(mapping.view[:length])
+        finally:
+            mapping.close()
+
     def _given_back(self) -> None:
         with self._guard:
             self._repin()
@@ -375,7 +389,9 @@ class ArenaReader:
     def _repin(self) -> None:
         while self._viewed and self._viewed[0].done:
             self._viewed.popleft()
-        self._pin(self._viewed[0].seq if self._viewed else NO_PIN)
+        pin = self._pin()
+        if pin is not None:
+            pin(self._viewed[0].seq if self._viewed else NO_PIN)
 
     def close(self) -> None:
         """Unmap everything, now or (where views are in use) once they are gone."""

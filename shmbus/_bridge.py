@@ -96,7 +96,7 @@ from ._errors import (
 )
 from ._liveness import LifeLock
 from ._registry import Registry, validate_name
-from ._subscription import EndReason, Subscription, subscribe
+from ._subscription import EndReason, LocalSubscription, subscribe_local
 
 log = logging.getLogger("shmbus.bridge")
 
@@ -223,7 +223,7 @@ class Bridge:
                 await _remote.require_jetstream(js, self.url)
                 await _remote.ensure_stream(js, self.url, self.name, self.stream,
                                             max_msgs=self.max_msgs, max_bytes=self.max_bytes)
-                sub = subscribe(self.name, capacity=self.capacity)
+                sub = subscribe_local(self.name, capacity=self.capacity)
                 try:
                     self._pump = _Pump(self, nc, js, sub, on_ready)
                     await self._pump.run()
@@ -316,7 +316,7 @@ class _Pump:
     """Reads the bus and, while it leads, publishes; while it stands by, keeps up."""
 
     def __init__(self, bridge: Bridge, nc: NatsClient, js: JetStreamContext,
-                 sub: Subscription, on_ready: Callable[[], None] | None) -> None:
+                 sub: LocalSubscription, on_ready: Callable[[], None] | None) -> None:
         self.bridge = bridge
         self.nc = nc
         self.sub = sub
@@ -452,7 +452,7 @@ def _end_item(token: str, reason: EndReason) -> _Item:
                              _remote.END: reason.value})
 
 
-def _take(sub: Subscription, max_n: int, wait: float, token: str,
+def _take(sub: LocalSubscription, max_n: int, wait: float, token: str,
           max_payload: int) -> tuple[list[_Item], EndReason | None]:
     """Up to `max_n` events from the bus as messages, and why the bus ended if it did.
 
@@ -472,7 +472,7 @@ def _take(sub: Subscription, max_n: int, wait: float, token: str,
             for i, event in enumerate(events)], None
 
 
-def _last_seq(sub: Subscription) -> int:
+def _last_seq(sub: LocalSubscription) -> int:
     # The bus's number of the event `recv` returned last. Subscriptions do not expose it;
     # this is how they know it.
     start = sub._start

@@ -34,7 +34,6 @@ writer, and every wait is on a semaphore that can only make a waiter wake early.
 from __future__ import annotations
 
 import asyncio
-import atexit
 import itertools
 import logging
 import os
@@ -51,6 +50,7 @@ from ._control import BYTES_WORD, COMMITTED_WORD, GENERATION_WORD
 from ._bell import Bell, Ringer
 from ._arena import DEFAULT_LARGE_BYTES, Arena, validate_large_bytes
 from ._errors import Closed, InvalidArgument, SerializationError, ShmBusError, Timeout, shown
+from ._handle import Handle
 from ._registry import Registry, validate_name
 from ._ring import EMITTER_WAITING, SUB_WAITING
 from ._wait import (
@@ -78,13 +78,24 @@ of the process: a subscriber that died while nothing was emitted is reaped (its 
 removed and unmapped) within `SWEEP_INTERVAL` plus this, and one that joined is adopted
 within this. An emit under way does the same itself, so the thread never waits for one."""
 
+WAIT_STEP = 0.05
+"""The longest `wait_for_subscribers` sleeps between two looks at the registry."""
+
+WARN_AFTER = 5.0
+"""An `emit` that has waited this many seconds for one subscriber says so, on the
+`shmbus` logger (a warning naming the subscriber's pid and how full its ring is), and
+again after twice as long, and so on, but at least every `WARN_AT_MOST_EVERY` seconds.
+`EventEmitter(warn_after=None)` keeps it quiet."""
+
+WARN_AT_MOST_EVERY = 60.0
+
 UPKEEP_HOLD = 0.05
 """The longest an emit waits for the upkeep thread to let go of the emitter (it holds it
 for a look at the registry: well under a millisecond), whatever its timeout: a call with
 `timeout=0` must not fail because the upkeep happened to be looking."""
 
 if TYPE_CHECKING:
-    from ._subscription import Subscription
+    from ._subscription import LocalSubscription
 
 _open_emitters: "weakref.WeakSet[EventEmitter]" = weakref.WeakSet()
 log = logging.getLogger("shmbus")
@@ -93,11 +104,12 @@ log = logging.getLogger("shmbus")
 class _Outlet:
     """The emitter's view of one adopted ring."""
 
-    __slots__ = ("ring", "start", "known_tail", "capacity", "sub_id", "bell")
+    __slots__ = ("ring", "start", "known_tail", "capacity", "sub_id", "bell", "pid")
 
-    def __init__(self, ring: _ring.Ring, start: int, bell: str) -> None:
+    def __init__(self, ring: _ring.Ring, start: int, bell: str, pid: int | None) -> None:
         self.ring = ring
         self.bell = bell  # rung when its subscriber waits from asyncio
+        self.pid = pid  # for messages only: never to decide anything
         self.sub_id = ring.sub_id
         self.start = start
         self.capacity = ring.capacity
@@ -115,8 +127,15 @@ class _Outlet:
         consumed, or consumed but still read in place (`_ring` on `pinned`)."""
         return min(self.start + self.ring.tail, self.ring.pinned)
 
+    def who(self) -> str:
+        return f"subscriber {self.sub_id} (pid {self.pid if self.pid else '?'})"
 
-class EventEmitter:
+    def fill(self, seq: int) -> str:
+        """How full its ring is once event `seq` is in."""
+        return f"{min(seq - self.start - self.ring.tail, self.capacity)} of {self.capacity}"
+
+
+class EventEmitter(Handle):
     """Creates a bus and delivers every event to every subscriber, in order.
 
     One emitter per bus; it may be used from several threads of its process at once,
@@ -125,9 +144,11 @@ class EventEmitter:
     """
 
     def __init__(self, name: str | None = None, *, capacity: int = DEFAULT_CAPACITY,
-                 large_bytes: int = DEFAULT_LARGE_BYTES) -> None:
+                 large_bytes: int = DEFAULT_LARGE_BYTES,
+                 warn_after: float | None = WARN_AFTER) -> None:
         self._capacity = _ring.validate_capacity(capacity)
         large_bytes = validate_large_bytes(large_bytes)
+        self._warn_after = _validate_warn_after(warn_after)
         self._name = validate_name(name) if name is not None else _generated_name()
         self._waiter = waiter_from_env()
         self._registry = Registry()
@@ -136,7 +157,6 @@ class EventEmitter:
         self._token, self._life, self._control = self._registry.create_bus(
             self._name, record, _ring.SLOT_SIZE, self._capacity, large_bytes
         )
-        self._epoch = _liveness.fork_epoch
         self._lock = threading.RLock()
         self._outlets: dict[int, _Outlet] = {}
         self._everyone: list[_Outlet] = []  # self._outlets' values, for the hot path
@@ -150,8 +170,9 @@ class EventEmitter:
         self._bell: Bell | None = None  # created by the first aemit that has to wait
         self._ringer = Ringer()
         self._closing = False
-        self._closed = False
+        self._left = False  # the registry has forgotten this emitter
         self._upkeeping = False  # the upkeep thread holds the lock (see `_take_lock`)
+        self._opened()
         _open_emitters.add(self)
         _ensure_upkeep()
 
@@ -165,10 +186,6 @@ class EventEmitter:
     def capacity(self) -> int:
         """The ring capacity a subscriber gets unless it asks for its own."""
         return self._capacity
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     @property
     def wait_strategy(self) -> str:
@@ -214,6 +231,7 @@ class EventEmitter:
                 chunk: list[bytes | _codec.Parts] = []
                 while True:
                     if not chunk:
+                        self._look()  # the chunk must fit every ring, new ones included
                         chunk = [self._encode(e) for e in itertools.islice(
                             source, self._chunk_size())]
                         if not chunk:
@@ -247,20 +265,42 @@ class EventEmitter:
             if isinstance(outcome, int):
                 return outcome
             if expired(deadline):
-                names = (", ".join(str(o.sub_id) for o in outcome.outlets)
+                names = (", ".join(o.who() for o in outcome.outlets)
                          or "another thread's emit")
                 raise Timeout(
-                    f"aemit timed out waiting for room in the ring of subscriber(s) "
-                    f"{names} of bus {self._name!r}; no subscriber received the event"
+                    f"aemit timed out waiting for room for the event at {names} on bus "
+                    f"{self._name!r}; no subscriber received the event"
                 )
             await self._await_room_async(outcome, deadline)
 
-    def subscribe(self, *, capacity: int | None = None) -> "Subscription":
+    def subscribe(self, *, capacity: int | None = None) -> "LocalSubscription":
         """A new subscription to this bus, owned by the calling process."""
-        from ._subscription import Subscription
+        from ._subscription import LocalSubscription
 
         self._check_usable()
-        return Subscription._join(self._registry, self._name, capacity)
+        return LocalSubscription._join(self._registry, self._name, capacity)
+
+    def wait_for_subscribers(self, count: int = 1, *, timeout: float | None = None) -> int:
+        """Wait until at least `count` subscribers are live; how many there are then.
+
+        Every event emitted after this returns reaches each of them: start the
+        subscribers in any order, let them `subscribe(name, wait=...)`, and emit once
+        they are all there. Raises `Timeout` (saying how many came) if they do not come
+        in time.
+        """
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise InvalidArgument(f"count must be an int >= 0, got {shown(count)}")
+        deadline = deadline_after(timeout)
+        pause = 0.002
+        while True:
+            live = self.subscriber_count
+            if live >= count:
+                return live
+            if expired(deadline):
+                raise Timeout(f"only {live} of {count} subscribers joined bus "
+                              f"{self._name!r} within {timeout:g} s")
+            time.sleep(min(pause, slice_until(deadline)))
+            pause = min(2 * pause, WAIT_STEP)
 
     @property
     def subscriber_count(self) -> int:
@@ -275,11 +315,9 @@ class EventEmitter:
 
         Idempotent. An `emit` blocked in another thread raises `Closed` within a slice.
         """
-        if self._closed:
-            return
-        if self._epoch != _liveness.fork_epoch:
-            self._closed = True  # the parent owns the bus; a fork child only lets go
-            return
+        super().close()
+
+    def _close(self) -> None:
         self._closing = True
         with self._lock:
             # Every step may be repeated: a close() interrupted halfway is finished by the
@@ -295,35 +333,21 @@ class EventEmitter:
                     if outlet.ring.flags[SUB_WAITING]:
                         self._ringer.ring(outlet.bell)
                     outlet.ring.detach()
-                self._ringer.close()
-                self._arena.close()
-                if self._bell is not None:
-                    self._bell.close()
-                self._outlets.clear()
-                self._list_outlets()
+            self._ringer.close()
+            self._arena.close()
+            if self._bell is not None:
+                self._bell.close()
+            self._outlets.clear()
+            self._list_outlets()
+            if not self._left:
+                # Even if a mapping is gone already (a dropped handle is finalized with
+                # what it holds, in any order): the registry and the names are what count.
                 self._registry.release_name(self._name, self._token)
                 self._registry.finish_emitter(self._token, self._life)
-                self._control.close()
+                self._left = True
+            self._control.close()
             self._closed = True
             _open_emitters.discard(self)
-
-    def __enter__(self) -> "EventEmitter":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    async def __aenter__(self) -> "EventEmitter":
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{len(self._outlets)} rings"
@@ -347,7 +371,7 @@ class EventEmitter:
         return payload
 
     def _enter(self, deadline: float | None) -> None:
-        if self._closed or self._epoch != _liveness.fork_epoch:
+        if self._closed or self.inherited:
             self._check_usable()
         if not self._take_lock(deadline):
             raise Timeout("emit timed out waiting for another thread's emit; nothing sent")
@@ -362,23 +386,17 @@ class EventEmitter:
             return True
         return self._upkeeping and self._lock.acquire(timeout=UPKEEP_HOLD)
 
-    def _check_usable(self) -> None:
-        if self._epoch != _liveness.fork_epoch:
-            raise ShmBusError(
-                f"this EventEmitter of bus {self._name!r} was inherited through fork; only "
-                "the process that created it may use it. Emit from the parent, or create "
-                "the emitter in the child."
-            )
-        if self._closed:
-            raise Closed(f"bus {self._name!r} is closed")
+    _kind = "EventEmitter"
+
+    def _what(self) -> str:
+        return f"bus {self._name!r}"
 
     def _send(self, payloads: "list[bytes | _codec.Parts]", first: int, deadline: float | None,
               wait: bool = True) -> tuple[int, int]:
         """Commit the next chunk of `payloads` from `first` on as consecutive events, all
         or none; (events sent, subscribers reached)."""
         words = self._control.words
-        if words[GENERATION_WORD] != self._generation or time.monotonic() >= self._next_sweep:
-            self._refresh()
+        self._look()
         if first or len(payloads) > 1:
             # Sized after `_refresh`: a chunk must fit in every ring, new ones included.
             payloads = payloads[first : first + self._chunk_size()]
@@ -443,8 +461,9 @@ class EventEmitter:
             # Room comes when the slowest subscriber has read the oldest large event in
             # flight, and no longer reads it in place (a view it still holds).
             self._await(slowest, lambda: slowest.oldest_unread() > oldest, deadline,
-                        "has not finished with the large events that fill the bus's "
-                        f"{self._arena.bound >> 20} MiB of large-event memory (large_bytes)")
+                        lambda: "has not finished with the large events that fill the "
+                        f"bus's {self._arena.bound >> 20} MiB of large-event memory "
+                        "(large_bytes)")
 
     def _discard_large(self, slots: list[bytes]) -> None:
         for slot in reversed(slots):
@@ -472,6 +491,12 @@ class EventEmitter:
         else:
             _give_back_room(outlets, count)
             self._discard_large(slots)
+
+    def _look(self) -> None:
+        """Bring the rings up to date if subscribers came or went, or a sweep is due."""
+        if (self._control.words[GENERATION_WORD] != self._generation
+                or time.monotonic() >= self._next_sweep):
+            self._refresh()
 
     def _chunk_size(self) -> int:
         smallest = min((o.capacity for o in self._outlets.values()), default=self._capacity)
@@ -597,14 +622,17 @@ class EventEmitter:
     def _await_room(self, outlet: _Outlet, seq: int, deadline: float | None) -> bool:
         """Wait until `outlet` has room for event `seq`: True, or False if its
         subscriber left."""
-        return self._await(outlet, lambda: outlet.has_room(seq), deadline, "kept its ring full")
+        return self._await(outlet, lambda: outlet.has_room(seq), deadline,
+                           lambda: f"kept its ring full ({outlet.fill(seq)} unread)")
 
     def _await(self, outlet: _Outlet, ready: Callable[[], bool], deadline: float | None,
-               why: str) -> bool:
+               why: Callable[[], str]) -> bool:
         """Wait until `ready()` says the subscriber of `outlet` has done what the emitter
         needs: True, or False if that subscriber left. Woken by its `space` doorbell, one
-        slice at a time, checking between slices that it lives."""
+        slice at a time, checking between slices that it lives, and saying so in the log
+        when it takes long (`warn_after`)."""
         began = time.monotonic_ns()
+        warning = self._warn_after
         try:
             while True:
                 if self._closing:
@@ -621,10 +649,15 @@ class EventEmitter:
                         return False
                     if expired(deadline):
                         raise Timeout(
-                            f"emit timed out: subscriber {outlet.sub_id} of bus "
-                            f"{self._name!r} {why} (ring of {outlet.capacity}); "
-                            "no subscriber received the event"
+                            f"emit timed out: {outlet.who()} of bus {self._name!r} "
+                            f"{why()}; no subscriber received the event"
                         )
+                waited = (time.monotonic_ns() - began) / 1e9
+                if warning is not None and waited >= warning:
+                    log.warning("emit on bus %r has waited %.0f s for %s, which %s; it is "
+                                "alive (a stuck or slow reader?)", self._name, waited,
+                                outlet.who(), why())
+                    warning = min(2 * warning, waited + WARN_AT_MOST_EVERY)
         finally:
             if outlet.sub_id in self._outlets:
                 outlet.ring.add_blocked_ns(time.monotonic_ns() - began)
@@ -633,7 +666,7 @@ class EventEmitter:
 
     def _upkeep(self) -> None:
         """What an idle emitter does every `UPKEEP_INTERVAL`: join and leave, reap."""
-        if self._closed or self._epoch != _liveness.fork_epoch:
+        if self._closed or self.inherited:
             return
         if not self._lock.acquire(blocking=False):
             return  # an emit is under way, and keeps the bus itself
@@ -641,11 +674,9 @@ class EventEmitter:
         try:
             if self._closed:
                 return
-            words = self._control.words
-            if words[GENERATION_WORD] != self._generation or time.monotonic() >= self._next_sweep:
-                self._refresh()
+            self._look()
             if self._arena.outstanding:
-                self._reclaim(words[COMMITTED_WORD])  # large events read meanwhile
+                self._reclaim(self._control.words[COMMITTED_WORD])  # read meanwhile
         finally:
             self._upkeeping = False
             self._lock.release()
@@ -674,7 +705,8 @@ class EventEmitter:
             return  # left already, or unreadable: it cannot be delivered to
         start = self._control.committed
         ring.adopt(start)
-        self._outlets[sub_id] = _Outlet(ring, start, self._registry.bell_path(self._token, sub_id))
+        self._outlets[sub_id] = _Outlet(ring, start, self._registry.bell_path(self._token, sub_id),
+                                        self._registry.pid_of(self._token, sub_id))
         self._list_outlets()
 
     def _drop_departed(self) -> None:
@@ -721,6 +753,16 @@ def _ring_all(outlets: list[_Outlet], count: int) -> None:
 
 def _give_back_room(outlets: list[_Outlet], count: int) -> None:
     post_each([o.ring.space for o in outlets], count)
+
+
+def _validate_warn_after(warn_after: object) -> float | None:
+    if warn_after is None:
+        return None
+    if isinstance(warn_after, bool) or not isinstance(warn_after, (int, float)) \
+            or not warn_after > 0:
+        raise InvalidArgument(
+            f"warn_after must be None or a number of seconds > 0, got {shown(warn_after)}")
+    return float(warn_after)
 
 
 def _iterate(events: Iterable[Any]) -> Iterator[Any]:
@@ -780,12 +822,4 @@ def _upkeep_all() -> None:
                 log.exception("upkeep of %r failed", emitter)
         del emitters, emitter
 
-
-@atexit.register
-def _close_open_emitters() -> None:
-    for emitter in list(_open_emitters):
-        try:
-            emitter.close()
-        except Exception:
-            pass
 

@@ -98,7 +98,7 @@ from ._errors import (
     shown,
 )
 from ._registry import cleanup
-from ._subscription import EndReason, subscribe
+from ._subscription import EndReason, subscribe_local
 
 Handler = Callable[[Any], object]
 
@@ -644,7 +644,7 @@ def _ask_for_signal_on_parent_death(signum: int) -> None:
 
 def _subscribe_and_serve(spec: _WorkerSpec, conn: Any, report: _Report) -> None:
     try:
-        sub = subscribe(spec.bus_name, capacity=spec.capacity)
+        sub = subscribe_local(spec.bus_name, capacity=spec.capacity)
     except Exception as exc:
         report.error = _RemoteError.capture(exc)
         return

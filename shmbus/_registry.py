@@ -430,6 +430,14 @@ class Registry:
 
     # -- records --------------------------------------------------------------------
 
+    def pid_of(self, token: str, sub_id: int) -> int | None:
+        """The pid subscriber `sub_id` wrote in its record, for messages; None if unknown."""
+        try:
+            pid = self.read_record(self.sub_path(token, sub_id)).get("pid")
+        except ShmBusError:
+            return None
+        return pid if isinstance(pid, int) and pid > 0 else None
+
     def _pid_of(self, path: str) -> str:
         try:
             return str(self.read_record(path).get("pid", "?"))

@@ -104,7 +104,9 @@ from ._errors import (
     shown,
 )
 from ._registry import validate_name
-from ._subscription import REMOTE_SCHEME, EndReason
+from ._subscription import EndReason
+
+REMOTE_SCHEME = "nats://"
 
 try:
     import nats
@@ -429,7 +431,7 @@ _open_remote: "weakref.WeakSet[RemoteSubscription]" = weakref.WeakSet()
 
 
 def subscribe_remote(name: str, *, capacity: int | None = None,
-                     durable: str | None = None) -> "RemoteSubscription":
+                     durable: str | None = None, wait: float = 0.0) -> "RemoteSubscription":
     """Subscribe to a bus bridged to NATS JetStream: `nats://HOST:PORT/NAME[?durable=D]`.
 
     `capacity` is how many events are fetched ahead of the caller (default 256).

@@ -29,24 +29,24 @@ event. Either way the caller sees each event exactly once.
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextlib
 import functools
 import os
 import threading
 import time
-import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import posix_ipc
 
-from . import _codec, _liveness, _ring
+from . import _codec, _ring
 from ._bell import Bell, Ringer
 from ._arena import ArenaReader
 from ._control import COMMITTED_WORD, ControlBlock
 from ._errors import (
+    BusNotFound,
     Closed,
     DeserializationError,
     EmitterDied,
@@ -55,6 +55,7 @@ from ._errors import (
     Timeout,
     shown,
 )
+from ._handle import Handle
 from ._liveness import LifeLock, is_alive
 from ._registry import Registry, validate_name
 from ._ring import EMITTER_WAITING, SUB_WAITING, TAIL_WORD
@@ -71,8 +72,6 @@ from ._wait import (
     waiter_from_env,
 )
 
-REMOTE_SCHEME = "nats://"
-
 MAX_VIEWED_EVENTS = 16
 """How many events' views (`recv(view=True)`) may be in use at once: each keeps shared
 memory the emitter is waiting to reuse."""
@@ -82,8 +81,6 @@ BATCH_BYTES = 1 << 20
 bytes. Decoding many large events at once makes the allocator fetch (and fault in) fresh
 memory for each batch, which costs more than the batch saves: 64 events of 1 MiB went
 ten times slower in one list than one by one."""
-
-_open_subscriptions: "weakref.WeakSet[Subscription]" = weakref.WeakSet()
 
 
 class EndReason(Enum):
@@ -120,33 +117,107 @@ class _Parked:
         self.error = error
 
 
-def subscribe(name: str, *, capacity: int | None = None) -> "Subscription":
-    """Subscribe to the bus called `name` from any process of the same user.
+@runtime_checkable
+class Subscription(Protocol):
+    """What every subscription offers, local (`LocalSubscription`) or read back from NATS
+    (`shmbus.nats.RemoteSubscription`): what `shmbus.subscribe()` returns.
 
-    The subscription receives every event whose `emit` begins after this returns. `capacity` is the
-    number of events its ring holds before the emitter blocks (default: the emitter's).
-    Raises `BusNotFound` if no live bus has that name.
-
-    `name` may also be `nats://host:port/NAME`: the stream of bus NAME that a bridge
-    (`shmbus bridge`) publishes to NATS JetStream, read from any host; see `_remote`.
+    Events arrive in the emitter's order, once each. `recv` and `arecv` wait for the
+    next; `recv_many` and `arecv_many` take what is ready, 1 to `max_n`; iteration (`for`,
+    `async for`) ends quietly when the bus was closed and everything read, and raises
+    `EmitterDied` when the emitter died. `end_reason` says which, once it is over.
     """
-    if not isinstance(name, str):
-        raise InvalidArgument(f"subscribe() takes a bus name, a str, got {shown(name)}")
-    if name.startswith(REMOTE_SCHEME):
-        from ._remote import subscribe_remote
 
-        return subscribe_remote(name, capacity=capacity)  # type: ignore[return-value]
-    return Subscription._join(Registry(), name, capacity)
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def end_reason(self) -> "EndReason | None": ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    def recv(self, *, timeout: float | None = None) -> Any: ...
+
+    def recv_many(self, max_n: int, *, timeout: float | None = None) -> list[Any]: ...
+
+    async def arecv(self, *, timeout: float | None = None) -> Any: ...
+
+    async def arecv_many(self, max_n: int, *, timeout: float | None = None
+                         ) -> list[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+    def __next__(self) -> Any: ...
+
+    def __aiter__(self) -> AsyncIterator[Any]: ...
+
+    async def __anext__(self) -> Any: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Any: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+    async def __aenter__(self) -> Any: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
 
 
-class Subscription:
+@dataclass(frozen=True)
+class RawEvent:
+    """An event as it lay in shared memory, not unpickled: for code that passes events
+    on (a bridge to another system) rather than use them.
+
+    `seq` is its number on the bus (the same for every subscriber); `data` is its pickle,
+    or, if `laid_out`, a large event's layout (the pickle and its out-of-band buffers,
+    see `_codec.Parts`). `decode()` makes the event of either.
+    """
+
+    seq: int
+    data: bytes
+    laid_out: bool
+
+    def decode(self) -> Any:
+        if self.laid_out:
+            with memoryview(self.data) as view:
+                return _codec.decode_laid_out(view)
+        return _codec.decode(self.data)
+
+
+WAIT_STEP = 0.05
+"""The longest `subscribe(wait=)` sleeps between two looks for its bus."""
+
+
+def subscribe_local(name: str, *, capacity: int | None = None,
+                    wait: float = 0.0) -> "LocalSubscription":
+    """Subscribe to the bus called `name` on this host; see `shmbus.subscribe`."""
+    validate_name(name)
+    deadline = deadline_after(wait)
+    pause = 0.002
+    while True:
+        try:
+            return LocalSubscription._join(Registry(), name, capacity)
+        except BusNotFound as exc:
+            if deadline is not None and time.monotonic() >= deadline:
+                if wait:
+                    raise BusNotFound(f"{exc} (waited {wait:g} s for it)") from None
+                raise
+        time.sleep(pause if deadline is None else max(0.0, min(pause, deadline - time.monotonic())))
+        pause = min(2 * pause, WAIT_STEP)
+
+
+class LocalSubscription(Handle):
     """A subscriber's end of a bus: `recv()` events, or iterate until the stream ends."""
+
+    _kind = "subscription"
 
     def __init__(self) -> None:
         raise TypeError("use shmbus.subscribe(name) or EventEmitter.subscribe()")
 
     @classmethod
-    def _join(cls, registry: Registry, name: str, capacity: int | None) -> "Subscription":
+    def _join(cls, registry: Registry, name: str, capacity: int | None) -> "LocalSubscription":
         validate_name(name)
         if capacity is not None:
             _ring.validate_capacity(capacity)
@@ -175,9 +246,9 @@ class Subscription:
         self._ring = ring
         self._waiter = waiter
         self._emitter_path = registry.emitter_path(token)
-        self._epoch = _liveness.fork_epoch
         self._start: int | None = None
         self._tail = 0
+        self._last_seq: int | None = None
         self._committed = 0
         self._parked: _Parked | None = None
         self._surplus: _Parked | None = None  # what an interrupted recv_many left over
@@ -187,8 +258,8 @@ class Subscription:
         self._end: EndReason | None = None
         self._lock = threading.RLock()
         self._closing = False
-        self._closed = False
-        _open_subscriptions.add(self)
+        self._left = False  # the registry has forgotten this subscriber
+        self._opened()
 
     # -- public -------------------------------------------------------------------------
 
@@ -211,8 +282,16 @@ class Subscription:
         return self._end
 
     @property
-    def closed(self) -> bool:
-        return self._closed
+    def bus_id(self) -> str:
+        """The identity of the bus this reads: a new one whenever an emitter takes the
+        name. With `RawEvent.seq`, it names an event for good (a bridge's message id)."""
+        return self._token
+
+    @property
+    def last_seq(self) -> int | None:
+        """The number of the last event this subscription took from its ring (returned,
+        or about to be after an interruption); None before the first."""
+        return self._last_seq
 
     def recv(self, *, timeout: float | None = None, view: bool = False) -> Any:
         """The next event, waiting for it as long as `timeout` allows (None: forever).
@@ -261,6 +340,18 @@ class Subscription:
                     return parked.values
                 raise parked.error
 
+    def recv_raw(self, max_n: int, *, timeout: float | None = None) -> list[RawEvent]:
+        """As `recv_many`, the events as they lay in shared memory, not unpickled (see
+        `RawEvent`): an event this process could not unpickle is passed on all the same."""
+        if isinstance(max_n, bool) or not isinstance(max_n, int) or max_n < 1:
+            raise InvalidArgument(f"max_n must be an int >= 1, got {shown(max_n)}")
+        deadline = deadline_after(timeout)
+        while True:
+            self._park(deadline, max_n, raw=True)
+            parked, self._parked = self._parked, None  # see recv
+            if parked is not None:
+                return parked.values
+
     async def arecv(self, *, timeout: float | None = None) -> Any:
         """`recv` for asyncio: the event loop runs while this waits.
 
@@ -305,11 +396,9 @@ class Subscription:
         An emitter blocked on this subscription's full ring is released at once, and a
         `recv` blocked in another thread raises `Closed` within one slice.
         """
-        if self._closed:
-            return
-        if self._epoch != _liveness.fork_epoch:
-            self._closed = True  # inherited through fork: the parent owns the ring
-            return
+        super().close()
+
+    def _close(self) -> None:
         self._closing = True
         with self._lock:  # a recv blocked in another thread leaves within one slice
             # Every step may be repeated: a close() interrupted halfway is finished by the
@@ -330,39 +419,24 @@ class Subscription:
                 if self._ringer is not None:
                     self._ringer.close()
                 self._ring.detach()
-            if not self._control.unmapped:
-                self._registry.leave(self._token, self._sub_id, self._life, self._control)
-                self._control.close()
+            if not self._left:
+                # Even if a mapping is gone already (a dropped handle is finalized with
+                # what it holds, in any order): the registry and the names are what count.
+                self._registry.leave(self._token, self._sub_id, self._life,
+                                     None if self._control.unmapped else self._control)
+                self._left = True
+            self._control.close()
             self._closed = True
-            _open_subscriptions.discard(self)
-
-    def __enter__(self) -> "Subscription":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    async def __aenter__(self) -> "Subscription":
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            if not getattr(self, "_closed", True):
-                self.close()
-        except Exception:
-            pass
 
     def __repr__(self) -> str:
-        return f"<shmbus.Subscription {self._name!r} #{self._sub_id} tail={self._tail}>"
+        return f"<shmbus.LocalSubscription {self._name!r} #{self._sub_id} tail={self._tail}>"
 
     # -- receiving, step by step ------------------------------------------------------
 
-    def _park(self, deadline: float | None, max_n: int, view: bool = False) -> None:
+    def _park(self, deadline: float | None, max_n: int, view: bool = False,
+              raw: bool = False) -> None:
         """Leave the next events, consumed, in `self._parked`: between 1 and `max_n`."""
-        if self._closed or self._epoch != _liveness.fork_epoch:
+        if self._closed or self.inherited:
             self._check_usable()
         if not (self._lock.acquire() if deadline is None else acquire_by(self._lock, deadline)):
             raise Timeout(f"another thread is receiving from {self._name!r}")
@@ -389,7 +463,8 @@ class Subscription:
                     pass
             if max_n > 1:
                 self._committed = self._control.words[COMMITTED_WORD]
-            self._consume(self._read(seq, min(max_n, self._committed - seq), view))
+            count = min(max_n, self._committed - seq)
+            self._consume(self._read_raw(seq, count) if raw else self._read(seq, count, view))
         finally:
             self._lock.release()
 
@@ -432,6 +507,7 @@ class Subscription:
         # docstring on interruptions.
         self._parked = parked
         count = len(parked.values) or 1
+        self._last_seq = parked.seq + count - 1
         tail = self._tail + count
         self._ring.words[TAIL_WORD] = tail
         self._tail = tail
@@ -502,14 +578,8 @@ class Subscription:
             self._ringer = Ringer()
         self._ringer.ring(self._registry.bell_path(self._token, "emitter"))
 
-    def _check_usable(self) -> None:
-        if self._epoch != _liveness.fork_epoch:
-            raise ShmBusError(
-                f"this subscription to {self._name!r} was inherited through fork; only the "
-                "process that subscribed may read it. Subscribe in the child instead."
-            )
-        if self._closed:
-            raise Closed(f"this subscription to {self._name!r} is closed")
+    def _what(self) -> str:
+        return f"bus {self._name!r}"
 
     def _await_event(self, deadline: float | None) -> int:
         """The sequence number of the next event once it is readable."""
@@ -548,6 +618,18 @@ class Subscription:
                 "emitting has been received"
             )
         raise Closed(f"bus {self._name!r} is closed and every event has been received")
+
+    def _read_raw(self, seq: int, count: int) -> _Parked:
+        """Events `seq` to `seq + count - 1` as `RawEvent`s."""
+        events = []
+        for index in range(seq, seq + count):
+            kind, payload = self._ring.read(index)
+            if kind == _ring.KIND_INLINE:
+                events.append(RawEvent(index, payload, False))
+            else:
+                events.append(RawEvent(index, self._large.raw(kind == _ring.KIND_ARENA,
+                                                              payload), True))
+        return _Parked(seq, events, None)
 
     def _read(self, seq: int, count: int, view: bool = False) -> _Parked:
         """Decode events `seq` to `seq + count - 1`, stopping before an undecodable one
@@ -599,10 +681,3 @@ class Subscription:
         return False
 
 
-@atexit.register
-def _close_open_subscriptions() -> None:
-    for sub in list(_open_subscriptions):
-        try:
-            sub.close()
-        except Exception:
-            pass

@@ -459,3 +459,87 @@ def test_the_upkeep_looking_never_makes_a_zero_timeout_emit_fail():
             assert blocked
         finally:
             em._lock.release()
+
+
+def _subscribe_late_and_collect(name: str, delay: float, out) -> None:
+    time.sleep(delay)
+    with shmbus.subscribe(name, wait=10) as sub:  # the bus may not exist yet
+        out.put([event for event in sub])
+
+
+@pytest.mark.parametrize("emitter_first", [True, False])
+def test_processes_started_in_any_order_get_every_event(procs, emitter_first):
+    out = helpers.context().Queue()
+    if not emitter_first:
+        for _ in range(2):
+            procs(_subscribe_late_and_collect, "anyorder", 0.0, out)
+        time.sleep(0.3)  # they wait for a bus that is not there yet
+    with shmbus.EventEmitter("anyorder") as em:
+        if emitter_first:
+            for _ in range(2):
+                procs(_subscribe_late_and_collect, "anyorder", 0.3, out)
+        assert em.wait_for_subscribers(2, timeout=10) == 2
+        em.emit_many(range(100))
+    assert out.get(timeout=10) == out.get(timeout=10) == list(range(100))
+    for proc in procs.started:
+        proc.join(10)  # each leaves the bus itself
+
+
+def test_waiting_for_subscribers_or_a_bus_times_out_clearly():
+    with shmbus.EventEmitter("lonely") as em:
+        with pytest.raises(shmbus.Timeout, match="only 0 of 2 subscribers"):
+            em.wait_for_subscribers(2, timeout=0.2)
+    began = time.monotonic()
+    with pytest.raises(shmbus.BusNotFound, match="waited 0.3 s"):
+        shmbus.subscribe("nobody-yet", wait=0.3)
+    assert 0.3 <= time.monotonic() - began < 2
+
+
+def test_a_blocked_emit_says_so_in_the_log_naming_the_pid(procs, caplog):
+    ready = helpers.context().Queue()
+    with shmbus.EventEmitter("stuck", warn_after=0.3) as em:
+        holder = procs(helpers.subscribe_and_hold, "stuck", ready, 2)
+        ready.get(timeout=10)
+        em.emit_many(range(2))  # its ring of 2 is full from here on
+        with caplog.at_level("WARNING", logger="shmbus"), \
+                pytest.raises(shmbus.Timeout) as refused:
+            em.emit("one more", timeout=1.5)
+        os.kill(holder.pid, signal.SIGKILL)  # before the bus closes: reaped, not leaked
+        holder.join(5)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "shmbus"]
+    assert 2 <= len(warnings) <= 3, warnings  # at 0.3 s and 0.6 s (and 1.2 s): not more
+    assert f"pid {holder.pid}" in warnings[0] and "2 of 2" in warnings[0], warnings
+    assert f"pid {holder.pid}" in str(refused.value) and "2 of 2" in str(refused.value)
+
+
+def test_raw_events_are_the_pickles_numbered_as_on_the_bus():
+    import numpy as np
+
+    with shmbus.EventEmitter("raw") as em, em.subscribe() as sub:
+        em.emit("skipped")
+        sub.recv(timeout=1)
+        em.emit_many([{"small": 1}, np.arange(10_000), b"x" * 2000])
+        raw = sub.recv_raw(10, timeout=1)
+        assert [r.seq for r in raw] == [1, 2, 3] and sub.last_seq == 3
+        assert [r.laid_out for r in raw] == [False, True, True]
+        assert raw[0].decode() == {"small": 1} and raw[2].decode() == b"x" * 2000
+        assert np.array_equal(raw[1].decode(), np.arange(10_000))
+        assert sub.bus_id == helpers.token_of(em)
+
+
+def test_local_and_remote_subscriptions_are_one_protocol():
+    with shmbus.EventEmitter("proto") as em, shmbus.subscribe("proto") as sub:
+        assert isinstance(sub, shmbus.Subscription)
+        assert isinstance(sub, shmbus.LocalSubscription)
+        assert isinstance(em.subscribe(), shmbus.Subscription)  # dropped: it closes itself
+
+
+def test_a_dropped_handle_closes_itself():
+    with shmbus.EventEmitter("dropped") as em:
+        token = helpers.token_of(em)
+        em.subscribe()  # not kept
+        em.subscribe(capacity=4)
+        assert em.subscriber_count == 0
+    assert helpers.objects_of(token) == []
+    shmbus.EventEmitter("dropped-too")  # not kept either
+    assert shmbus.buses() == []
