@@ -163,6 +163,11 @@ class Registry:
             return None
         return token if _TOKEN.fullmatch(token) else None
 
+    def no_such_bus(self, name: str) -> BusNotFound:
+        """The one way every part of shmbus says that `name` names no live bus."""
+        return BusNotFound(f"no bus named {name!r} (registry {self.root}; `shmbus ls` "
+                           "lists the buses there)")
+
     def names(self) -> Iterator[tuple[str, str]]:
         for name in sorted(_listdir(self.names_dir)):
             token = self.resolve(name)
@@ -230,7 +235,7 @@ class Registry:
         """The token and mapped control block of the live bus called `name`."""
         token = self.resolve(name)
         if token is None:
-            raise BusNotFound(f"no bus named {name!r} (registry {self.root})")
+            raise self.no_such_bus(name)
         try:
             buf = _platform.open_segment(_names.control_name(token))
         except posix_ipc.ExistentialError:

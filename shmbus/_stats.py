@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import _ring
-from ._errors import BusNotFound, IncompatibleBus
+from ._errors import IncompatibleBus
 from ._liveness import is_alive
 from ._registry import Registry, _attach_control_quietly, validate_name
 
@@ -83,9 +83,7 @@ def stats(name: str, *, root: str | None = None) -> BusStats:
     token = registry.resolve(name)
     figures = _read_bus(registry, name, token) if token is not None else None
     if figures is None:
-        raise BusNotFound(
-            f"no bus named {name!r} in {registry.root} (list them with `shmbus ls`)"
-        )
+        raise registry.no_such_bus(name)
     return figures
 
 
