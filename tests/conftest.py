@@ -3,12 +3,12 @@
 Every test gets a registry directory of its own (`SHMBUS_DIR`) and a ledger of the shared
 objects its processes create (`SHMBUS_LEDGER`); afterwards the suite checks that every
 one of them was removed: a leak fails the test that caused it, and is removed so that it
-cannot fail the next one. Objects the test did not create are never looked at.
+cannot fail the next one. Objects the test did not create are never looked at. That is
+`shmbus.testing`'s `shmbus_registry` fixture, which the package ships for its users.
 """
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import signal
@@ -17,7 +17,6 @@ import tempfile
 
 import pytest
 
-from shmbus import _platform
 from tests import helpers
 
 
@@ -49,27 +48,10 @@ def _run_alone(config: pytest.Config) -> None:
 
 
 @pytest.fixture(autouse=True)
-def registry_dir(monkeypatch: pytest.MonkeyPatch):
-    # A short path: the registry's paths show up in error messages.
-    path = tempfile.mkdtemp(prefix="sbreg-")
-    monkeypatch.setenv("SHMBUS_DIR", path)
-    yield path
-    helpers.remove_tree(path)
-
-
-@pytest.fixture(autouse=True)
-def no_leaks(registry_dir: str, monkeypatch: pytest.MonkeyPatch):
-    # Only what this test's processes created is checked (they inherit the ledger), never
-    # the rest of /dev/shm: other programs' buses may come and go meanwhile.
-    ledger = registry_dir + ".ledger"
-    monkeypatch.setenv(_platform.LEDGER_ENV, ledger)
-    yield
-    leaked = _platform.ledger_leftovers(ledger)
-    for kind, name in leaked:
-        _platform.remove(kind, name)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(ledger)
-    assert not leaked, f"the test left shared objects behind: {leaked}"
+def registry_dir(shmbus_registry: str) -> str:
+    """Every test runs with a registry of its own and a leak check of what it created:
+    the fixture shmbus ships for its users' tests (`shmbus.testing`)."""
+    return shmbus_registry
 
 
 @pytest.fixture(params=["timed", "poll"])
