@@ -26,8 +26,10 @@ does not know who would have posted. Slices bound that to one slice per liveness
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # the C half of `signal`; no stub
 import math
 import os
+import signal
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -80,17 +82,51 @@ class Waiter(ABC):
 
 
 class TimedWaiter(Waiter):
+    """Sleeps in `sem_timedwait`, with the process's asynchronous signals held back.
+
+    posix_ipc runs a signal's Python handler when the wait is interrupted, but keeps
+    only a `KeyboardInterrupt`: any other exception the handler raises (pytest-timeout's
+    failure, `sys.exit()` in a SIGTERM handler, a worker pool's stop) becomes a bare
+    `SignalError`, and the handler's own is lost. So the main thread, the one Python runs
+    handlers in, sleeps with those signals blocked; a signal that comes meanwhile is
+    delivered when the slice ends (at most `SLICE` later) and its handler runs then, as
+    Python's own, its exception propagating from here.
+    """
+
     name = "timed"
 
     def _take_blocking(self, sem: posix_ipc.Semaphore, timeout: float) -> bool:
+        if threading.current_thread() is not threading.main_thread():
+            return _timed_take(sem, timeout)  # handlers never run in other threads
+        # The mask changes only inside `try`: an interruption before it changes nothing,
+        # and one after it finds `finally` putting the mask back. The C function, not
+        # `signal.pthread_sigmask`: that is Python code, and a handler running as it is
+        # entered (a signal another thread caught) would skip the restoring call.
+        previous = _signal.pthread_sigmask(signal.SIG_BLOCK, ())
         try:
-            sem.acquire(timeout)
-            return True
-        except posix_ipc.BusyError:
-            return False
-        except posix_ipc.SignalError:
-            # Some other signal's handler ran and did not raise: a short, early wake-up.
-            return False
+            _signal.pthread_sigmask(signal.SIG_BLOCK, _ASYNC_SIGNALS)
+            return _timed_take(sem, timeout)
+        finally:
+            _signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _timed_take(sem: posix_ipc.Semaphore, timeout: float) -> bool:
+    try:
+        sem.acquire(timeout)
+        return True
+    except posix_ipc.BusyError:
+        return False
+    except posix_ipc.SignalError:
+        # A signal this thread does not hold back, whose handler did not raise: a short,
+        # early wake-up.
+        return False
+
+
+_ASYNC_SIGNALS = frozenset(signal.valid_signals()) - {
+    signal.SIGKILL, signal.SIGSTOP,  # cannot be held back
+    signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGTRAP,
+    signal.SIGABRT, signal.SIGSYS,  # raised by the thread itself: never hold those
+}
 
 
 class PollingWaiter(Waiter):

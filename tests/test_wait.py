@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import signal
 import threading
 import time
 
@@ -12,6 +13,7 @@ import pytest
 
 import shmbus
 from shmbus import _names, _platform, _wait
+from tests import helpers
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -86,3 +88,48 @@ def test_a_huge_timeout_still_waits_for_another_thread():
         blocked.join(5)
         waiting.join(5)
         assert got == [1]
+
+
+class _Handled(Exception):
+    pass
+
+
+def _raise_handled(signum: int, frame: object) -> None:
+    raise _Handled(signum)
+
+
+@pytest.mark.parametrize("blocked_in", ["emit", "recv"])
+def test_a_signal_handlers_exception_ends_a_blocked_call(blocked_in, monkeypatch):
+    # posix_ipc would keep only KeyboardInterrupt: pytest-timeout's own failure, or
+    # sys.exit() in a SIGTERM handler, must come out of a blocked call all the same.
+    previous = signal.signal(signal.SIGALRM, _raise_handled)
+    try:
+        with shmbus.EventEmitter("held", capacity=1) as em, em.subscribe() as sub:
+            if blocked_in == "emit":
+                em.emit("fills the ring")
+            signal.setitimer(signal.ITIMER_REAL, 0.3)
+            began = time.monotonic()
+            with pytest.raises(_Handled):
+                em.emit("blocks") if blocked_in == "emit" else sub.recv()
+            assert time.monotonic() - began < 0.3 + 2 * _wait.SLICE
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_interruptions_inside_waits_never_leave_signals_held_back():
+    # A full ring for emit and an empty one for recv: every call sleeps in a wait.
+    with shmbus.EventEmitter("mask", capacity=1) as em, em.subscribe() as sub, \
+            shmbus.EventEmitter("empty") as quiet, quiet.subscribe() as idle:
+        em.emit("fills the ring")
+        with helpers.interrupts_inside_shmbus(every=0.0005) as seen:
+            for _ in range(150):
+                for blocked in (lambda: em.emit("x", timeout=0.002),
+                                lambda: idle.recv(timeout=0.002)):
+                    try:
+                        blocked()
+                    except (KeyboardInterrupt, shmbus.Timeout):
+                        pass
+        assert seen.count > 20
+        assert signal.pthread_sigmask(signal.SIG_BLOCK, ()) == set()
+        assert sub.recv(timeout=1) == "fills the ring"
