@@ -473,11 +473,9 @@ def _take(sub: LocalSubscription, max_n: int, wait: float, token: str,
 
 
 def _last_seq(sub: LocalSubscription) -> int:
-    # The bus's number of the event `recv` returned last. Subscriptions do not expose it;
-    # this is how they know it.
-    start = sub._start
-    assert start is not None
-    return int(start + sub._tail - 1)
+    last = sub.last_seq
+    assert last is not None, "called after a receive"
+    return last
 
 
 def _event_item(token: str, seq: int, event: Any, max_payload: int) -> _Item:

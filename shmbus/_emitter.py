@@ -46,7 +46,8 @@ from typing import TYPE_CHECKING, Any
 import posix_ipc
 
 from . import _codec, _liveness, _ring
-from ._control import BYTES_WORD, COMMITTED_WORD, GENERATION_WORD
+from ._control import GENERATION_WORD
+from ._core import Fanout
 from ._bell import Bell, Ringer
 from ._arena import DEFAULT_LARGE_BYTES, Arena, validate_large_bytes
 from ._errors import Closed, InvalidArgument, SerializationError, ShmBusError, Timeout, shown
@@ -59,9 +60,7 @@ from ._wait import (
     deadline_after,
     expired,
     fence,
-    post_each,
     slice_until,
-    take_posted,
     waiter_from_env,
 )
 
@@ -80,6 +79,11 @@ within this. An emit under way does the same itself, so the thread never waits f
 
 WAIT_STEP = 0.05
 """The longest `wait_for_subscribers` sleeps between two looks at the registry."""
+
+BATCH_RETRY_AFTER = 16
+"""After a chunk that could not go as one batch (events that name classes, or too large
+for their slots), `emit_many` sends this many chunks event by event before trying again:
+a stream of such events pays for the attempt once in a while, not on every chunk."""
 
 WARN_AFTER = 5.0
 """An `emit` that has waited this many seconds for one subscriber says so, on the
@@ -102,37 +106,19 @@ log = logging.getLogger("shmbus")
 
 
 class _Outlet:
-    """The emitter's view of one adopted ring."""
+    """What the emitter keeps about one adopted ring besides what `Fanout` writes."""
 
-    __slots__ = ("ring", "start", "known_tail", "capacity", "sub_id", "bell", "pid")
+    __slots__ = ("ring", "sub_id", "capacity", "bell", "pid")
 
-    def __init__(self, ring: _ring.Ring, start: int, bell: str, pid: int | None) -> None:
-        self.ring = ring
+    def __init__(self, ring: _ring.Ring, bell: str, pid: int | None) -> None:
+        self.ring = ring  # for waiting on its `space` doorbell, and its flags
+        self.sub_id = ring.sub_id
+        self.capacity = ring.capacity
         self.bell = bell  # rung when its subscriber waits from asyncio
         self.pid = pid  # for messages only: never to decide anything
-        self.sub_id = ring.sub_id
-        self.start = start
-        self.capacity = ring.capacity
-        self.known_tail = 0
-
-    def has_room(self, seq: int) -> bool:
-        """Whether event `seq` fits without overwriting an unread slot."""
-        if seq - self.start - self.known_tail < self.capacity:
-            return True
-        self.known_tail = self.ring.tail
-        return seq - self.start - self.known_tail < self.capacity
-
-    def oldest_unread(self) -> int:
-        """The oldest event whose memory its subscriber may still read: not yet
-        consumed, or consumed but still read in place (`_ring` on `pinned`)."""
-        return min(self.start + self.ring.tail, self.ring.pinned)
 
     def who(self) -> str:
         return f"subscriber {self.sub_id} (pid {self.pid if self.pid else '?'})"
-
-    def fill(self, seq: int) -> str:
-        """How full its ring is once event `seq` is in."""
-        return f"{min(seq - self.start - self.ring.tail, self.capacity)} of {self.capacity}"
 
 
 class EventEmitter(Handle):
@@ -159,14 +145,13 @@ class EventEmitter(Handle):
         )
         self._lock = threading.RLock()
         self._outlets: dict[int, _Outlet] = {}
-        self._everyone: list[_Outlet] = []  # self._outlets' values, for the hot path
-        self._doorbells: list[posix_ipc.Semaphore] = []  # their `data` semaphores
+        self._fanout = Fanout(self._control)  # the rings, as the ring protocol writes them
         self._generation = -1
         self._next_sweep = 0.0
         self._inline_max = _ring.SLOT_SIZE - _ring.SLOT_HEADER_SIZE
         self._arena = Arena(self._token, self._control)
-        self._bytes_emitted = 0
         self._expect_large = False
+        self._batch_misses = 0  # chunks to go before `_batch_of` tries again
         self._bell: Bell | None = None  # created by the first aemit that has to wait
         self._ringer = Ringer()
         self._closing = False
@@ -204,7 +189,8 @@ class EventEmitter(Handle):
         deadline = None if timeout is None else deadline_after(timeout)
         self._enter(deadline)
         try:
-            return self._send([payload], 0, deadline)[1]
+            self._look()
+            return self._send([payload], deadline)[1]
         finally:
             self._lock.release()
 
@@ -228,17 +214,18 @@ class EventEmitter(Handle):
         try:
             self._enter(deadline)
             try:
-                chunk: list[bytes | _codec.Parts] = []
                 while True:
+                    self._look()  # the chunk must fit every ring, new ones included
+                    chunk = list(itertools.islice(source, self._chunk_size()))
                     if not chunk:
-                        self._look()  # the chunk must fit every ring, new ones included
-                        chunk = [self._encode(e) for e in itertools.islice(
-                            source, self._chunk_size())]
-                        if not chunk:
-                            return reached
-                    count, reached = self._send(chunk, 0, deadline)
+                        return reached
+                    batch = self._batch_of(chunk)
+                    if batch is None:
+                        count, reached = self._send([self._encode(e) for e in chunk],
+                                                    deadline)
+                    else:
+                        count, reached = self._send_batch(len(chunk), batch, deadline)
                     sent += count
-                    del chunk[:count]  # all of it, unless rings shrank the chunk size
             finally:
                 self._lock.release()
         except (Timeout, SerializationError) as exc:
@@ -328,17 +315,16 @@ class EventEmitter(Handle):
                 self._control.mark_closed()
                 self._refresh()  # rings that joined since the last emit hear the end too
                 self._drop_departed()  # the dead are removed now, not by the last one out
-                _ring_all(list(self._outlets.values()), 1)
+                self._fanout.repost(1)  # every subscriber looks, and sees `closed`
+                self._ring_bells()
                 for outlet in self._outlets.values():
-                    if outlet.ring.flags[SUB_WAITING]:
-                        self._ringer.ring(outlet.bell)
+                    self._fanout.remove(outlet.sub_id)
                     outlet.ring.detach()
             self._ringer.close()
             self._arena.close()
             if self._bell is not None:
                 self._bell.close()
             self._outlets.clear()
-            self._list_outlets()
             if not self._left:
                 # Even if a mapping is gone already (a dropped handle is finalized with
                 # what it holds, in any order): the registry and the names are what count.
@@ -391,38 +377,70 @@ class EventEmitter(Handle):
     def _what(self) -> str:
         return f"bus {self._name!r}"
 
-    def _send(self, payloads: "list[bytes | _codec.Parts]", first: int, deadline: float | None,
+    def _send(self, payloads: "list[bytes | _codec.Parts]", deadline: float | None,
               wait: bool = True) -> tuple[int, int]:
-        """Commit the next chunk of `payloads` from `first` on as consecutive events, all
-        or none; (events sent, subscribers reached)."""
-        words = self._control.words
-        self._look()
-        if first or len(payloads) > 1:
-            # Sized after `_refresh`: a chunk must fit in every ring, new ones included.
-            payloads = payloads[first : first + self._chunk_size()]
-        seq = words[COMMITTED_WORD]  # the truth, even after an interrupted emit
+        """Commit `payloads` as consecutive events, all or none; (events sent,
+        subscribers reached). The caller holds the lock and sized the chunk to fit every
+        ring (`_look` first, then `_chunk_size`)."""
+        count = len(payloads)
+        seq = self._fanout.committed  # the truth, even after an interrupted emit
         if self._arena.outstanding:
             self._reclaim(seq)
-        count = len(payloads)
-        slots: list[bytes] = []  # those of large events, placed before any ring is touched
-        outlets: list[_Outlet] = []
+        slots: list[bytes] = []  # made before any ring is touched: large events placed
         try:
             slots = self._place(seq, payloads, deadline, wait)
-            outlets = self._reserve(seq, count, deadline, wait)
-            if outlets:
-                self._write(seq, slots, outlets)
-            words[COMMITTED_WORD] = seq + count
-            self._bytes_emitted += len(payloads[0]) if count == 1 else sum(map(len, payloads))
-            words[BYTES_WORD] = self._bytes_emitted
-            post_each(self._doorbells if outlets is self._everyone else
-                      [o.ring.data for o in outlets], count)
-            for outlet in outlets:
-                if outlet.ring.flags[SUB_WAITING]:  # read after a post: see `_bell`
-                    self._ringer.ring(outlet.bell)
+            nbytes = len(payloads[0]) if count == 1 else sum(map(len, payloads))
+            reached = self._publish(_ring.slot_block(slots), count, nbytes, seq, deadline,
+                                    wait)
         except BaseException:
-            self._abort(seq + count, outlets, count, slots)
+            self._abort(seq + count, count, slots)
             raise
-        return count, len(outlets)
+        return count, reached
+
+    def _send_batch(self, count: int, batch: bytes, deadline: float | None
+                    ) -> tuple[int, int]:
+        """As `_send`, for `count` events pickled as one list (`_batch_of`)."""
+        seq = self._fanout.committed
+        try:
+            reached = self._publish(_ring.batch_slot(seq, count, batch), count, len(batch),
+                                    seq, deadline, True)
+        except BaseException:
+            self._abort(seq + count, count, [])
+            raise
+        return count, reached
+
+    def _publish(self, block: bytes, count: int, nbytes: int, seq: int,
+                 deadline: float | None, wait: bool) -> int:
+        while True:
+            reached = self._fanout.publish(block, count, nbytes)
+            if reached >= 0:
+                self._ring_bells()
+                return reached
+            self._await_room_for(self._outlets[-1 - reached], seq + count - 1, deadline, wait)
+
+    def _batch_of(self, events: list[Any]) -> bytes | None:
+        """`events` pickled as one list, if that is worth it and safe (`_codec`)."""
+        if len(events) < 2 or self._expect_large or self._batch_misses:
+            self._batch_misses = max(0, self._batch_misses - 1)
+            return None
+        batch = _codec.encode_batch(events)
+        if batch is None or not _ring.batch_fits(len(events), batch):
+            self._batch_misses = BATCH_RETRY_AFTER  # events like these: one by one a while
+            return None
+        return batch
+
+    def _await_room_for(self, outlet: _Outlet, last: int, deadline: float | None,
+                        wait: bool) -> None:
+        """A ring is full: wait for room in it (or, without `wait`, say so with
+        `_RingsFull`), or for its subscriber to be gone (then it is dropped)."""
+        if wait:
+            self._await_room(outlet, last, deadline)
+        elif not self._gone(outlet):
+            raise _RingsFull([outlet])
+
+    def _ring_bells(self) -> None:
+        for sub_id in self._fanout.wanting:
+            self._ringer.ring(self._outlets[sub_id].bell)
 
     def _place(self, seq: int, payloads: "list[bytes | _codec.Parts]", deadline: float | None,
                wait: bool) -> list[bytes]:
@@ -452,17 +470,18 @@ class EventEmitter(Handle):
             if oldest is None:
                 raise ShmBusError(  # pragma: no cover - an empty arena always has room
                     f"no room for a large event of {len(parts)} bytes on bus {self._name!r}")
-            slowest = min(self._everyone, key=_Outlet.oldest_unread, default=None)
-            if slowest is None or slowest.oldest_unread() > oldest:
+            slowest = min(self._outlets.values(), default=None,
+                          key=lambda o: self._fanout.oldest_unread(o.sub_id))
+            if slowest is None or self._fanout.oldest_unread(slowest.sub_id) > oldest:
                 self._reclaim(seq)  # read by everyone meanwhile, or nobody left to read it
                 continue
             if not wait:
                 raise _RingsFull([slowest])
             # Room comes when the slowest subscriber has read the oldest large event in
             # flight, and no longer reads it in place (a view it still holds).
-            self._await(slowest, lambda: slowest.oldest_unread() > oldest, deadline,
-                        lambda: "has not finished with the large events that fill the "
-                        f"bus's {self._arena.bound >> 20} MiB of large-event memory "
+            self._await(slowest, lambda: self._fanout.oldest_unread(slowest.sub_id) > oldest,
+                        deadline, lambda: "has not finished with the large events that fill "
+                        f"the bus's {self._arena.bound >> 20} MiB of large-event memory "
                         "(large_bytes)")
 
     def _discard_large(self, slots: list[bytes]) -> None:
@@ -471,25 +490,14 @@ class EventEmitter(Handle):
                 self._arena.discard_newest()
 
     def _reclaim(self, seq: int) -> None:
-        self._arena.reclaim(min((o.oldest_unread() for o in self._everyone), default=seq))
+        self._arena.reclaim(min((self._fanout.oldest_unread(sub_id) for sub_id in self._outlets),
+                                default=seq))
 
-    def _write(self, seq: int, slots: list[bytes], outlets: list[_Outlet]) -> None:
-        if len(slots) == 1:
-            for outlet in outlets:
-                outlet.ring.write_slot(seq, slots[0])
+    def _abort(self, end: int, count: int, slots: list[bytes]) -> None:
+        if self._fanout.committed == end:
+            self._fanout.repost(count)  # may ring a bell twice: one spurious wake-up
+            self._ring_bells()
         else:
-            block = _ring.slot_block(slots)
-            for outlet in outlets:
-                outlet.ring.write_slots(seq, block)
-
-    def _abort(self, end: int, outlets: list[_Outlet], count: int, slots: list[bytes]) -> None:
-        if self._control.committed == end:
-            _ring_all(outlets, count)  # may ring a bell twice: one spurious wake-up
-            for outlet in outlets:
-                if outlet.ring.flags[SUB_WAITING]:
-                    self._ringer.ring(outlet.bell)
-        else:
-            _give_back_room(outlets, count)
             self._discard_large(slots)
 
     def _look(self) -> None:
@@ -502,67 +510,11 @@ class EventEmitter(Handle):
         smallest = min((o.capacity for o in self._outlets.values()), default=self._capacity)
         return max(1, smallest // 4)
 
-    def _reserve(self, seq: int, count: int, deadline: float | None, wait: bool
-                 ) -> list[_Outlet]:
-        """Room for events `seq` to `seq + count - 1` in every ring that still listens.
-
-        Returns `self._everyone` itself when every ring had room at once.
-        """
-        last = seq + count - 1
-        everyone = self._everyone
-        for outlet in everyone:
-            if last - outlet.start - outlet.known_tail >= outlet.capacity:
-                if not outlet.has_room(last):
-                    return self._reserve_waiting(last, count, deadline, wait)
-        if count == 1:
-            for outlet in everyone:
-                try:
-                    outlet.ring.space.acquire(0)
-                except posix_ipc.BusyError:
-                    pass  # see take_posted
-        else:
-            for outlet in everyone:
-                take_posted(outlet.ring.space, count)
-        return everyone
-
-    def _reserve_waiting(self, last: int, count: int, deadline: float | None, wait: bool
-                         ) -> list[_Outlet]:
-        reserved: list[_Outlet] = []
-        try:
-            full = []
-            for outlet in self._everyone:
-                if outlet.has_room(last):
-                    take_posted(outlet.ring.space, count)
-                    reserved.append(outlet)
-                else:
-                    full.append(outlet)
-            if not wait:
-                still_full = []
-                for outlet in full:
-                    if not self._room_or_gone(outlet, last):
-                        still_full.append(outlet)
-                    elif outlet.sub_id in self._outlets:
-                        reserved.append(outlet)  # given back below if any is still full
-                if still_full:
-                    raise _RingsFull(still_full)
-            for outlet in full if wait else ():
-                if self._await_room(outlet, last, deadline):
-                    reserved.append(outlet)
-        except BaseException:
-            _give_back_room(reserved, count)
-            raise
-        return reserved
-
-    def _room_or_gone(self, outlet: _Outlet, last: int) -> bool:
-        """Without waiting: True if `outlet` has room now (a token taken) or its
-        subscriber is gone (dropped); False if it is full."""
-        if outlet.ring.sub_closed:
-            self._drop(outlet)
-            return True
-        if outlet.has_room(last):
-            take_posted(outlet.ring.space, 1)
-            return True
-        if self._registry.reap_if_dead(self._token, outlet.sub_id, self._control):
+    def _gone(self, outlet: _Outlet) -> bool:
+        """Without waiting: whether `outlet`'s subscriber left or died (then it is
+        dropped)."""
+        if outlet.ring.sub_closed or self._registry.reap_if_dead(self._token, outlet.sub_id,
+                                                                 self._control):
             self._drop(outlet)
             return True
         return False
@@ -576,7 +528,8 @@ class EventEmitter(Handle):
         try:
             self._check_usable()
             try:
-                return self._send([payload], 0, None, wait=False)[1]
+                self._look()
+                return self._send([payload], None, wait=False)[1]
             except _RingsFull as full:
                 return self._listen_for_room(full.outlets)
         finally:
@@ -590,8 +543,8 @@ class EventEmitter(Handle):
         for outlet in full:
             outlet.ring.flags[EMITTER_WAITING] = 1
         fence(full[0].ring.space)
-        seq = self._control.committed
-        if any(o.ring.sub_closed or o.has_room(seq) for o in full):
+        seq = self._fanout.committed
+        if any(o.ring.sub_closed or self._fanout.has_room(o.sub_id, seq) for o in full):
             return _Waiting(full, None)
         return _Waiting(full, self._bell)
 
@@ -622,8 +575,10 @@ class EventEmitter(Handle):
     def _await_room(self, outlet: _Outlet, seq: int, deadline: float | None) -> bool:
         """Wait until `outlet` has room for event `seq`: True, or False if its
         subscriber left."""
-        return self._await(outlet, lambda: outlet.has_room(seq), deadline,
-                           lambda: f"kept its ring full ({outlet.fill(seq)} unread)")
+        return self._await(outlet, lambda: self._fanout.has_room(outlet.sub_id, seq),
+                           deadline, lambda: "kept its ring full ("
+                           f"{self._fanout.unread(outlet.sub_id, seq)} of {outlet.capacity} "
+                           "unread)")
 
     def _await(self, outlet: _Outlet, ready: Callable[[], bool], deadline: float | None,
                why: Callable[[], str]) -> bool:
@@ -676,7 +631,7 @@ class EventEmitter(Handle):
                 return
             self._look()
             if self._arena.outstanding:
-                self._reclaim(self._control.words[COMMITTED_WORD])  # read meanwhile
+                self._reclaim(self._fanout.committed)  # large events read meanwhile
         finally:
             self._upkeeping = False
             self._lock.release()
@@ -703,11 +658,11 @@ class EventEmitter(Handle):
             ring = _ring.Ring.attach(self._token, sub_id, _ring.SLOT_SIZE)
         except (posix_ipc.ExistentialError, ShmBusError):
             return  # left already, or unreadable: it cannot be delivered to
-        start = self._control.committed
+        start = self._fanout.committed
         ring.adopt(start)
-        self._outlets[sub_id] = _Outlet(ring, start, self._registry.bell_path(self._token, sub_id),
+        self._fanout.add(ring, start)
+        self._outlets[sub_id] = _Outlet(ring, self._registry.bell_path(self._token, sub_id),
                                         self._registry.pid_of(self._token, sub_id))
-        self._list_outlets()
 
     def _drop_departed(self) -> None:
         # Every record is probed, not only adopted rings: a subscriber that died halfway
@@ -719,13 +674,9 @@ class EventEmitter(Handle):
 
     def _drop(self, outlet: _Outlet) -> None:
         if self._outlets.pop(outlet.sub_id, None) is not None:
-            self._list_outlets()
+            self._fanout.remove(outlet.sub_id)  # before the ring goes: it writes there
             self._ringer.forget(outlet.bell)
             outlet.ring.detach()
-
-    def _list_outlets(self) -> None:
-        self._everyone = list(self._outlets.values())
-        self._doorbells = [outlet.ring.data for outlet in self._everyone]
 
 
 class _Waiting:
@@ -745,14 +696,6 @@ class _RingsFull(Exception):
 
     def __init__(self, outlets: list[_Outlet]) -> None:
         self.outlets = outlets
-
-
-def _ring_all(outlets: list[_Outlet], count: int) -> None:
-    post_each([o.ring.data for o in outlets], count)
-
-
-def _give_back_room(outlets: list[_Outlet], count: int) -> None:
-    post_each([o.ring.space for o in outlets], count)
 
 
 def _validate_warn_after(warn_after: object) -> float | None:

@@ -63,6 +63,7 @@ import ctypes
 import errno
 import mmap
 import os
+import platform
 import resource
 import stat
 import sys
@@ -79,6 +80,11 @@ SEGMENT = "segment"
 SEMAPHORE = "semaphore"
 
 _LINUX = sys.platform.startswith("linux")
+
+NEEDS_FENCES = platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86")
+"""Whether plain loads and stores may be reordered across one another here (ARM64, among
+others). The pure-Python ring protocol then puts a semaphore operation, a full barrier,
+where order matters (`_protocol`); x86's total store order needs none."""
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p

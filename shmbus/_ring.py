@@ -74,7 +74,11 @@ some systems); past a million slots a ring would also take 512 MiB."""
 KIND_INLINE = 0
 KIND_ARENA = 1
 KIND_SEGMENT = 2
-_KINDS = (KIND_INLINE, KIND_ARENA, KIND_SEGMENT)
+KIND_BATCH = 3
+"""The first slot of a batch: events pickled as one list, laid across the slots of all
+of them (each keeps its number, so a ring's capacity still counts events). Its kind word
+carries the count above the low byte."""
+_KINDS = (KIND_INLINE, KIND_ARENA, KIND_SEGMENT, KIND_BATCH)
 
 _HEAD = struct.Struct("<8sIII")
 _U64 = struct.Struct("<Q")
@@ -246,52 +250,40 @@ class Ring:
 
     # -- slots --------------------------------------------------------------------------
 
-    def write_slot(self, seq: int, slot: bytes) -> None:
-        """Put a slot made by `inline_slot` or `large_slot` where event `seq` belongs."""
-        off = HEADER_SIZE + (seq % self.capacity) * self.slot_size
-        self.buf[off : off + len(slot)] = slot
-
     def write_slots(self, first: int, block: bytes) -> None:
-        """Write consecutive whole slots (made by `slot_block`) for events `first`, ...:
-        one copy per ring per chunk, two where the chunk wraps around the ring's end."""
-        count = len(block) // self.slot_size
-        start = first % self.capacity
-        head = min(count, self.capacity - start) * self.slot_size
-        off = HEADER_SIZE + start * self.slot_size
-        if head == len(block):
-            self.buf[off : off + head] = block
+        """Write `block` (slots end to end, made by `inline_slot`, `large_slot`,
+        `batch_slot` and `slot_block`) from where event `first` belongs: one copy, two
+        where it runs past the ring's end."""
+        start = HEADER_SIZE + (first % self.capacity) * self.slot_size
+        room = HEADER_SIZE + self.capacity * self.slot_size - start
+        if len(block) <= room:
+            self.buf[start : start + len(block)] = block
             return
         with memoryview(block) as view:
-            self.buf[off : off + head] = view[:head]
-            self.buf[HEADER_SIZE : HEADER_SIZE + len(block) - head] = view[head:]
+            self.buf[start : start + room] = view[:room]
+            self.buf[HEADER_SIZE : HEADER_SIZE + len(block) - room] = view[room:]
 
-    def read_inline(self, first: int, count: int) -> list[bytes] | None:
-        """The pickles of events `first` to `first + count - 1`, if all are inline and
-        sound; None if any is not (then `read` them one by one)."""
-        buf, capacity, slot_size, limit = self.buf, self.capacity, self.slot_size, self.inline_max
-        unpack, payloads = _SLOT.unpack_from, []
-        for seq in range(first, first + count):
-            off = HEADER_SIZE + (seq % capacity) * slot_size
-            found, kind, length = unpack(buf, off)
-            if found != seq or kind != KIND_INLINE or length > limit:
-                return None
-            start = off + SLOT_HEADER_SIZE
-            payloads.append(bytes(buf[start : start + length]))
-        return payloads
-
-    def read(self, seq: int) -> tuple[int, bytes]:
-        """(kind, payload) of event `seq`: inline pickle bytes, or a packed blob ref."""
+    def slot(self, seq: int) -> tuple[int, int, bytes]:
+        """(kind, count, payload) of the slot of event `seq`: its pickle inline, a large
+        event's `_arena.REF`, or a batch's list pickle (`count` events). A copy, never a
+        view: a view held by a traceback would pin the mapping."""
         off = HEADER_SIZE + (seq % self.capacity) * self.slot_size
-        found, kind, length = _SLOT.unpack_from(self.buf, off)
-        if found != seq or kind not in _KINDS or length > self.inline_max:
+        found, word, length = _SLOT.unpack_from(self.buf, off)
+        kind, count = word & 0xFF, word >> 8 or 1
+        limit = count * self.slot_size - SLOT_HEADER_SIZE
+        if found != seq or kind not in _KINDS or length > limit or not \
+                (count == 1 or (kind == KIND_BATCH and count <= self.capacity)):
             raise IncompatibleBus(
-                f"{self.names[0]}: slot for event {seq} holds event {found} (kind {kind}, "
+                f"{self.names[0]}: slot for event {seq} holds event {found} (kind {word}, "
                 f"{length} bytes); the ring is corrupt. Close this subscription and "
                 "subscribe again."
             )
         start = off + SLOT_HEADER_SIZE
-        # A copy, never a view: a view held by a traceback would pin the mapping.
-        return kind, bytes(self.buf[start : start + length])
+        end = HEADER_SIZE + self.capacity * self.slot_size
+        if start + length <= end:
+            return kind, count, bytes(self.buf[start : start + length])
+        head = bytes(self.buf[start:end])  # a batch that runs past the ring's end
+        return kind, count, head + bytes(self.buf[HEADER_SIZE : HEADER_SIZE + length - len(head)])
 
 
 def inline_slot(seq: int, payload: bytes) -> bytes:
@@ -313,8 +305,21 @@ def large_slot(seq: int, kind: int, ref: bytes) -> bytes:
 
 
 def slot_block(slots: list[bytes], slot_size: int = SLOT_SIZE) -> bytes:
-    """Slots made by `inline_slot` or `large_slot`, padded to whole slots, end to end."""
-    return b"".join([slot.ljust(slot_size, b"\0") for slot in slots])
+    """Slots made by `inline_slot` or `large_slot`, padded to whole slots, end to end
+    (the last one is not padded: nothing reads past its length)."""
+    if len(slots) == 1:
+        return slots[0]
+    return b"".join([slot.ljust(slot_size, b"\0") for slot in slots[:-1]]) + slots[-1]
+
+
+def batch_slot(seq: int, count: int, pickle: bytes) -> bytes:
+    """Events `seq` to `seq + count - 1`, pickled as one list: the block that fills
+    their slots (see `KIND_BATCH`)."""
+    return _SLOT.pack(seq, KIND_BATCH | count << 8, len(pickle)) + pickle
+
+
+def batch_fits(count: int, pickle: bytes, slot_size: int = SLOT_SIZE) -> bool:
+    return len(pickle) <= count * slot_size - SLOT_HEADER_SIZE
 
 
 def large_length(ref: bytes) -> int:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import pickle
 import os
 import threading
 import time
@@ -44,7 +45,8 @@ import posix_ipc
 from . import _codec, _ring
 from ._bell import Bell, Ringer
 from ._arena import ArenaReader
-from ._control import COMMITTED_WORD, ControlBlock
+from ._control import ControlBlock
+from ._core import Reader
 from ._errors import (
     BusNotFound,
     Closed,
@@ -58,7 +60,8 @@ from ._errors import (
 from ._handle import Handle
 from ._liveness import LifeLock, is_alive
 from ._registry import Registry, validate_name
-from ._ring import EMITTER_WAITING, SUB_WAITING, TAIL_WORD
+from ._protocol import Undecodable
+from ._ring import EMITTER_WAITING, SUB_WAITING
 from ._wait import (
     POLL_MAX_SLEEP,
     Waiter,
@@ -111,7 +114,7 @@ class _Parked:
 
     __slots__ = ("seq", "values", "error")
 
-    def __init__(self, seq: int, values: list[Any], error: DeserializationError | None) -> None:
+    def __init__(self, seq: int, values: list[Any], error: Exception | None) -> None:
         self.seq = seq
         self.values = values
         self.error = error
@@ -246,10 +249,8 @@ class LocalSubscription(Handle):
         self._ring = ring
         self._waiter = waiter
         self._emitter_path = registry.emitter_path(token)
-        self._start: int | None = None
-        self._tail = 0
+        self._reader = Reader(ring, control)  # the ring protocol's consumer side
         self._last_seq: int | None = None
-        self._committed = 0
         self._parked: _Parked | None = None
         self._surplus: _Parked | None = None  # what an interrupted recv_many left over
         self._large = ArenaReader(token, self._set_pin)
@@ -429,7 +430,8 @@ class LocalSubscription(Handle):
             self._closed = True
 
     def __repr__(self) -> str:
-        return f"<shmbus.LocalSubscription {self._name!r} #{self._sub_id} tail={self._tail}>"
+        return (f"<shmbus.LocalSubscription {self._name!r} #{self._sub_id} "
+                f"tail={self._reader.tail}>")
 
     # -- receiving, step by step ------------------------------------------------------
 
@@ -453,33 +455,40 @@ class LocalSubscription(Handle):
             if self._parked is not None or self._surplus is not None:
                 if self._hand_out_leftovers(max_n):
                     return
-            seq = self._ready_seq()
+            seq = self._reader.ready()
             if seq is None:
                 seq = self._await_event(deadline)
+            if raw:
+                self._consume(self._read_raw(seq, min(max_n, self._reader.available())))
             else:
-                try:
-                    self._ring.data.acquire(0)  # a token posted late: a spurious wake-up
-                except posix_ipc.BusyError:
-                    pass
-            if max_n > 1:
-                self._committed = self._control.words[COMMITTED_WORD]
-            count = min(max_n, self._committed - seq)
-            self._consume(self._read_raw(seq, count) if raw else self._read(seq, count, view))
+                self._take(seq, max_n, view)
         finally:
             self._lock.release()
 
-    def _ready_seq(self) -> int | None:
-        """The next event's sequence number if it is readable now, without waiting."""
-        start = self._start
-        if start is None:
-            if not self._ring.adopted:
-                return None  # the emitter has not seen this ring yet
-            start = self._start = self._ring.start_seq
-        seq = start + self._tail
-        if seq < self._committed:
-            return seq
-        self._committed = self._control.words[COMMITTED_WORD]
-        return seq if seq < self._committed else None
+    def _take(self, seq: int, max_n: int, view: bool) -> None:
+        """The ready events, taken by the ring protocol (`Reader.take`) into `_parked`."""
+        # Parked before anything is consumed: `take` fills the list, then moves `tail`.
+        parked = self._parked = _Parked(seq, [], None)
+        taken = self._reader.take(parked.values, max_n, pickle.loads, _codec.decode,
+                                  self._load_view if view else self._load_large,
+                                  BATCH_BYTES)
+        self._last_seq = seq + taken - 1
+        first = parked.values[0]
+        if isinstance(first, Undecodable):
+            self._parked = _Parked(seq, [], first.error)
+        elif taken > max_n:  # a batch: the rest is kept for the next calls, in order
+            self._parked, self._surplus = _split(parked, max_n, self._surplus)
+        if self._reader.emitter_waiting:
+            self._ring_emitter_bell()
+
+    def _load_large(self, seq: int, kind: int, ref: bytes) -> Any:
+        return self._large.load(seq, kind == _ring.KIND_ARENA, ref)
+
+    def _load_view(self, seq: int, kind: int, ref: bytes) -> Any:
+        # Pinned before `tail` moves past it (see `_ring` on `pinned`).
+        event = self._large.load(seq, kind == _ring.KIND_ARENA, ref, as_views=True)
+        fence(self._ring.space)
+        return event
 
     def _hand_out_leftovers(self, max_n: int) -> bool:
         """Park at most `max_n` of the events an interrupted call consumed; True if any.
@@ -508,15 +517,8 @@ class LocalSubscription(Handle):
         self._parked = parked
         count = len(parked.values) or 1
         self._last_seq = parked.seq + count - 1
-        tail = self._tail + count
-        self._ring.words[TAIL_WORD] = tail
-        self._tail = tail
-        if count == 1:
-            self._ring.space.release()
-        else:
-            post_each([self._ring.space], count)
-            take_posted(self._ring.data, count - 1)  # the first went with the wait
-        if self._ring.flags[EMITTER_WAITING]:  # read after a post: see `_bell`
+        self._reader.advance(count)
+        if self._reader.emitter_waiting:  # read after the doorbell: see `_bell`
             self._ring_emitter_bell()
 
     async def _arecv(self, receive: Callable[..., Any], timeout: float | None) -> Any:
@@ -556,7 +558,7 @@ class LocalSubscription(Handle):
                 self._bell = Bell(self._registry.bell_path(self._token, self._sub_id))
             self._ring.flags[SUB_WAITING] = 1
             fence(self._ring.data)
-            if self._ready_seq() is not None or self._control.closed:
+            if self._reader.ready() is not None or self._control.closed:
                 self._ring.flags[SUB_WAITING] = 0
                 return True
             return self._bell
@@ -589,12 +591,12 @@ class LocalSubscription(Handle):
             got = self._waiter.take(self._ring.data, slice_until(deadline))
             if self._closing:
                 raise Closed(f"this subscription to {self._name!r} was closed")
-            seq = self._ready_seq()
+            seq = self._reader.ready()
             if seq is not None:
                 return seq
             end = self._emitter_gone(check_life=not got)
             if end is not None:
-                seq = self._ready_seq()
+                seq = self._reader.ready()
                 if seq is not None:
                     return seq  # drain what was committed before the end
                 self._end = end
@@ -621,48 +623,21 @@ class LocalSubscription(Handle):
 
     def _read_raw(self, seq: int, count: int) -> _Parked:
         """Events `seq` to `seq + count - 1` as `RawEvent`s."""
-        events = []
+        events: list[Any] = []
         for index in range(seq, seq + count):
-            kind, payload = self._ring.read(index)
+            if len(events) >= count:
+                break
+            kind, many, payload = self._reader.slot(index)
             if kind == _ring.KIND_INLINE:
                 events.append(RawEvent(index, payload, False))
+            elif kind == _ring.KIND_BATCH:  # plain data, as one list: one pickle each
+                events += [RawEvent(index + i, _codec.encode(event), False)
+                           for i, event in enumerate(pickle.loads(payload))]
+                break
             else:
                 events.append(RawEvent(index, self._large.raw(kind == _ring.KIND_ARENA,
                                                               payload), True))
         return _Parked(seq, events, None)
-
-    def _read(self, seq: int, count: int, view: bool = False) -> _Parked:
-        """Decode events `seq` to `seq + count - 1`, stopping before an undecodable one
-        unless it is the first."""
-        if count > 1:
-            payloads = self._ring.read_inline(seq, count)
-            if payloads is not None:
-                try:
-                    return _Parked(seq, _codec.decode_all(payloads), None)
-                except DeserializationError:
-                    pass  # one by one below finds which, and returns those before it
-        values: list[Any] = []
-        read = self._ring.read
-        large_bytes = 0
-        for index in range(seq, seq + count):
-            if large_bytes >= BATCH_BYTES:
-                break
-            kind, payload = read(index)
-            try:
-                if kind == _ring.KIND_INLINE:
-                    values.append(_codec.decode(payload))
-                else:
-                    # With `view`, pinned before `tail` moves past it (`_ring`, `pinned`).
-                    values.append(self._large.load(index, kind == _ring.KIND_ARENA, payload,
-                                                   view))
-                    large_bytes += _ring.large_length(payload)
-                    if view:
-                        fence(self._ring.space)  # the pin is seen before the tail moves
-            except DeserializationError as exc:
-                if values:
-                    break  # the next call reports it
-                return _Parked(seq, [], exc)
-        return _Parked(seq, values, None)
 
     def _set_pin(self, seq: int) -> None:
         """Write the `pinned` word (see `ArenaReader`), from any thread; not once the
@@ -673,9 +648,7 @@ class LocalSubscription(Handle):
 
     def _parked_was_consumed(self, parked: _Parked) -> bool:
         # After an interruption: did `tail` move past the parked event before it landed?
-        assert self._start is not None
-        self._tail = self._ring.tail
-        if self._start + self._tail > parked.seq:
+        if self._reader.resync() > parked.seq:
             return True
         self._parked = None
         return False

@@ -282,9 +282,8 @@ def test_keyboard_interrupts_anywhere_in_emit_deliver_all_or_nothing():
 
 def _available(sub) -> int:
     """Events committed for `sub` and not yet read."""
-    sub._ready_seq()  # learns where the ring starts, once the emitter adopted it
-    start = sub._start if sub._start is not None else sub._control.committed
-    return sub._control.committed - start - sub._tail
+    start = sub._reader.start  # once the emitter adopted its ring
+    return sub._reader.available() if start is not None else 0
 
 
 def test_a_stopped_subscriber_is_alive_it_blocks_emit_and_then_gets_everything(procs):

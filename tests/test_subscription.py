@@ -476,3 +476,12 @@ def test_async_for_raises_when_the_emitter_died_and_async_with_closes(procs):
         return em.closed
 
     assert asyncio.run(emit())
+
+
+def test_an_undecodable_event_in_emit_many_never_takes_its_chunk_mates_with_it():
+    with shmbus.EventEmitter("manyload") as em, em.subscribe() as sub:
+        em.emit_many(["one", Unloadable(), "three", {"plain": True}])
+        assert sub.recv_many(10, timeout=1) == ["one"]
+        with pytest.raises(shmbus.DeserializationError, match="cannot be rebuilt"):
+            sub.recv_many(10, timeout=1)
+        assert sub.recv_many(10, timeout=1) == ["three", {"plain": True}]

@@ -1,0 +1,52 @@
+"""Which implementation of the ring protocol runs: compiled, or pure Python.
+
+## Shape
+
+`Fanout` and `Reader` (see `_protocol`) come from the compiled core, `shmbus._ringcore`,
+when the package's build made it, and from `_protocol` otherwise, or when
+`SHMBUS_CORE=python` asks for it. Both work on the same memory layout with the same
+rules, so processes with different cores share a bus. `NAME` says which one this
+process runs ("c" or "python"), as `shmbus --version` and `shmbus ls` show.
+
+## Why a choice at all
+
+The compiled core is several times faster per event, but a machine without a compiler
+must still install and run shmbus: the pure-Python core is the fallback, tested in CI
+as fully as the other.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+from ._errors import InvalidArgument, shown
+
+CORE_ENV = "SHMBUS_CORE"
+
+def _implementation() -> ModuleType:
+    wanted = os.environ.get(CORE_ENV, "").strip().lower()
+    if wanted not in ("", "c", "python"):
+        raise InvalidArgument(f"{CORE_ENV}={shown(wanted)} is not a core; use 'c' or 'python'")
+    if wanted != "python":
+        try:
+            return importlib.import_module("shmbus._ringcore")
+        except ImportError:
+            if wanted == "c":
+                raise ImportError(
+                    f"{CORE_ENV}=c, but the compiled core (shmbus._ringcore) was not built: "
+                    "reinstall shmbus where a C compiler is found, or unset "
+                    f"{CORE_ENV} to run the pure-Python one"
+                ) from None
+    return importlib.import_module("shmbus._protocol")
+
+
+if TYPE_CHECKING:
+    from ._protocol import NAME, Fanout, Reader
+else:
+    _chosen = _implementation()
+    NAME, Fanout, Reader = _chosen.NAME, _chosen.Fanout, _chosen.Reader
+
+__all__ = ["NAME", "Fanout", "Reader"]

@@ -1,0 +1,327 @@
+"""The ring protocol, in pure Python: the one place that moves `committed` and `tail`.
+
+## Shape
+
+Two halves, one per side, and nothing else in shmbus reads or writes the counters:
+
+- `Fanout`, the emitter's side of every ring it writes. `publish` puts the next events
+  (slots already made) into every ring, all or none: it checks that every ring has room
+  (`tail` against `committed`), copies the slots into each, stores `committed` past them
+  (the one store that makes them exist), and rings each ring's `data` doorbell. If a
+  ring is full it writes nothing and says which; waiting for room is the emitter's
+  business (`_emitter`), and so is everything that is not per event.
+- `Reader`, a subscriber's side of its ring. `ready` says whether the next event has
+  been committed; `take` decodes the ready events into a list the subscription owns
+  (those in their slots itself, large ones through a callback into `_arena`), then
+  moves `tail` past them and rings the `space` doorbell; `slot` and `advance` serve the
+  one caller that does not decode (raw reads for a bridge).
+
+The compiled core (`_ringcore`, C) implements the same two classes on the same memory
+layout and the same doorbell rules, so a compiled emitter and a pure-Python subscriber
+(or the reverse) share one bus; `_core` picks one. Doorbells and counters follow `_ring`'s
+rules: counters are the truth, a doorbell only says "look".
+
+## What is atomic
+
+`publish` commits in one store, so subscribers see every slot of the call or none. An
+interruption before that store leaves nothing visible (the slots beyond `committed` are
+written over by the next call); after it, the caller rings the doorbells again
+(`repost`: one spurious wake-up at worst). `take` puts every decoded event into the
+caller's list *before* it moves `tail`, so an interruption can neither lose an event
+(it is in the list) nor hand one out twice (it is behind `tail`).
+
+## Memory order
+
+A slot is written before `committed` is stored, and read after `committed` is loaded;
+`tail` is stored after the slots it frees were read, and loaded before they are written
+over. x86-64 keeps plain loads and stores in that order. ARM64 does not, and Python has
+no fences, so there (`_platform.NEEDS_FENCES`) each half puts a semaphore operation, a
+full barrier, between the two: a post and a take of the ring's own doorbell, net zero.
+The compiled core uses C11 acquire and release instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import posix_ipc
+
+from . import _platform
+from ._control import BYTES_WORD, COMMITTED_WORD, ControlBlock
+from ._errors import DeserializationError
+from ._ring import (
+    EMITTER_WAITING,
+    KIND_BATCH,
+    KIND_INLINE,
+    SUB_WAITING,
+    TAIL_WORD,
+    Ring,
+    large_length,
+)
+from ._wait import fence
+
+NAME = "python"
+
+Decode = Callable[[Any], Any]
+LoadLarge = Callable[[int, int, bytes], Any]
+
+
+class _Target:
+    """One ring as `Fanout` writes it."""
+
+    __slots__ = ("ring", "start", "known_tail", "capacity", "data", "space", "words", "flags")
+
+    def __init__(self, ring: Ring, start: int) -> None:
+        self.ring = ring
+        self.start = start
+        self.known_tail = 0
+        self.capacity = ring.capacity
+        self.data = ring.data
+        self.space = ring.space
+        self.words = ring.words
+        self.flags = ring.flags
+
+
+class Fanout:
+    """The emitter's side of the rings it writes (see the module docstring)."""
+
+    def __init__(self, control: ControlBlock) -> None:
+        self._words = control.words
+        self._targets: dict[int, _Target] = {}
+        self._all: list[_Target] = []  # self._targets' values, for the hot path
+        self.wanting: list[int] = []
+        """After `publish`: the subscribers (ids) waiting on their bell, to be rung."""
+
+    @property
+    def committed(self) -> int:
+        """The next event's sequence number."""
+        return self._words[COMMITTED_WORD]
+
+    def add(self, ring: Ring, start: int) -> None:
+        """Write to `ring` from event `start` on (it was adopted at `start`)."""
+        self._targets[ring.sub_id] = _Target(ring, start)
+        self._all = list(self._targets.values())
+
+    def remove(self, sub_id: int) -> None:
+        if self._targets.pop(sub_id, None) is not None:
+            self._all = list(self._targets.values())
+
+    def __len__(self) -> int:
+        return len(self._all)
+
+    def has_room(self, sub_id: int, seq: int) -> bool:
+        """Whether event `seq` fits in ring `sub_id` without overwriting an unread slot."""
+        target = self._targets[sub_id]
+        if seq - target.start - target.known_tail < target.capacity:
+            return True
+        target.known_tail = target.ring.tail
+        return seq - target.start - target.known_tail < target.capacity
+
+    def unread(self, sub_id: int, seq: int) -> int:
+        """How many events before `seq` ring `sub_id` holds that its subscriber has not
+        consumed (for messages)."""
+        target = self._targets[sub_id]
+        return max(0, min(seq - target.start - target.ring.tail, target.capacity))
+
+    def oldest_unread(self, sub_id: int) -> int:
+        """The oldest event whose memory subscriber `sub_id` may still read: not yet
+        consumed, or consumed but still read in place (`_ring` on `pinned`)."""
+        target = self._targets[sub_id]
+        return min(target.start + target.ring.tail, target.ring.pinned)
+
+    def publish(self, block: bytes, count: int, nbytes: int) -> int:
+        """Put `count` events, whose slots `block` holds end to end, into every ring.
+
+        Returns how many rings got them, or, if a ring had no room, `-1 - sub_id` of the
+        first such ring (and nothing was written anywhere). `nbytes` is the events'
+        pickled size, for statistics.
+        """
+        words = self._words
+        seq = words[COMMITTED_WORD]
+        last = seq + count - 1
+        targets = self._all
+        for target in targets:
+            if last - target.start - target.known_tail >= target.capacity:
+                target.known_tail = target.ring.tail
+                if last - target.start - target.known_tail >= target.capacity:
+                    return -1 - target.ring.sub_id
+        for target in targets:
+            _take_tokens(target.space, count)
+            target.ring.write_slots(seq, block)
+        if targets and _platform.NEEDS_FENCES:
+            fence(targets[0].data)  # the slots before `committed`
+        words[COMMITTED_WORD] = seq + count
+        words[BYTES_WORD] += nbytes
+        self._ring_doorbells(count)
+        return len(targets)
+
+    def repost(self, count: int) -> None:
+        """Ring every doorbell again for the last `count` events: after an interrupted
+        `publish` that had committed them."""
+        self._ring_doorbells(count)
+
+    def _ring_doorbells(self, count: int) -> None:
+        targets = self._all
+        # One C-level loop: an interruption cannot land between two posts.
+        any(map(_post, [t.data for t in targets] * count))
+        # Read after the posts (see `_bell`): a subscriber that raised its flag before
+        # our post either sees the counter or is rung.
+        self.wanting = [t.ring.sub_id for t in targets if t.flags[SUB_WAITING]]
+
+
+class Reader:
+    """A subscriber's side of its ring (see the module docstring)."""
+
+    def __init__(self, ring: Ring, control: ControlBlock) -> None:
+        self.ring = ring
+        self._control_words = control.words
+        self._ring_words = ring.words
+        self._start: int | None = None
+        self.tail = 0
+        """Events consumed from this ring (this process's copy of the shared word)."""
+        self._committed = 0
+        self.emitter_waiting = False
+        """After `take` or `advance`: the emitter waits on its bell for room here."""
+
+    @property
+    def start(self) -> int | None:
+        """The first event this ring receives; None until the emitter adopted it."""
+        if self._start is None and self.ring.adopted:
+            self._start = self.ring.start_seq
+        return self._start
+
+    def ready(self) -> int | None:
+        """The sequence number of the next event if it is committed, else None."""
+        start = self._start if self._start is not None else self.start
+        if start is None:
+            return None
+        seq = start + self.tail
+        if seq < self._committed:
+            return seq
+        self._committed = self._control_words[COMMITTED_WORD]
+        return seq if seq < self._committed else None
+
+    def available(self) -> int:
+        """How many events are committed and not consumed (after a `ready` that said so)."""
+        self._committed = self._control_words[COMMITTED_WORD]
+        start = self.start
+        return 0 if start is None else max(0, self._committed - start - self.tail)
+
+    def take(self, into: list[Any], max_n: int, loads: Decode, decode: Decode,
+             load_large: LoadLarge, large_limit: int) -> int:
+        """Decode up to `max_n` ready events into `into`, then consume them all at once;
+        how many were consumed.
+
+        `loads` decodes a pickle in a slot; `decode` (`_codec.decode`) decodes again one
+        that `loads` refused, and raises what the caller should see for it;
+        `load_large(seq, kind, ref)` decodes a large event from where its slot says it
+        lies (`_arena`), and stops the call, after at least one event, once large events
+        have added `large_limit` pickled bytes. An undecodable event is consumed alone,
+        an `Undecodable` standing in for it; one after others is left for the next call.
+        A real interruption (a `KeyboardInterrupt` that `decode` tells from an event
+        raising one) propagates once everything in `into` is consumed. A batch slot
+        (events pickled as one list) is taken whole: `into` may get more than `max_n`.
+        """
+        seq = self.ready()
+        if seq is None:
+            return 0
+        self._committed = self._control_words[COMMITTED_WORD]  # all that is there now
+        if _platform.NEEDS_FENCES:
+            fence(self.ring.data)  # `committed` before the slots
+        before = len(into)
+        index = seq
+        large_bytes = 0
+        try:
+            while (index < self._committed and len(into) - before < max_n
+                   and large_bytes < large_limit):
+                kind, count, payload = self.ring.slot(index)
+                if kind in (KIND_INLINE, KIND_BATCH):
+                    decoded = _decoded(payload, loads, decode, count)
+                else:
+                    decoded = _decoded_large(index, kind, payload, load_large)
+                    large_bytes += large_length(payload)
+                if isinstance(decoded[0], Undecodable) and len(into) > before:
+                    break  # reported alone, by the next call
+                into.extend(decoded)  # a batch whole, even past `max_n`
+                if isinstance(decoded[0], Undecodable):
+                    break
+                index += count
+        finally:
+            taken = len(into) - before
+            if taken:
+                self._consume(taken)
+        return taken
+
+    def resync(self) -> int:
+        """After an interruption: take `tail` from the ring again; the next event's
+        sequence number (`start` + `tail`). The ring must have been adopted."""
+        self.tail = self.ring.tail
+        start = self.start
+        assert start is not None, "resync before the ring was adopted"
+        return start + self.tail
+
+    def slot(self, seq: int) -> tuple[int, int, bytes]:
+        """(kind, count, payload) of the slot of event `seq`, for the slow path."""
+        return self.ring.slot(seq)
+
+    def advance(self, count: int) -> None:
+        """Consume the next `count` events (decoded by the caller's slow path)."""
+        self._consume(count)
+
+    def _consume(self, count: int) -> None:
+        if _platform.NEEDS_FENCES:
+            fence(self.ring.space)  # the slots read before `tail` frees them
+        tail = self.tail + count
+        self._ring_words[TAIL_WORD] = tail
+        self.tail = tail
+        _take_tokens(self.ring.data, count)  # one per event: see `_ring`
+        any(map(_post, [self.ring.space] * count))
+        self.emitter_waiting = bool(self.ring.flags[EMITTER_WAITING])
+
+    def pin(self, seq: int) -> None:
+        """Keep the large-event memory of events from `seq` on (`NO_PIN`: none)."""
+        self.ring.pin(seq)
+
+
+_post = posix_ipc.Semaphore.release
+
+
+def _take_tokens(sem: posix_ipc.Semaphore, count: int) -> None:
+    """Take up to `count` tokens that are there now, without waiting (see `_ring`)."""
+    try:
+        for _ in range(count):
+            sem.acquire(0)
+    except posix_ipc.BusyError:
+        pass
+
+
+def _decoded(payload: bytes, loads: Decode, decode: Decode, count: int) -> list[Any]:
+    """The events of one slot (a batch's `count`, or 1), or `Undecodable`s for them."""
+    try:
+        value = loads(payload)
+        return list(value) if count > 1 else [value]
+    except BaseException as first:
+        try:
+            value = decode(payload)  # raises the caller's error, or a real interruption
+        except Exception as error:
+            return [Undecodable(error)] * count
+        if not isinstance(first, Exception):
+            raise  # a real interruption: it decodes on a second try (see `_codec`)
+        return list(value) if count > 1 else [value]
+
+
+def _decoded_large(seq: int, kind: int, ref: bytes, load_large: LoadLarge) -> list[Any]:
+    try:
+        return [load_large(seq, kind, ref)]
+    except DeserializationError as error:
+        return [Undecodable(error)]
+
+
+class Undecodable:
+    """Stands in `take`'s list for an event that could not be decoded: its error."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
