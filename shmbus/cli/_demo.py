@@ -51,9 +51,9 @@ from rich.table import Table
 from rich.text import Text
 
 import shmbus
+from shmbus._pool import exit_phrase, sigint_ignored
 
-from ._cli_common import EXIT_FAILED, EXIT_OK, CommandFailed
-from ._pool import exit_phrase, sigint_ignored
+from ._common import EXIT_FAILED, EXIT_OK, CommandFailed
 
 SUBSCRIBE_TIMEOUT = 30.0
 """How long the demo waits for its workers to subscribe. Starting a worker under "spawn"

@@ -38,7 +38,7 @@ from rich.progress import (
 
 import shmbus
 
-from ._cli_common import EXIT_OK, CommandFailed, at_least
+from ._common import EXIT_OK, CommandFailed, at_least
 
 
 def add_command(commands: Any) -> None:

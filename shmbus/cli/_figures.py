@@ -44,9 +44,8 @@ from rich.table import Table
 from rich.text import Text
 
 import shmbus
-from shmbus._registry import default_root
 
-from ._cli_common import EXIT_OK, at_least, plural, positive_seconds
+from ._common import EXIT_OK, at_least, plural, positive_seconds, registry_root
 
 FILL_BAR_WIDTH = 12
 
@@ -87,18 +86,18 @@ def run_ls(args: argparse.Namespace) -> int:
     found = [shmbus.stats(args.name)] if args.name else shmbus.buses()
     out = Console(highlight=False)
     if args.json:
-        document = {"registry": default_root(), "buses": [bus_as_json(b) for b in found]}
+        document = {"registry": registry_root(), "buses": [bus_as_json(b) for b in found]}
         # print(), not rich: JSON is for programs, and rich would wrap long lines.
         print(json.dumps(document, indent=2))
         return EXIT_OK
     if not found:
-        out.print(f"no buses (registry {default_root()})", markup=False)
+        out.print(f"no buses (registry {registry_root()})", markup=False)
         return EXIT_OK
     out.print(figures_table(found, previous=None, elapsed=None))
     subscribers = sum(len(b.subscribers) for b in found)
     out.print(f"{plural(len(found), 'bus', 'buses')}, "
               f"{plural(subscribers, 'subscriber', 'subscribers')} "
-              f"(registry {default_root()})", markup=False)
+              f"(registry {registry_root()})", markup=False)
     return EXIT_OK
 
 
@@ -166,7 +165,7 @@ def _frame(current: Snapshot, previous: Snapshot | None, interval: float) -> Ren
     header = Text(
         f"shmbus top: {plural(len(current.buses), 'bus', 'buses')}, "
         f"{plural(subscribers, 'subscriber', 'subscribers')}, every {interval:g} s "
-        f"({time.strftime('%H:%M:%S')}, registry {default_root()})",
+        f"({time.strftime('%H:%M:%S')}, registry {registry_root()})",
         style="bold",
     )
     if not current.buses:
