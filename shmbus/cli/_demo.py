@@ -1,41 +1,49 @@
-"""`shmbus demo`: emit numbered events to subscriber processes and check they all arrive.
+"""`shmbus demo`: emit numbered events to a `WorkerPool` and check every worker got them all.
 
 ## Shape
 
-This process creates a bus and emits M numbered events; N worker processes each
-subscribe and check that they see every number, in order. Worker 0 sleeps S ms per
-event, so its ring fills and `emit` blocks on it: the progress bar advances at the slow
-worker's pace, which is backpressure made visible. Each worker reports what it saw
-through a queue, and the exit status is 0 only if every worker received every event in
-order.
+This process creates a bus and emits M numbered events; a `shmbus.WorkerPool` of N
+workers subscribes to it, and each worker's handler (`CheckOrder`) takes the numbers in
+order and raises `OutOfOrder` at the first that is not the next one. Worker 0 also
+sleeps S ms per event, so its ring fills and `emit` blocks on it: the progress bar
+advances at the slow worker's pace, which is backpressure made visible. Closing the
+emitter ends every worker's stream; the pool's results then say, per worker, how many
+events its handler took, how its stream ended and what failed. The exit status is 0
+only if every worker took all M events, in order, and saw the bus close.
 
-## Why the demo is shaped this way
+## Why a WorkerPool, and not processes of its own
 
-- Workers are module-level functions that are given only the bus name and subscribe
-  themselves, so they work under "spawn" and "forkserver" as well as "fork": a
-  subscription is owned by the process that made it and cannot be handed to a child.
-- The emitter waits until every worker has subscribed before it emits, because a
-  subscription receives only events emitted after `subscribe()` returned.
-- Ctrl-C is the parent's business. Workers ignore SIGINT (the terminal sends it to the
-  whole process group) and are stopped by the parent, so that each one closes its own
-  subscription and no traceback from a child lands on the user's terminal. Teardown
-  always runs: the emitter is closed, workers are joined, terminated or killed, and a
-  sweep removes whatever a killed worker left in /dev/shm.
+The pool is the library's answer to every hard part of this, so the demo shows it
+rather than a second, weaker copy: it starts the workers with Ctrl-C ignored and
+returns once each has subscribed (so each gets every event emitted afterwards); it
+reports through one pipe per worker, where a shared queue would let a worker killed
+while holding the queue's lock wedge every other report; it re-creates a handler's
+exception here, and says how a worker that died without reporting died; it stops
+workers with a message, then SIGTERM, then SIGKILL, and sweeps what a killed one left;
+and its workers die with this process even if it is SIGKILLed.
+
+What the pool does not give is a value back from the handler. The demo does without:
+the count is the pool's own `handled`, and the order check is an exception, which the
+pool reports like any other failure.
+
+## Ctrl-C
+
+The workers ignore it (the pool's doing: the terminal sends it to the whole process
+group). Here it interrupts the emit; the emitter is closed and the pool stopped with a
+second Ctrl-C ignored, so that nothing is left behind, and `main` exits 130.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
-import os
-import queue
 import signal
-import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import multiprocess
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -51,28 +59,21 @@ from rich.table import Table
 from rich.text import Text
 
 import shmbus
-from shmbus._pool import exit_phrase, sigint_ignored
 
-from ._common import EXIT_FAILED, EXIT_OK, CommandFailed
+from ._common import EXIT_FAILED, EXIT_OK
 
-SUBSCRIBE_TIMEOUT = 30.0
-"""How long the demo waits for its workers to subscribe. Starting a worker under "spawn"
-takes a fresh interpreter and imports; on a loaded 2-core machine that is seconds."""
+SLOW_WORKER = 0
+"""The index of the worker that sleeps `--slow-ms` per event."""
 
-REPORT_GRACE = 10.0
-"""After the bus closes, how long the workers get to drain their rings and report, on top
+START_METHODS = ("fork", "spawn")
+"""The ones `WorkerPool` accepts: a "forkserver" worker could not notice this process die."""
+
+DRAIN_GRACE = 10.0
+"""After the bus closes, how long the workers get to drain their rings and exit, on top
 of what the slow worker needs to sleep through a full ring."""
-
-STOP_GRACE = 3.0
-"""How long a worker asked to stop (SIGTERM) gets to close its subscription before it is
-killed."""
 
 MAX_SUBSCRIBERS = 64
 """Each subscriber is a process; past this the demo shows process start-up, not the bus."""
-
-
-class DemoFailed(CommandFailed):
-    """The demo could not run (a worker never subscribed); not a bug in shmbus."""
 
 
 def add_command(commands: Any) -> None:
@@ -81,8 +82,9 @@ def add_command(commands: Any) -> None:
         "demo",
         help="emit numbered events to subscriber processes and check they all arrive in order",
         description="One emitter in this process fans numbered events out to N subscriber "
-        "processes; subscriber 0 is slow, so emit is throttled to its pace (backpressure). "
-        "Exits 0 only if every subscriber received every event in order.",
+        "processes (a shmbus.WorkerPool); subscriber 0 is slow, so emit is throttled to "
+        "its pace (backpressure). Exits 0 only if every subscriber received every event "
+        "in order.",
     )
     demo.add_argument("--subscribers", type=int, default=3, metavar="N",
                       help="subscriber processes to start (default: 3)")
@@ -92,15 +94,10 @@ def add_command(commands: Any) -> None:
                       help="ring slots per subscriber (default: 64)")
     demo.add_argument("--slow-ms", type=float, default=1.0, metavar="S",
                       help="milliseconds subscriber 0 sleeps per event (default: 1.0)")
-    demo.add_argument("--start-method", choices=multiprocess.get_all_start_methods(),
-                      default=_default_start_method(),
-                      help="how worker processes are started (default: %(default)s)")
+    demo.add_argument("--start-method", choices=START_METHODS, default=None,
+                      help="how worker processes are started (default: WorkerPool's, "
+                      "fork on Linux, spawn elsewhere)")
     demo.set_defaults(command=run_demo)
-
-
-def _default_start_method() -> str:
-    # fork is the cheapest on Linux; elsewhere forking a process with threads is unsafe.
-    return "fork" if sys.platform.startswith("linux") else "spawn"
 
 
 @dataclass(frozen=True)
@@ -109,7 +106,7 @@ class DemoSettings:
     events: int
     capacity: int
     slow_ms: float
-    start_method: str
+    start_method: str | None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "DemoSettings":
@@ -127,144 +124,86 @@ class DemoSettings:
                    args.start_method)
 
 
-# -- demo: the worker side ----------------------------------------------------------
+# -- the workers' side ------------------------------------------------------------------
+
+
+class OutOfOrder(Exception):
+    """A worker received an event that was not the next in order: the demo has failed."""
 
 
 @dataclass
-class WorkerReport:
-    """What one subscriber process saw, sent back to the demo through a queue."""
+class CheckOrder:
+    """The workers' handler: events must come numbered 0, 1, 2, ...; the slow one sleeps.
 
-    index: int
-    pid: int
-    received: int = 0
-    first_disorder: str | None = None
-    error: str | None = None
-    end: str | None = None
+    Each worker has its own copy (forked, or pickled for "spawn"), so `expected` counts
+    that worker's events only.
+    """
 
-    @property
-    def in_order(self) -> bool:
-        return self.first_disorder is None
+    slow_seconds: float
+    expected: int = 0
 
-
-class _Stopped(Exception):
-    """Raised in a worker by SIGTERM: the demo is tearing down early."""
-
-
-def _stop_on_sigterm(signum: int, frame: Any) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # once is enough; a second one kills
-    raise _Stopped()
+    def __call__(self, event: Any) -> None:
+        seq = event.get("seq") if isinstance(event, dict) else None
+        if seq != self.expected:
+            raise OutOfOrder(f"event {self.expected} had seq {seq!r}")
+        self.expected += 1
+        if self.slow_seconds and shmbus.worker_index() == SLOW_WORKER:
+            time.sleep(self.slow_seconds)
 
 
-def _subscriber_worker(bus_name: str, index: int, delay: float, reports: Any) -> None:
-    """A demo subscriber: receive until the bus closes, checking order; report back."""
-    # The terminal's Ctrl-C reaches every process in the group; the parent decides.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # An exception, unlike the default SIGTERM death, lets `with` close the subscription.
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
-    report = WorkerReport(index=index, pid=os.getpid())
-    try:
-        with shmbus.subscribe(bus_name) as sub:
-            for event in sub:
-                _check_order(report, event)
-                if delay:
-                    time.sleep(delay)
-            end = sub.end_reason
-            report.end = end.value if end is not None else None
-    except _Stopped:
-        report.error = "stopped before the bus closed"
-    except Exception as exc:
-        report.error = f"{type(exc).__name__}: {exc}"
-    finally:
-        # Only the subscription needed the exception. A SIGTERM from here on (the
-        # parent gave up waiting) must not land a traceback inside the queue's thread.
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        reports.put(report)
+# -- the emitter's side -----------------------------------------------------------------
 
 
-def _check_order(report: WorkerReport, event: Any) -> None:
-    expected = report.received
-    report.received += 1
-    seq = event.get("seq") if isinstance(event, dict) else None
-    if seq != expected and report.first_disorder is None:
-        report.first_disorder = f"event {expected} had seq {seq!r}"
-
-
-# -- demo: the emitter side ---------------------------------------------------------
+@dataclass(frozen=True)
+class DemoRun:
+    results: list[shmbus.WorkerResult]
+    emitted_seconds: float
+    """From the first emit until the last one returned."""
+    delivered_seconds: float
+    """From the first emit until every worker had finished."""
 
 
 def run_demo(args: argparse.Namespace) -> int:
     settings = DemoSettings.from_args(args)
     out = Console(highlight=False)
-    context = multiprocess.get_context(settings.start_method)
-    reports = context.Queue()
-    workers: list[Any] = []
-    emitter = shmbus.EventEmitter(capacity=settings.capacity)
-    finished = False
-    try:
-        workers = _start_workers(context, emitter.name, settings, reports)
-        _await_subscribers(emitter, workers, reports, SUBSCRIBE_TIMEOUT)
-        started = time.perf_counter()
-        _emit_all(emitter, settings.events, out)
-        emitted = time.perf_counter() - started
-        emitter.close()  # the end of the stream: every worker drains its ring and reports
-        drain = REPORT_GRACE + settings.capacity * settings.slow_ms / 1000
-        received = _collect_reports(reports, workers, drain)
-        delivered = time.perf_counter() - started
-        finished = True
-    finally:
-        with sigint_ignored():  # a second Ctrl-C must not strand the teardown
-            emitter.close()
-            _stop_workers(workers, grace=REPORT_GRACE if finished else 0.0)
-    ok = _print_summary(out, settings, workers, received, emitted, delivered)
+    with shmbus.EventEmitter(capacity=settings.capacity) as emitter:
+        pool = shmbus.WorkerPool(emitter.name, CheckOrder(settings.slow_ms / 1000),
+                                 workers=settings.subscribers,
+                                 start_method=settings.start_method)
+        # Returns once every worker has subscribed; if one cannot, the others are
+        # stopped and its exception (the library's words) is raised here.
+        pool.start()
+        try:
+            run = _emit_and_join(emitter, pool, settings, out)
+        finally:
+            with _sigint_ignored():  # a second Ctrl-C must not strand the teardown
+                emitter.close()
+                pool.stop()  # at once, after a failure; after a join there is nothing left
+    ok = _print_summary(out, settings, run)
     return EXIT_OK if ok else EXIT_FAILED
 
 
-def _start_workers(context: Any, bus_name: str, settings: DemoSettings,
-                   reports: Any) -> list[Any]:
-    workers = []
-    # Started with SIGINT ignored, the children inherit that (through exec too, for
-    # spawn), so a Ctrl-C during their start-up cannot print a child's traceback.
-    with sigint_ignored():
-        for index in range(settings.subscribers):
-            delay = settings.slow_ms / 1000 if index == 0 else 0.0
-            worker = context.Process(
-                target=_subscriber_worker, args=(bus_name, index, delay, reports),
-                name=f"shmbus-demo-subscriber-{index}", daemon=True,
-            )
-            worker.start()
-            workers.append(worker)
-    return workers
-
-
-def _await_subscribers(emitter: shmbus.EventEmitter, workers: list[Any], reports: Any,
-                       timeout: float) -> None:
-    """Return once every worker has subscribed; DemoFailed if one dies or time runs out."""
-    deadline = time.monotonic() + timeout
-    while emitter.subscriber_count < len(workers):
-        for index, worker in enumerate(workers):
-            if not worker.is_alive():
-                reason = _reason_from(reports) or "worker " + exit_phrase(worker.exitcode)
-                raise DemoFailed(
-                    f"subscriber {index} could not subscribe to bus {emitter.name!r}: {reason}"
-                )
-        if time.monotonic() >= deadline:
-            raise DemoFailed(
-                f"only {emitter.subscriber_count} of {len(workers)} subscribers had "
-                f"subscribed to bus {emitter.name!r} after {timeout:.0f} s; is the machine "
-                "overloaded?"
-            )
-        time.sleep(0.02)
-
-
-def _reason_from(reports: Any) -> str | None:
-    # A worker that failed to subscribe reported why before it exited; one that died
-    # outright reported nothing.
+def _emit_and_join(emitter: shmbus.EventEmitter, pool: shmbus.WorkerPool,
+                   settings: DemoSettings, out: Console) -> DemoRun:
+    started = time.perf_counter()
+    _emit_all(emitter, settings.events, out)
+    emitted = time.perf_counter() - started
+    emitter.close()  # the end of the stream: every worker drains its ring and exits
+    drain = DRAIN_GRACE + settings.capacity * settings.slow_ms / 1000
     try:
-        report = reports.get(timeout=1.0)
-    except queue.Empty:
-        return None
-    error: str | None = report.error
-    return error
+        results = pool.join(timeout=drain)
+    except shmbus.Timeout:
+        results = pool.stop()  # a worker stopped here did not see the bus close: it fails
+    return DemoRun(results, emitted, time.perf_counter() - started)
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _emit_all(emitter: shmbus.EventEmitter, count: int, out: Console) -> None:
@@ -291,46 +230,10 @@ class _RateColumn(ProgressColumn):
         return Text(f"{speed:,.0f} events/s" if speed else "", style="progress.data.speed")
 
 
-def _collect_reports(reports: Any, workers: list[Any], timeout: float
-                     ) -> dict[int, WorkerReport]:
-    """Every worker's report, or as many as arrive before the deadline."""
-    received: dict[int, WorkerReport] = {}
-    deadline = time.monotonic() + timeout
-    while len(received) < len(workers) and time.monotonic() < deadline:
-        try:
-            report = reports.get(timeout=0.2)
-        except queue.Empty:
-            # A worker that exited has flushed its report already: none is coming.
-            if all(not w.is_alive() for i, w in enumerate(workers) if i not in received):
-                break
-            continue
-        received[report.index] = report
-    return received
+# -- the summary ------------------------------------------------------------------------
 
 
-def _stop_workers(workers: list[Any], grace: float) -> None:
-    """Join every worker; terminate, then kill, those that outstay `grace`."""
-    deadline = time.monotonic() + grace
-    for worker in workers:
-        worker.join(max(0.0, deadline - time.monotonic()))
-    lingering = [w for w in workers if w.is_alive()]
-    for worker in lingering:
-        worker.terminate()
-    for worker in lingering:
-        worker.join(STOP_GRACE)
-    killed = [w for w in lingering if w.is_alive()]
-    for worker in killed:
-        worker.kill()
-        worker.join()
-    if lingering:
-        # A worker stopped mid-way may not have removed its ring; its flock died with it,
-        # so the sweep can tell it is dead and remove what it left.
-        shmbus.cleanup()
-
-
-def _print_summary(out: Console, settings: DemoSettings, workers: list[Any],
-                   received: dict[int, WorkerReport], emitted: float,
-                   delivered: float) -> bool:
+def _print_summary(out: Console, settings: DemoSettings, run: DemoRun) -> bool:
     """Print the per-subscriber table and totals; whether every subscriber was perfect."""
     table = Table(title="Subscribers", title_justify="left")
     table.add_column("#", justify="right", no_wrap=True)
@@ -338,18 +241,19 @@ def _print_summary(out: Console, settings: DemoSettings, workers: list[Any],
     table.add_column("pace", no_wrap=True)
     table.add_column("result")
     all_ok = True
-    for index, worker in enumerate(workers):
-        report = received.get(index)
-        ok, result = _describe(report, worker, settings.events)
+    for result in run.results:
+        ok, what = describe(result, settings.events)
         all_ok = all_ok and ok
-        pace = f"slow, {settings.slow_ms:g} ms/event" if index == 0 and settings.slow_ms else "fast"
-        pid = str(report.pid if report else worker.pid)
-        table.add_row(str(index), pid, pace, Text(result, style="green" if ok else "red"))
+        slow = result.index == SLOW_WORKER and settings.slow_ms
+        pace = f"slow, {settings.slow_ms:g} ms/event" if slow else "fast"
+        table.add_row(str(result.index), str(result.pid), pace,
+                      Text(what, style="green" if ok else "red"))
     out.print(table)
-    rate = settings.events / delivered if delivered > 0 else 0.0
+    rate = settings.events / run.delivered_seconds if run.delivered_seconds > 0 else 0.0
     out.print(
-        f"{settings.events} events to {len(workers)} subscribers: emitted in {emitted:.2f} s, "
-        f"all delivered in {delivered:.2f} s ({rate:,.0f} events/s)",
+        f"{settings.events} events to {len(run.results)} subscribers: emitted in "
+        f"{run.emitted_seconds:.2f} s, all delivered in {run.delivered_seconds:.2f} s "
+        f"({rate:,.0f} events/s)",
         soft_wrap=True,
     )
     if all_ok:
@@ -359,17 +263,18 @@ def _print_summary(out: Console, settings: DemoSettings, workers: list[Any],
     return all_ok
 
 
-def _describe(report: WorkerReport | None, worker: Any, expected: int) -> tuple[bool, str]:
-    """Whether one subscriber got everything in order, and a phrase saying what it got."""
-    if report is None:
-        return False, f"no report: worker {exit_phrase(worker.exitcode)}"
-    got = f"received {report.received} of {expected}"
-    if report.error is not None:
-        return False, f"{got}, then {report.error}"
-    if not report.in_order:
-        return False, f"{got}, out of order: {report.first_disorder}"
-    if report.end != shmbus.EndReason.CLOSED.value:
-        return False, f"{got}, stream ended: {report.end}"
-    if report.received != expected:
+def describe(result: shmbus.WorkerResult, expected: int) -> tuple[bool, str]:
+    """Whether one worker got every event in order, and a phrase saying what it got."""
+    if result.handled is None:  # died without reporting: the pool's words say how
+        return False, str(result.error)
+    got = f"received {result.handled} of {expected}"
+    if isinstance(result.error, OutOfOrder):
+        return False, f"{got}, out of order: {result.error}"
+    if result.error is not None:
+        return False, f"{got}, then {type(result.error).__name__}: {result.error}"
+    if result.end_reason is not shmbus.EndReason.CLOSED:
+        reason = result.end_reason.value if result.end_reason is not None else "never began"
+        return False, f"{got}, stream ended: {reason}"
+    if result.handled != expected:
         return False, f"{got}, some missing"
     return True, f"{got}, in order"
