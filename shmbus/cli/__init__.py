@@ -10,8 +10,8 @@
     shmbus gc                        remove what dead buses and subscribers left behind
     shmbus demo [--subscribers N] [--events M] [--capacity C] [--slow-ms S]
                 [--start-method M]   fan numbered events out, check they all arrive
-    shmbus bench [--systems ...] [--workloads ...] [--subscribers ...] [--runs R]
-                 [--quick] [--no-latency] [--no-growth] [--json PATH]
+    shmbus bench [--checkout PATH] [--systems ...] [--workloads ...] [--subscribers ...]
+                 [--runs R] [--quick] [--no-latency] [--no-growth] [--json PATH]
                                      the benchmark suite of a source checkout
     shmbus bridge NAME --nats URL [--stream S]
                                      publish a bus's events to NATS JetStream
