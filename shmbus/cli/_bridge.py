@@ -10,7 +10,8 @@ that from the bus's end, and exits 130.
 ## Why the NATS layer is imported inside the command
 
 It needs nats-py, an optional extra (`pip install 'shmbus[nats]'`). Every other command
-must work without it, so it is imported only when this one runs.
+must work without it, so it is imported only when this one runs; without nats-py that
+import raises the library's own `NatsError`, whose words `main` prints as they are.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from rich.console import Console
 
 import shmbus
 
-from ._common import EXIT_INTERRUPTED, EXIT_OK, CommandFailed, notice_line, plural
+from ._common import EXIT_INTERRUPTED, EXIT_OK, notice_line, plural
 
 
 def add_command(commands: Any) -> None:
@@ -43,15 +44,7 @@ def add_command(commands: Any) -> None:
 
 
 def run_bridge(args: argparse.Namespace) -> int:
-    try:
-        from shmbus._bridge import Bridge
-    except ModuleNotFoundError as exc:
-        if exc.name is None or not exc.name.startswith("nats"):
-            raise
-        raise CommandFailed(
-            "shmbus bridge needs nats-py, which is not installed: "
-            "pip install 'shmbus[nats]'"
-        ) from None
+    from shmbus.nats import Bridge  # the optional layer: see the module's docstring
 
     out = Console(highlight=False)
     bridge = Bridge(args.name, args.nats, stream=args.stream)

@@ -6,10 +6,12 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+import shmbus
 from tests.cli.command import (
     NOBODY,
     RUN_TIMEOUT,
@@ -19,6 +21,7 @@ from tests.cli.command import (
     cli_env,
     run_cli,
 )
+from tests.nats_server import NatsServer, free_port
 
 
 @pytest.mark.timeout(60)
@@ -116,3 +119,107 @@ def test_a_registry_you_cannot_create_is_a_permission_error_in_one_line(
     assert_one_error_line(result, "Permission denied")
     assert f"{registry}" in result.stderr and "SHMBUS_DIR" in result.stderr
     assert not registry.exists()
+
+
+# -- one wording per situation: the command prints what the API raises ------------------
+#
+# Each test runs the command as a user would and compares its one error line with the
+# message of the exception the library raises for the same situation, here and now.
+
+
+def api_message(call: Callable[[], object]) -> str:
+    with pytest.raises(shmbus.ShmBusError) as raised:
+        call()
+    return str(raised.value)
+
+
+def assert_says(result: subprocess.CompletedProcess[str], message: str) -> None:
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr == f"shmbus: error: {message}\n"
+
+
+def _bridge(name: str, url: str) -> Callable[[], object]:
+    from shmbus.nats import Bridge
+
+    return lambda: Bridge(name, url).run()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("command, call", [
+    (["ls", "nope"], lambda: shmbus.stats("nope")),
+    (["tail", "nope"], lambda: shmbus.subscribe("nope")),
+])
+def test_no_such_bus_is_the_librarys_message(registry: Path, command: list[str],
+                                             call: Callable[[], object]) -> None:
+    assert_says(run_cli(registry, *command), api_message(call))
+
+
+@pytest.mark.timeout(60)
+def test_bridging_no_such_bus_is_the_librarys_message(registry: Path,
+                                                      nats_server: NatsServer) -> None:
+    result = run_cli(registry, "bridge", "nope", "--nats", nats_server.url)
+
+    assert_says(result, api_message(_bridge("nope", nats_server.url)))
+    assert "`shmbus ls` lists the buses there" in result.stderr
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("command, call", [
+    (["ls"], shmbus.buses),
+    (["tail", "news"], lambda: shmbus.subscribe("news")),
+    (["top", "--once"], shmbus.buses),
+    (["gc"], shmbus.cleanup),
+])
+def test_a_registry_not_yours_is_the_librarys_message(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str],
+        call: Callable[[], object]) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a directory to another user")
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o700)
+    os.chown(theirs, NOBODY, NOBODY)
+
+    result = run_cli(theirs, *command)
+    monkeypatch.setenv("SHMBUS_DIR", str(theirs))
+
+    assert_says(result, api_message(call))
+
+
+@pytest.mark.timeout(60)
+def test_no_nats_server_is_the_librarys_message(registry: Path) -> None:
+    url = f"nats://127.0.0.1:{free_port()}"  # nothing listens there
+    with shmbus.EventEmitter("news"):
+        tail = run_cli(registry, "tail", f"{url}/news")
+        bridge = run_cli(registry, "bridge", "news", "--nats", url)
+        bridge_api = api_message(_bridge("news", url))
+
+    assert_says(tail, api_message(lambda: shmbus.subscribe(f"{url}/news")))
+    assert_says(bridge, bridge_api)
+    assert f"no NATS server answers at {url}" in bridge.stderr
+
+
+@pytest.mark.timeout(60)
+def test_nats_py_missing_is_the_librarys_message(tmp_path: Path, registry: Path) -> None:
+    # Ahead of the real one on the path, a `nats` that fails as a missing one does.
+    hidden = tmp_path / "hidden"
+    (hidden / "nats").mkdir(parents=True)
+    (hidden / "nats" / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'nats'\", name='nats')\n")
+    env = {**cli_env(registry), "PYTHONPATH": str(hidden)}
+
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, *argv], env=env, capture_output=True,
+                              encoding="utf-8", timeout=RUN_TIMEOUT)
+
+    api = run("-c", "import shmbus\n"
+                    "try:\n"
+                    "    shmbus.subscribe('nats://127.0.0.1:4222/news')\n"
+                    "except shmbus.NatsError as exc:\n"
+                    "    print(exc)\n")
+    assert api.returncode == 0 and "pip install 'shmbus[nats]'" in api.stdout, api
+
+    with shmbus.EventEmitter("news"):
+        assert_says(run("-m", "shmbus", "bridge", "news", "--nats", "nats://127.0.0.1:4222"),
+                    api.stdout.strip())
+        assert_says(run("-m", "shmbus", "tail", "nats://127.0.0.1:4222/news"),
+                    api.stdout.strip())
