@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import shmbus
+from shmbus.cli._figures import human_bytes
 from tests.cli.command import assert_one_error_line, row, run_cli
 
 
@@ -179,3 +180,50 @@ def test_top_on_an_empty_registry_says_so(registry: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "shmbus top: 0 buses, 0 subscribers" in result.stdout
     assert "no buses" in result.stdout
+
+
+# -- large events' memory ---------------------------------------------------------------
+
+
+@pytest.fixture
+def held_large_event() -> Iterator[shmbus.BusStats]:
+    """Bus 'big' with a 1 MiB event that its one subscriber has not read; its figures."""
+    with shmbus.EventEmitter("big", large_bytes=32 * 2**20) as em, \
+            shmbus.subscribe("big"):
+        em.emit(bytes(2**20))
+        figures = shmbus.stats("big")
+        assert figures.large_bytes_held > 0, figures
+        yield figures
+
+
+@pytest.mark.timeout(60)
+def test_ls_and_top_show_what_large_events_hold_against_their_bound(
+        registry: Path, held_large_event: shmbus.BusStats) -> None:
+    shown = (f"{human_bytes(held_large_event.large_bytes_held)}/"
+             f"{human_bytes(held_large_event.large_bytes)}")
+    assert shown.endswith("/32 MiB") and not shown.startswith("0 B")
+
+    for command in (["ls"], ["ls", "big"], ["top", "--once", "--interval", "0.1"]):
+        result = run_cli(registry, *command)
+
+        assert result.returncode == 0, result.stderr
+        assert " ".join(row(result.stdout, "large")[1:]) == shown, result.stdout
+
+
+@pytest.mark.timeout(60)
+def test_ls_json_gives_the_large_events_figures_in_bytes(
+        registry: Path, held_large_event: shmbus.BusStats) -> None:
+    result = run_cli(registry, "ls", "--json")
+
+    assert result.returncode == 0, result.stderr
+    [bus] = json.loads(result.stdout)["buses"]
+    assert bus["large_bytes"] == 32 * 2**20
+    assert bus["large_bytes_held"] == held_large_event.large_bytes_held > 0
+
+
+@pytest.mark.parametrize("count, shown", [
+    (0, "0 B"), (1023, "1023 B"), (1024, "1 KiB"), (1536, "1.5 KiB"),
+    (64 * 2**20, "64 MiB"), (46_137_369, "44 MiB"), (3 * 2**40, "3 TiB"), (2**50, "1024 TiB"),
+])
+def test_sizes_are_shown_in_binary_units(count: int, shown: str) -> None:
+    assert human_bytes(count) == shown
