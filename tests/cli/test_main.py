@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
 import os
 import shutil
 import subprocess
@@ -14,6 +16,7 @@ import pytest
 import shmbus
 from tests.cli.command import (
     NOBODY,
+    REPO_ROOT,
     RUN_TIMEOUT,
     assert_no_traceback,
     assert_one_error_line,
@@ -223,3 +226,65 @@ def test_nats_py_missing_is_the_librarys_message(tmp_path: Path, registry: Path)
                     api.stdout.strip())
         assert_says(run("-m", "shmbus", "tail", "nats://127.0.0.1:4222/news"),
                     api.stdout.strip())
+
+
+# -- the package: how the command is reached, and what it may import --------------------
+
+CLI_DIR = REPO_ROOT / "shmbus" / "cli"
+PRIVATE_CORE_ALLOWED = {("_common.py", "shmbus._registry")}
+"""The registry's default location has no public name; `_common` alone reads it."""
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """The absolute names of the modules `path` imports (relative ones resolved)."""
+    package = "shmbus.cli" if path.parent == CLI_DIR else "shmbus"
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package.rsplit(".", node.level - 1)[0] if node.level else ""
+            module = ".".join(part for part in (base, node.module or "") if part)
+            names.add(module)
+            names.update(f"{module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_the_command_imports_the_public_api_and_the_core_never_the_command() -> None:
+    private = {(path.name, name) for path in CLI_DIR.glob("*.py")
+               for name in _imported_modules(path)
+               if name.startswith("shmbus._") and name.count(".") == 1}
+    assert private == PRIVATE_CORE_ALLOWED
+    core = [path.name for path in (REPO_ROOT / "shmbus").glob("*.py")
+            if any(n.startswith("shmbus.cli") for n in _imported_modules(path))]
+    assert core == ["__main__.py"]
+
+
+def test_importing_shmbus_loads_nothing_of_the_command() -> None:
+    probe = subprocess.run(
+        [sys.executable, "-c", "import sys, shmbus\n"
+         "print(sorted(m for m in sys.modules if m.startswith('shmbus.cli')))"],
+        capture_output=True, encoding="utf-8", timeout=RUN_TIMEOUT, check=True)
+    assert probe.stdout.strip() == "[]"
+
+
+def test_main_is_all_the_package_exports_and_the_script_runs_it() -> None:
+    import shmbus.cli
+
+    assert shmbus.cli.__all__ == ["main"]
+    [script] = importlib.metadata.entry_points(group="console_scripts", name="shmbus")
+    assert script.value == "shmbus.cli:main"
+    assert script.load() is shmbus.cli.main
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("argv", [
+    [str(Path(sys.executable).parent / "shmbus")],
+    [sys.executable, "-m", "shmbus"],
+])
+def test_the_script_and_python_m_shmbus_are_the_same_command(registry: Path,
+                                                            argv: list[str]) -> None:
+    result = subprocess.run([*argv, "--version"], env=cli_env(registry),
+                            capture_output=True, encoding="utf-8", timeout=RUN_TIMEOUT)
+
+    assert (result.returncode, result.stdout) == (0, f"shmbus {shmbus.__version__}\n")
