@@ -192,11 +192,10 @@ def _run_with_bar(suite: Path, options: list[str], out: Console) -> SuiteReport:
         MofNCompleteColumn(), TimeElapsedColumn(), console=out,
     )
     task = progress.add_task("starting", total=None)  # shown once the plan is known
-    with tempfile.TemporaryFile("w+", encoding="utf-8") as stderr:
-        child = subprocess.Popen(
-            [sys.executable, str(suite), "--progress-jsonl", *options],
-            stdout=subprocess.PIPE, stderr=stderr, encoding="utf-8",
-        )
+    with tempfile.TemporaryFile("w+", encoding="utf-8") as stderr, subprocess.Popen(
+        [sys.executable, str(suite), "--progress-jsonl", *options],
+        stdout=subprocess.PIPE, stderr=stderr, encoding="utf-8",
+    ) as child:
         try:
             assert child.stdout is not None
             for line in child.stdout:

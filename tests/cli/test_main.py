@@ -260,6 +260,7 @@ def test_the_command_imports_the_public_api_and_the_core_never_the_command() -> 
     assert core == ["__main__.py"]
 
 
+@pytest.mark.timeout(60)
 def test_importing_shmbus_loads_nothing_of_the_command() -> None:
     probe = subprocess.run(
         [sys.executable, "-c", "import sys, shmbus\n"
