@@ -60,8 +60,9 @@ def add_commands(commands: Any) -> None:
     ls = commands.add_parser(
         "ls", help="list buses and their subscribers, with live figures",
         description="List every bus of this user (or one, by name) with its emitter and "
-        "subscribers: pid, ring capacity and fill, events delivered, and how long the "
-        "emitter has waited on each subscriber.",
+        "subscribers: pid, ring capacity and fill, events delivered, how long the "
+        "emitter has waited on each subscriber, and the shared memory the bus's large "
+        "events hold against their bound.",
     )
     ls.add_argument("name", nargs="?", metavar="NAME", help="show only this bus")
     ls.add_argument("--json", action="store_true", help="print the figures as JSON")
