@@ -31,19 +31,35 @@ machine hits all systems rather than one. `shmbus` (one event per call) is the
 reference every ratio is taken against. A system whose library is missing is skipped
 with the reason (`pip install -e '.[bench]'`).
 
-`shmbus bench` runs this suite with a progress bar: `count_measurements` and
-`run_suite` take the same keyword arguments, `print_table` prints the results.
+`count_measurements` and `run_suite` take the same keyword arguments, `print_table`
+prints the results.
+
+## For a program: `--progress-jsonl`
+
+`shmbus bench` runs this file in a subprocess (the suite measures its own checkout's
+shmbus, so it is never imported into the command's process) and reads its progress from
+stdout, which then carries nothing but JSON objects, one per line:
+
+    {"kind": "plan", "measurements": 12}      first: how many measurements will run
+    {"kind": "start", "label": "..."}         before each measurement
+    {"kind": "results", "results": {...}}     last: what --json writes, failures included
+    {"kind": "error", "message": "..."}       instead of a plan, if the options are wrong
+
+Anything else written to stdout meanwhile (by a measured process, say) goes to stderr.
+No table is printed; `--show -` prints the tables of results read from stdin. The exit
+status is the same as without it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from rich.console import Console
 
@@ -134,9 +150,11 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Systems: " + ", ".join(all_systems()) + ". Workloads: "
         + ", ".join(f"{w.name} ({w.description})" for w in WORKLOADS.values()) + ".",
     )
-    parser.add_argument("--systems", nargs="+", choices=list(all_systems()), metavar="SYSTEM",
+    # No `choices`: the plan checks the names, and says it the same way to a caller of
+    # run_suite, to this command and to `shmbus bench`.
+    parser.add_argument("--systems", nargs="+", metavar="SYSTEM",
                         help="systems to measure (default: all installed)")
-    parser.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), metavar="WORKLOAD",
+    parser.add_argument("--workloads", nargs="+", metavar="WORKLOAD",
                         help="workloads to run (default: all)")
     parser.add_argument("--subscribers", nargs="+", type=int, default=[1, 4], metavar="N",
                         help="subscriber counts (default: 1 4)")
@@ -151,15 +169,18 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true",
                         help="few events and one run: a smoke test, not a measurement")
     parser.add_argument("--json", metavar="PATH", help="write every result to PATH")
-    parser.add_argument("--show", metavar="PATH", help="print the tables of a saved run, and stop")
+    parser.add_argument("--show", metavar="PATH",
+                        help="print the tables of a saved run (- reads it from stdin), and stop")
+    parser.add_argument("--progress-jsonl", action="store_true",
+                        help="for a program: progress and results as JSON lines on stdout")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    console = Console(highlight=False)
     if args.show:
-        print_table(json.loads(Path(args.show).read_text()), console)
+        saved = sys.stdin.read() if args.show == "-" else Path(args.show).read_text()
+        print_table(json.loads(saved), Console(highlight=False))
         return 0
     events = {name: value for name in DEFAULT_EVENTS
               if (value := getattr(args, f"events_{name.replace('-', '_')}")) is not None}
@@ -168,31 +189,92 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs=args.runs, events=events, quick=args.quick, latency=not args.no_latency,
         growth=not args.no_growth,
     )
+    report = _ForAProgram() if args.progress_jsonl else _ForAPerson()
     try:
-        total = count_measurements(**options)
+        report.plan(count_measurements(**options))
     except ValueError as error:
-        console.print(str(error), style="red", markup=False)
+        report.error(str(error))
         return 2
-    done = 0
-
-    def progress(label: str) -> None:
-        nonlocal done
-        done += 1
-        console.print(f"[{done}/{total}] {label}", style="dim", markup=False)
-
     status = 0
     try:
-        results = run_suite(**options, progress=progress)
+        results = run_suite(**options, progress=report.start)
     except BenchmarkFailed as failed:
         results, status = failed.results, 1
     except KeyboardInterrupt:
-        console.print("interrupted: nothing measured is kept", style="red")
+        report.interrupted()
         return 130
-    print_table(results, console)
+    report.results(results)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
-        console.print(f"results written to {args.json}")
+        report.saved(args.json)
     return status
+
+
+class _ForAPerson:
+    """Progress as numbered lines, then the tables."""
+
+    def __init__(self) -> None:
+        self._console = Console(highlight=False)
+        self._total = 0
+        self._started = 0
+
+    def plan(self, total: int) -> None:
+        self._total = total
+
+    def start(self, label: str) -> None:
+        self._started += 1
+        self._console.print(f"[{self._started}/{self._total}] {label}", style="dim",
+                            markup=False)
+
+    def results(self, results: dict[str, Any]) -> None:
+        print_table(results, self._console)
+
+    def saved(self, path: str) -> None:
+        self._console.print(f"results written to {path}")
+
+    def error(self, message: str) -> None:
+        self._console.print(message, style="red", markup=False)
+
+    def interrupted(self) -> None:
+        self._console.print("interrupted: nothing measured is kept", style="red")
+
+
+class _ForAProgram:
+    """The `--progress-jsonl` protocol (see the module's docstring)."""
+
+    def __init__(self) -> None:
+        self._out = _stdout_for_protocol_only()
+
+    def plan(self, total: int) -> None:
+        self._say(kind="plan", measurements=total)
+
+    def start(self, label: str) -> None:
+        self._say(kind="start", label=label)
+
+    def results(self, results: dict[str, Any]) -> None:
+        self._say(kind="results", results=results)
+
+    def saved(self, path: str) -> None:
+        pass  # the program asked for the file; it knows where it is
+
+    def error(self, message: str) -> None:
+        self._say(kind="error", message=message)
+
+    def interrupted(self) -> None:
+        pass  # the program was interrupted too (the same Ctrl-C), and tells its user
+
+    def _say(self, **message: Any) -> None:
+        self._out.write(json.dumps(message) + "\n")
+        self._out.flush()  # the reader moves its bar now, not at exit
+
+
+def _stdout_for_protocol_only() -> TextIO:
+    """A stream to the real stdout; file descriptor 1 itself now leads to stderr, so that
+    nothing else printed here or in a measured child can break a protocol line."""
+    sys.stdout.flush()
+    protocol = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    return protocol
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """`python -m shmbus`: the same command as the `shmbus` script."""
 
-from ._cli import main
+from shmbus.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -222,7 +222,7 @@ class WorkerPool:
         self._check_handler_travels()
         _live_pools.add(self)
         try:
-            with sigint_ignored():  # inherited, through exec too: see _cli on Ctrl-C
+            with sigint_ignored():  # inherited, through exec too: see shmbus.cli._main on Ctrl-C
                 for index in range(self._size):
                     self._workers.append(self._launch(index))
             self._await_subscriptions(time.monotonic() + self._start_timeout)

@@ -9,10 +9,15 @@ subscriber, what changed since the previous one: events/s, and the share of that
 the emitter spent waiting for room in its ring. The subscriber with a full ring, or with
 the largest share, is the one holding everyone back, and a line under the table names it.
 
-A table has one row for the emitter of each bus, then one per subscriber, so that the
-emitter's figures (events emitted, emit rate, total time blocked) sit in the same
-columns as each subscriber's (events delivered, receive rate, time the emitter was
-blocked on it).
+A table has one row for the emitter of each bus, one for the shared memory its large
+events take, then one per subscriber, so that the emitter's figures (events emitted,
+emit rate, total time blocked) sit in the same columns as each subscriber's (events
+delivered, receive rate, time the emitter was blocked on it). In the `large` row, the
+fill column is what the bus's large events hold now against their bound
+(`BusStats.large_bytes_held` of `large_bytes`): at the bound, emit waits for room as it
+does on a full ring. It may pass the bound by events larger than half of it, which take
+a segment each. `--json` has both figures in bytes, as `dataclasses.asdict(BusStats)`
+gives them.
 
 ## Why `top` prints frames one after another when stdout is not a terminal
 
@@ -44,9 +49,8 @@ from rich.table import Table
 from rich.text import Text
 
 import shmbus
-from shmbus._registry import default_root
 
-from ._cli_common import EXIT_OK, at_least, plural, positive_seconds
+from ._common import EXIT_OK, at_least, plural, positive_seconds, registry_root
 
 FILL_BAR_WIDTH = 12
 
@@ -56,8 +60,9 @@ def add_commands(commands: Any) -> None:
     ls = commands.add_parser(
         "ls", help="list buses and their subscribers, with live figures",
         description="List every bus of this user (or one, by name) with its emitter and "
-        "subscribers: pid, ring capacity and fill, events delivered, and how long the "
-        "emitter has waited on each subscriber.",
+        "subscribers: pid, ring capacity and fill, events delivered, how long the "
+        "emitter has waited on each subscriber, and the shared memory the bus's large "
+        "events hold against their bound.",
     )
     ls.add_argument("name", nargs="?", metavar="NAME", help="show only this bus")
     ls.add_argument("--json", action="store_true", help="print the figures as JSON")
@@ -87,18 +92,18 @@ def run_ls(args: argparse.Namespace) -> int:
     found = [shmbus.stats(args.name)] if args.name else shmbus.buses()
     out = Console(highlight=False)
     if args.json:
-        document = {"registry": default_root(), "buses": [bus_as_json(b) for b in found]}
+        document = {"registry": registry_root(), "buses": [bus_as_json(b) for b in found]}
         # print(), not rich: JSON is for programs, and rich would wrap long lines.
         print(json.dumps(document, indent=2))
         return EXIT_OK
     if not found:
-        out.print(f"no buses (registry {default_root()})", markup=False)
+        out.print(f"no buses (registry {registry_root()})", markup=False)
         return EXIT_OK
     out.print(figures_table(found, previous=None, elapsed=None))
     subscribers = sum(len(b.subscribers) for b in found)
     out.print(f"{plural(len(found), 'bus', 'buses')}, "
               f"{plural(subscribers, 'subscriber', 'subscribers')} "
-              f"(registry {default_root()})", markup=False)
+              f"(registry {registry_root()})", markup=False)
     return EXIT_OK
 
 
@@ -166,7 +171,7 @@ def _frame(current: Snapshot, previous: Snapshot | None, interval: float) -> Ren
     header = Text(
         f"shmbus top: {plural(len(current.buses), 'bus', 'buses')}, "
         f"{plural(subscribers, 'subscriber', 'subscribers')}, every {interval:g} s "
-        f"({time.strftime('%H:%M:%S')}, registry {default_root()})",
+        f"({time.strftime('%H:%M:%S')}, registry {registry_root()})",
         style="bold",
     )
     if not current.buses:
@@ -199,6 +204,7 @@ def figures_table(buses: list[shmbus.BusStats], previous: list[shmbus.BusStats] 
     for bus in buses:
         old = before.get(bus.token)
         table.add_row(*_emitter_cells(bus, old, elapsed, rates), style="bold")
+        table.add_row(*_large_events_cells(bus, rates))
         old_subs = {s.id: s for s in old.subscribers} if old is not None else {}
         for sub in bus.subscribers:
             table.add_row(*_subscriber_cells(sub, old_subs.get(sub.id), elapsed, rates))
@@ -223,6 +229,14 @@ def _emitter_cells(bus: shmbus.BusStats, old: shmbus.BusStats | None,
         cells.append(_share(bus.blocked_seconds, old.blocked_seconds if old else None,
                             elapsed))
     return cells
+
+
+def _large_events_cells(bus: shmbus.BusStats, rates: bool) -> list[RenderableType]:
+    held, bound = bus.large_bytes_held, bus.large_bytes
+    # Figures without a bar: with one, `top` no longer fits 80 columns.
+    figures = Text(f"{human_bytes(held)}/{human_bytes(bound)}", style=_fill_style(held, bound))
+    cells: list[RenderableType] = ["", "large", "", figures, ""]
+    return cells + [""] * (3 if rates else 1)  # no events, rates or blocked time of its own
 
 
 def _subscriber_cells(sub: shmbus.SubscriberStats, old: shmbus.SubscriberStats | None,
@@ -252,12 +266,29 @@ def fill_bar(fill: int, capacity: int) -> Text:
         filled = 1  # a ring with anything in it never looks empty
     if fill < capacity:
         filled = min(filled, FILL_BAR_WIDTH - 1)  # nor does one with room look full
-    style = "red" if share >= 1.0 else "yellow" if share >= 0.5 else "green"
     bar = Text()
-    bar.append("█" * filled, style=style)
+    bar.append("█" * filled, style=_fill_style(fill, capacity))
     bar.append("░" * (FILL_BAR_WIDTH - filled), style="dim")
     bar.append(f" {fill:,}/{capacity:,}")
     return bar
+
+
+def _fill_style(fill: int, capacity: int) -> str:
+    share = fill / capacity if capacity > 0 else 0.0
+    return "red" if share >= 1.0 else "yellow" if share >= 0.5 else "green"
+
+
+SIZE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
+
+
+def human_bytes(count: int) -> str:
+    """`4 MiB`, `1.5 KiB`, `512 B`: binary units, as the README writes sizes."""
+    size = float(count)
+    for unit in SIZE_UNITS:
+        if size < 1024 or unit == SIZE_UNITS[-1]:
+            break
+        size /= 1024
+    return f"{size:.1f}".removesuffix(".0") + f" {unit}"
 
 
 def _emitter_state(bus: shmbus.BusStats) -> Text:

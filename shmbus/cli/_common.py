@@ -1,10 +1,14 @@
 """What every `shmbus` command shares: exit statuses, the user-facing failure, stderr lines.
 
-Commands never print their own errors: they raise, and `_cli.main` turns any foreseeable
-failure into one red line on stderr and a non-zero status. `CommandFailed` is the
-failure that is the command's own (a missing benchmarks folder, a demo whose workers
-never started), as opposed to the library's `ShmBusError`; keeping it here lets the
-command modules raise it without importing `_cli`, which imports them.
+Commands never print their own errors: they raise, and `_main.main` turns any
+foreseeable failure into one red line on stderr and a non-zero status. `CommandFailed` is
+the failure that is the command's own (no benchmark suite to run, say), as opposed to the
+library's `ShmBusError`, whose message is printed as the library words it; keeping it
+here lets the command modules raise it without importing `_main`, which imports them.
+
+The registry's location is the one thing every command shows that the public API does
+not name (`shmbus.buses()` takes a `root`, but does not say what its default is), so it
+is read here, from the core, in one place.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import math
 
 from rich.console import Console
 
+from shmbus._registry import DIR_ENV, default_root
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -20,9 +26,17 @@ EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
 """128 + SIGPIPE: what a shell reports for `shmbus tail x | head -n 3` with any other tool."""
 
+REGISTRY_ENV = DIR_ENV
+"""The environment variable that points every process of a user at the same registry."""
+
 
 class CommandFailed(Exception):
     """A command cannot do its job for a reason the user can fix; the message says how."""
+
+
+def registry_root() -> str:
+    """The registry directory the library uses now (`$SHMBUS_DIR` or its default)."""
+    return default_root()
 
 
 def error_line(message: str) -> None:
