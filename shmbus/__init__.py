@@ -52,15 +52,11 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
-    # The NATS side needs the `nats` extra (nats-py): imported only when asked for.
-    if name in ("Bridge", "run_bridge"):
-        from . import _bridge
+    # The NATS layer needs the `nats` extra (nats-py): imported only when asked for.
+    if name in ("Bridge", "RemoteSubscription", "run_bridge"):
+        from . import nats
 
-        return getattr(_bridge, name)
-    if name == "RemoteSubscription":
-        from ._remote import RemoteSubscription
-
-        return RemoteSubscription
+        return getattr(nats, name)
     raise AttributeError(f"module 'shmbus' has no attribute {name!r}")
 
 

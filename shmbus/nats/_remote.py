@@ -1,33 +1,9 @@
 """Remote subscriptions: a bus's stream read back from NATS JetStream, on any host.
 
 `shmbus.subscribe("nats://host:4222/NAME?durable=worker1")` returns a `RemoteSubscription`
-with the interface of a local `Subscription` (`recv`, `recv_many`, iteration, `close`,
-context manager, `name`, `end_reason`). A bridge (`_bridge`) on the bus's host publishes
-the bus into a JetStream stream; this module owns everything both ends must agree on:
-names, the wire format, the stream's configuration and the connection.
-
-## Wire format
-
-One stream per bus, `SHMBUS_<NAME>` with subject `shmbus.<NAME>` (dots become `_`: NATS
-reserves them). Each event is one message whose body is the event's pickle
-(`_codec.encode`; `_codec.decode` here) and whose `Nats-Msg-Id` is `<bus>:<seq>`: the bus
-instance's token and the event's own sequence number on that bus. An id that means the
-same event to every bridge is what lets JetStream's de-duplication drop the copy a
-retrying or second bridge sends. Two kinds of marker share the numbering:
-`Shmbus-Lost: <why>` stands for events that cannot be carried, and `Shmbus-End: closed`
-or `emitter died` (id `<bus>:end`) ends the stream.
-
-## The stream: interest retention, discard new
-
-Each remote subscription is a durable pull consumer, and the stream keeps a message until
-every consumer has acknowledged it (interest retention). So, as on the local bus, every
-subscriber gets every event and the slowest one sets the pace: the stream is bounded
-(`max_msgs`, `max_bytes`, discard policy *new*), a subscriber that stops reading fills it,
-the server refuses the bridge's next publish, the bridge stops reading its ring and the
-local emitter blocks. Limits retention would never free a slot, since acknowledgements do
-not remove anything, and a work queue would hand each event to one subscriber only.
-Like a local bus, a message that no consumer existed for is not kept: a consumer gets
-the events stored after it was created (deliver policy *new*).
+with the interface of a local subscription (`recv`, `recv_many`, iteration, `close`,
+context manager, `name`, `end_reason`), over the stream a bridge (`_bridge`) publishes
+the bus to (`_wire` for the format, `_jetstream` for the stream).
 
 ## Once and in order
 
@@ -41,18 +17,12 @@ passed, and is acknowledged and skipped. A jump that survives a reset is real: t
 events never reached the stream, and `recv` raises `EventsLost` for them once, then goes
 on.
 
-So within one subscription every event is returned once, in bus order, across reconnects
-and server restarts. Across a restart of the subscriber process the durable consumer
-resumes after the last acknowledgement the server got: `close()` flushes them, so a
-clean restart neither loses nor repeats anything; a process that dies may see its last
-few events again (their acknowledgements were in flight), never fewer.
-
 ## Threads
 
 nats-py is asyncio; the interface is synchronous. Each subscription runs one event-loop
-thread that owns its connection and prefetches up to `capacity` messages into a buffer;
-the caller's thread takes from that buffer and hands acknowledgements back to the loop.
-Prefetched messages are unacknowledged, so a dead process loses none of them.
+thread (`_loop`) that owns its connection and prefetches up to `capacity` messages into
+a buffer; the caller's thread takes from that buffer and hands acknowledgements back to
+the loop. Prefetched messages are unacknowledged, so a dead process loses none of them.
 
 ## Durable names
 
@@ -65,8 +35,7 @@ subscription: `close()` deletes it, and the server deletes it 30 s after its pro
 ## Trust
 
 Events cross the network as pickles, and unpickling runs code: whoever may publish to
-`shmbus.<NAME>` on the server may run code in every remote subscriber. Locally only
-the same user can write to a bus; over NATS that is the server's to enforce. Give the
+`shmbus.<NAME>` on the server may run code in every remote subscriber. Give the
 bridge's credentials alone publish rights on `shmbus.>` (NATS accounts and permissions),
 and keep the server on a network you trust: a `nats://` name has no TLS options yet.
 Credentials go in the URL (`nats://user:password@host:4222/NAME`).
@@ -76,344 +45,52 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import json
 import logging
 import os
-import re
 import secrets
 import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
-from urllib.parse import parse_qs, urlsplit
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
-from . import _codec
-from ._errors import (
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from .._errors import (
     Closed,
     DeserializationError,
     EmitterDied,
     EventsLost,
     InvalidArgument,
     NatsError,
-    NatsUnavailable,
     ShmBusError,
     Timeout,
     shown,
 )
-from ._registry import validate_name
-from ._subscription import EndReason
-
-REMOTE_SCHEME = "nats://"
-
-try:
-    import nats
-    import nats.errors
-    import nats.js.errors
-    from nats.aio.client import Client as NatsClient
-    from nats.aio.msg import Msg
-    from nats.js import JetStreamContext
-    from nats.js.api import (
-        AckPolicy,
-        ConsumerConfig,
-        DeliverPolicy,
-        DiscardPolicy,
-        RetentionPolicy,
-        StorageType,
-        StreamConfig,
-    )
-except ImportError as exc:  # pragma: no cover - the extra is missing
-    raise NatsError(
-        "bridging a bus to NATS needs nats-py: pip install 'shmbus[nats]'"
-    ) from exc
+from .._subscription import EndReason
+from ._jetstream import (
+    CONNECT_TIMEOUT,
+    RECONNECT_WAIT,
+    connect,
+    ensure_stream,
+    require_jetstream,
+    reset_consumer,
+)
+from ._loop import CALL_TIMEOUT, LoopThread
+from ._wire import Envelope, RemoteAddress, decode_body, read_envelope
 
 log = logging.getLogger("shmbus.nats")
 
-STREAM_PREFIX = "SHMBUS_"
-SUBJECT_PREFIX = "shmbus."
-DEFAULT_MAX_MSGS = 100_000
-DEFAULT_MAX_BYTES = 256 * 1024 * 1024
-DUPLICATE_WINDOW = 120.0
-"""Seconds JetStream remembers a message id: a retry or a second bridge arriving later
-than this would store a duplicate (the subscriber still skips it, by number)."""
 DEFAULT_CAPACITY = 256
-CONNECT_TIMEOUT = 2.0
-RECONNECT_WAIT = 0.25
 ANONYMOUS_TTL = 30.0
 _ACK_WAIT = 3600.0  # redelivery is driven by resets, never by this timer
 _FETCH_SLICE = 1.0
-_CALL_TIMEOUT = 10.0
-
-MSG_ID = "Nats-Msg-Id"
-END = "Shmbus-End"
-LOST = "Shmbus-Lost"
-END_ID = "end"
-
-_DURABLE = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_STREAM = re.compile(r"[A-Za-z0-9_-]{1,255}")
-
-T = TypeVar("T")
-
-
-# -- names and addresses ----------------------------------------------------------------
-
-
-def stream_for(bus: str) -> str:
-    return STREAM_PREFIX + bus.replace(".", "_")
-
-
-def subject_for(bus: str) -> str:
-    return SUBJECT_PREFIX + bus.replace(".", "_")
-
-
-def message_id(token: str, seq: int | str) -> str:
-    return f"{token}:{seq}"
-
-
-def description_for(bus: str) -> str:
-    return f"shmbus bus {bus}"
-
-
-def redact(url: str) -> str:
-    """`url` fit for messages and logs: a password or token replaced by `***`."""
-    scheme, sep, rest = url.partition("://")
-    netloc, slash, tail = rest.partition("/")
-    credentials, at, hosts = netloc.rpartition("@")
-    if not at:
-        return url
-    user, colon, _ = credentials.partition(":")
-    hidden = f"{user}:***" if colon else "***"  # a lone `TOKEN@host` is a secret too
-    return f"{scheme}{sep}{hidden}@{hosts}{slash}{tail}"
-
-
-def parse_servers(url: str) -> list[str]:
-    """`nats://a:4222,b:4222` (or a bare `host:port`) as the list nats-py connects to."""
-    if "://" not in url:
-        url = REMOTE_SCHEME + url
-    scheme, _, rest = url.partition("://")
-    netloc = rest.split("/", 1)[0].split("?", 1)[0]
-    if not netloc:
-        raise InvalidArgument(f"no NATS server in {url!r}: use nats://HOST:PORT")
-    credentials, at, hosts = netloc.rpartition("@")
-    prefix = f"{scheme}://{credentials}{at}"
-    return [prefix + host for host in hosts.split(",")]
-
-
-@dataclass(frozen=True)
-class RemoteAddress:
-    """What `nats://HOST:PORT/NAME?durable=D&stream=S` names."""
-
-    url: str = field(repr=False)
-    servers: list[str] = field(repr=False)
-    bus: str
-    stream: str
-    durable: str | None
-
-    @property
-    def subject(self) -> str:
-        return subject_for(self.bus)
-
-    @property
-    def shown(self) -> str:
-        return redact(self.url)
-
-    @classmethod
-    def parse(cls, url: str, durable: str | None = None) -> "RemoteAddress":
-        if not url.startswith(REMOTE_SCHEME):
-            raise InvalidArgument(f"a remote bus is named nats://HOST:PORT/NAME, not {url!r}")
-        parts = urlsplit(url)
-        bus = validate_name(parts.path.lstrip("/"))
-        query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
-        unknown = set(query) - {"durable", "stream"}
-        if unknown:
-            raise InvalidArgument(f"unknown option(s) {sorted(unknown)} in {url!r}; "
-                             "use durable=NAME and/or stream=NAME")
-        durable = durable or query.get("durable")
-        if durable is not None and not _DURABLE.fullmatch(durable):
-            raise InvalidArgument(f"invalid durable name {shown(durable)}: use 1 to 64 of A-Z a-z 0-9 _ -")
-        stream = validate_stream(query.get("stream") or stream_for(bus))
-        servers = parse_servers(f"{parts.scheme}://{parts.netloc}")
-        return cls(url, servers, bus, stream, durable)
-
-
-def validate_stream(stream: str) -> str:
-    if not _STREAM.fullmatch(stream):
-        raise InvalidArgument(f"invalid stream name {shown(stream)}: use A-Z a-z 0-9 _ -")
-    return stream
-
-
-# -- connection and stream ----------------------------------------------------------------
-
-
-async def connect(servers: list[str], url: str, *, name: str,
-                  reconnected_cb: Callable[[], Awaitable[None]] | None = None,
-                  disconnected_cb: Callable[[], Awaitable[None]] | None = None) -> NatsClient:
-    """A connection that fails fast if nothing answers now, and reconnects forever later."""
-
-    async def quietly(exc: Exception) -> None:
-        log.debug("nats %s: %r", url, exc)
-
-    options: dict[str, Any] = {}
-    if reconnected_cb is not None:
-        options["reconnected_cb"] = reconnected_cb
-    if disconnected_cb is not None:
-        options["disconnected_cb"] = disconnected_cb
-    try:
-        # Two attempts here: an unreachable server at start is a configuration mistake to
-        # report, not an outage to wait out.
-        nc = await nats.connect(
-            servers, name=name, connect_timeout=CONNECT_TIMEOUT, max_reconnect_attempts=1,
-            reconnect_time_wait=0.1, error_cb=quietly, **options,
-        )
-    except (OSError, asyncio.TimeoutError, nats.errors.Error) as exc:
-        raise NatsUnavailable(
-            f"no NATS server answers at {url} ({exc!r}); start one with JetStream on "
-            "(`nats-server -js`) or pass the URL of a running one"
-        ) from exc
-    # From now on an outage is waited out; nats-py reads these options at each attempt.
-    nc.options["max_reconnect_attempts"] = -1
-    nc.options["reconnect_time_wait"] = RECONNECT_WAIT
-    return nc
-
-
-def stream_config(bus: str, stream: str, max_msgs: int, max_bytes: int) -> StreamConfig:
-    return StreamConfig(
-        name=stream,
-        description=description_for(bus),
-        subjects=[subject_for(bus)],
-        retention=RetentionPolicy.INTEREST,
-        discard=DiscardPolicy.NEW,
-        max_msgs=max_msgs,
-        max_bytes=max_bytes,
-        storage=StorageType.FILE,
-        duplicate_window=DUPLICATE_WINDOW,
-    )
-
-
-async def ensure_stream(js: JetStreamContext, url: str, bus: str, stream: str, *,
-                        max_msgs: int | None = None, max_bytes: int | None = None) -> None:
-    """Create the bus's stream, or check that the existing one is it.
-
-    Limits given are applied to an existing stream; limits left out keep its own.
-    """
-    try:
-        info = await js.stream_info(stream)
-    except nats.js.errors.NotFoundError:
-        config = stream_config(bus, stream, max_msgs or DEFAULT_MAX_MSGS,
-                               max_bytes or DEFAULT_MAX_BYTES)
-        try:
-            await js.add_stream(config)
-        except nats.js.errors.BadRequestError as exc:
-            if exc.err_code != 10058:  # created by someone else meanwhile
-                raise _stream_refused(url, stream, exc) from exc
-        except nats.js.errors.APIError as exc:
-            raise _stream_refused(url, stream, exc) from exc
-        return
-    except (nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError) as exc:
-        raise NatsError(
-            f"the NATS server at {url} has JetStream turned off; start it with "
-            "`nats-server -js`"
-        ) from exc
-    existing = info.config
-    if (existing.subjects != [subject_for(bus)]
-            or existing.retention != RetentionPolicy.INTEREST
-            or existing.discard != DiscardPolicy.NEW):
-        raise NatsError(
-            f"stream {stream!r} at {url} is not the stream of bus {bus!r} (subjects "
-            f"{existing.subjects}, {existing.retention} retention, discard "
-            f"{existing.discard}); pass another stream name, or delete that stream"
-        )
-    wanted = {"max_msgs": max_msgs or existing.max_msgs,
-              "max_bytes": max_bytes or existing.max_bytes}
-    if (existing.max_msgs, existing.max_bytes) != (wanted["max_msgs"], wanted["max_bytes"]):
-        await js.update_stream(existing.evolve(**wanted))
-
-
-def _stream_refused(url: str, stream: str, exc: Exception) -> NatsError:
-    return NatsError(f"the NATS server at {url} refused to create stream {stream!r}: {exc!r}")
-
-
-async def require_jetstream(js: JetStreamContext, url: str) -> None:
-    try:
-        await js.account_info()
-    except (nats.errors.NoRespondersError, nats.js.errors.APIError,
-            nats.errors.TimeoutError) as exc:
-        raise NatsError(
-            f"the NATS server at {url} has no JetStream ({exc!r}); start it with "
-            "`nats-server -js`"
-        ) from exc
-
-
-# -- reading messages ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Envelope:
-    """What a message of a bus's stream stands for."""
-
-    token: str
-    seq: int | None  # None for the end marker
-    end: EndReason | None = None
-    lost: str | None = None
-
-
-def read_envelope(msg: Msg) -> Envelope | None:
-    """The message's meaning, or None if no bridge wrote it."""
-    headers = msg.headers or {}
-    token, _, tail = headers.get(MSG_ID, "").partition(":")
-    if not token or not tail:
-        return None
-    if tail == END_ID:
-        try:
-            reason = EndReason(headers.get(END, EndReason.CLOSED.value))
-        except ValueError:
-            reason = EndReason.CLOSED
-        return Envelope(token, None, end=reason)
-    if not tail.isdigit():
-        return None
-    return Envelope(token, int(tail), lost=headers.get(LOST))
-
-
-# -- the subscription ---------------------------------------------------------------------
-
-
-class _LoopThread:
-    """An asyncio event loop on a daemon thread, for calls from synchronous code."""
-
-    def __init__(self, name: str) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
-        self._thread.start()
-
-    def call(self, coro: Coroutine[Any, Any, T], timeout: float = _CALL_TIMEOUT) -> T:
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        try:
-            return future.result(timeout)
-        except BaseException:
-            future.cancel()
-            raise
-
-    def stop(self) -> None:
-        if self.loop.is_closed():
-            return
-        try:
-            self.call(_cancel_the_rest(), timeout=5)
-        except Exception as exc:
-            log.debug("stopping the event loop: %r", exc)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(5)
-        if not self._thread.is_alive():
-            self.loop.close()
-
-
-async def _cancel_the_rest() -> None:
-    tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
-    for task in tasks:
-        task.cancel()
-    if tasks:
-        await asyncio.wait(tasks, timeout=2)
 
 
 @dataclass
@@ -456,7 +133,7 @@ class RemoteSubscription:
         self = object.__new__(cls)
         self._init(address, capacity)
         try:
-            self._runner.call(self._attach(), timeout=CONNECT_TIMEOUT * 3 + _CALL_TIMEOUT)
+            self._runner.call(self._attach(), timeout=CONNECT_TIMEOUT * 3 + CALL_TIMEOUT)
         except BaseException:
             self._closed = True
             try:
@@ -491,7 +168,7 @@ class RemoteSubscription:
         self._batch = capacity
         self._room = asyncio.Event()
         self._redelivering = asyncio.Lock()
-        self._runner = _LoopThread(f"shmbus-remote-{address.bus}")
+        self._runner = LoopThread(f"shmbus-remote-{address.bus}")
 
     # -- public -----------------------------------------------------------------------
 
@@ -572,7 +249,7 @@ class RemoteSubscription:
             pass
 
     def __repr__(self) -> str:
-        return f"<shmbus.RemoteSubscription {self.name!r} at {self._last}>"
+        return f"<shmbus.nats.RemoteSubscription {self.name!r} at {self._last}>"
 
     # -- handing events to the caller ---------------------------------------------------
 
@@ -615,7 +292,7 @@ class RemoteSubscription:
                 self._park_end(self._end)
                 return
             msg = self._wait_for_message(deadline)
-            envelope = read_envelope(msg)
+            envelope = read_envelope(msg.headers)
             if envelope is None:
                 self._consume(msg)  # not a bridge's message: not for us
                 continue
@@ -640,7 +317,7 @@ class RemoteSubscription:
 
     def _judge(self, msg: Msg, envelope: Envelope) -> _Outcome | None:
         """The outcome `msg` stands for, or None if it was skipped (or must be re-read)."""
-        token = envelope.token
+        token = envelope.bus_id
         if envelope.seq is None:
             assert envelope.end is not None
             return _Outcome(None, self._end_error(envelope.end),
@@ -671,7 +348,7 @@ class RemoteSubscription:
             )
             return _Outcome(None, error, (token, seq), msg)
         try:
-            return _Outcome(_codec.decode(msg.data), None, (token, seq), msg)
+            return _Outcome(decode_body(envelope, msg.data), None, (token, seq), msg)
         except DeserializationError as exc:
             return _Outcome(None, exc, (token, seq), msg)
 
@@ -788,18 +465,9 @@ class RemoteSubscription:
         )
 
     async def _reset_consumer(self) -> None:
-        """Forget what was delivered and not acknowledged: it comes again, in order.
-
-        The JetStream API call directly (nats-server 2.14+), not nats-py's wrapper, which
-        only recent nats-py releases have.
-        """
+        """Forget what was delivered and not acknowledged: it comes again, in order."""
         assert self._nc is not None
-        reply = await self._nc.request(
-            f"$JS.API.CONSUMER.RESET.{self._address.stream}.{self._consumer}", b"",
-            timeout=_CALL_TIMEOUT / 2)
-        error = json.loads(reply.data).get("error")
-        if error:
-            nats.js.errors.APIError.from_error(error)  # raises the matching error
+        await reset_consumer(self._nc, self._address.stream, self._consumer)
 
     async def _start_prefetching(self) -> None:
         assert self._nc is not None
