@@ -10,8 +10,9 @@
 Needs the `nats` extra (nats-py): `pip install 'shmbus[nats]'`. The modules, one concept
 each: `_wire` (names, message ids, markers, URLs), `_jetstream` (the connection and the
 stream), `_publisher` and `_pump` (the bridge's publishing, leadership and standby),
-`_bridge` (`Bridge`), `_loop` (an event loop on a thread of its own), `_remote`
-(`RemoteSubscription`).
+`_bridge` (`Bridge`), `_loop`, `_doorbell`, `_feed` and `_order` (a remote
+subscription's loop thread, wake-ups, consumer and ordering), `_remote`
+(`RemoteSubscription`). docs/design.md tells the whole story.
 """
 
 from __future__ import annotations

@@ -1,110 +1,68 @@
 """Remote subscriptions: a bus's stream read back from NATS JetStream, on any host.
 
-`shmbus.subscribe("nats://host:4222/NAME?durable=worker1")` returns a `RemoteSubscription`
-with the interface of a local subscription (`recv`, `recv_many`, iteration, `close`,
-context manager, `name`, `end_reason`), over the stream a bridge (`_bridge`) publishes
-the bus to (`_wire` for the format, `_jetstream` for the stream).
+`shmbus.subscribe("nats://host:4222/NAME?durable=worker1")` returns a `RemoteSubscription`:
+a `shmbus.Subscription` like a local one (`recv`, `recv_many`, `arecv`, `arecv_many`,
+`for`, `async for`, `with`, `async with`, `close`, `end_reason`), over the stream a
+bridge (`_bridge`) publishes the bus to.
 
-## Once and in order
+## Shape
 
-Acknowledgements are explicit and sent when an event is handed to the caller, never
-before. Order survives failures because the subscription never trusts the order of
-redeliveries: after a reconnect, on (re)attaching to a durable consumer, and whenever an
-event's number is not the next one, it resets the consumer to its acknowledgement floor
-(the server then redelivers, in stream order, everything not acknowledged) and drops what
-it had prefetched. Anything it has already returned comes back with a number it has
-passed, and is acknowledged and skipped. A jump that survives a reset is real: those
-events never reached the stream, and `recv` raises `EventsLost` for them once, then goes
-on.
+Three parts, one concept each: the `Feed` (`_feed`) owns the connection, the durable
+pull consumer and the messages fetched ahead, on its own event-loop thread; the `Cursor`
+(`_order`) judges each message by its number; this class hands the outcomes to the
+caller, from any thread or event loop, and owns the lifecycle (`_handle.Handle`: an
+idempotent `close`, fork ownership, the exit hook).
 
-## Threads
+Taking is never waiting. Under the subscription's lock, a call takes what the feed has
+ready (judging, parking and acknowledging it) and returns at once, with events or with
+nothing; only then, outside the lock, does it wait for the doorbell (`_doorbell`) that
+the loop thread rings when messages arrive and `close()` rings when it begins. So a
+thread in `recv` and a task in `arecv` wait the same way, without holding anything:
+two threads receiving at once each take whole outcomes under the lock (never the same
+one twice, never one dropped), and `close()` from any thread wakes every waiter, which
+raises `Closed` at once, then waits only for a take under way (which never waits)
+before it stops the loop thread.
 
-nats-py is asyncio; the interface is synchronous. Each subscription runs one event-loop
-thread (`_loop`) that owns its connection and prefetches up to `capacity` messages into
-a buffer; the caller's thread takes from that buffer and hands acknowledgements back to
-the loop. Prefetched messages are unacknowledged, so a dead process loses none of them.
+## What is atomic under interruption and cancellation
 
-## Durable names
-
-`?durable=NAME` in the URL (or `durable=` here) names the consumer; it outlives the
-process, so a restarted subscriber resumes where it stopped, and the stream holds events
-for it in the meantime (up to the stream's bounds, then the bridge blocks: remove an
-abandoned one with `forget()`). Without a name the consumer is private to this
-subscription: `close()` deletes it, and the server deletes it 30 s after its process died.
+An outcome (an event, or the error that stands in its place) is *parked*, then
+acknowledged, before it is handed over: an interruption leaves it parked for the next
+call. `arecv` takes synchronously and awaits only the doorbell: cancelling it is exactly
+a timeout.
 
 ## Trust
 
 Events cross the network as pickles, and unpickling runs code: whoever may publish to
 `shmbus.<NAME>` on the server may run code in every remote subscriber. Give the
-bridge's credentials alone publish rights on `shmbus.>` (NATS accounts and permissions),
-and keep the server on a network you trust: a `nats://` name has no TLS options yet.
-Credentials go in the URL (`nats://user:password@host:4222/NAME`).
+bridge's credentials alone publish rights on `shmbus.>` (NATS accounts and
+permissions), and keep the server on a network you trust: a `nats://` name has no TLS
+options yet. Credentials go in the URL, and no message or log ever shows the password.
 """
 
 from __future__ import annotations
 
 import asyncio
-import atexit
-import logging
-import os
-import secrets
 import threading
-import time
-import weakref
-from collections import deque
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import nats.errors
-import nats.js.errors
-from nats.aio.client import Client as NatsClient
-from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-
-from .._errors import (
-    Closed,
-    DeserializationError,
-    EmitterDied,
-    EventsLost,
-    InvalidArgument,
-    NatsError,
-    ShmBusError,
-    Timeout,
-    shown,
-)
+from .._errors import Closed, EmitterDied, InvalidArgument, Timeout, shown
+from .._handle import Handle
 from .._subscription import EndReason
-from ._jetstream import (
-    CONNECT_TIMEOUT,
-    RECONNECT_WAIT,
-    connect,
-    ensure_stream,
-    require_jetstream,
-    reset_consumer,
-)
-from ._loop import CALL_TIMEOUT, LoopThread
-from ._wire import Envelope, RemoteAddress, decode_body, read_envelope
-
-log = logging.getLogger("shmbus.nats")
+from .._wait import POLL_MAX_SLEEP, acquire_by, deadline_after, expired
+from ._feed import Feed
+from ._order import RESYNC, SKIP, Cursor, Outcome
+from ._wire import RemoteAddress, read_envelope
 
 DEFAULT_CAPACITY = 256
-ANONYMOUS_TTL = 30.0
-_ACK_WAIT = 3600.0  # redelivery is driven by resets, never by this timer
-_FETCH_SLICE = 1.0
 
 
-@dataclass
-class _Outcome:
-    """An event, or the error that stands in its place, ready to hand to the caller."""
 
-    value: Any
-    error: ShmBusError | None
-    position: tuple[str, int]
-    msg: Msg | None
-    ends: EndReason | None = None
+class _Busy:
+    """Another thread is taking: look again shortly."""
 
 
-_open_remote: "weakref.WeakSet[RemoteSubscription]" = weakref.WeakSet()
+_BUSY = _Busy()
 
 
 def subscribe_remote(name: str, *, capacity: int | None = None,
@@ -122,8 +80,10 @@ def subscribe_remote(name: str, *, capacity: int | None = None,
     return RemoteSubscription._open(address, capacity)
 
 
-class RemoteSubscription:
+class RemoteSubscription(Handle):
     """A subscriber's end of a bridged bus: `recv()` events, or iterate until it ends."""
+
+    _kind = "remote subscription"
 
     def __init__(self) -> None:
         raise TypeError("use shmbus.subscribe('nats://HOST:PORT/NAME')")
@@ -133,44 +93,25 @@ class RemoteSubscription:
         self = object.__new__(cls)
         self._init(address, capacity)
         try:
-            self._runner.call(self._attach(), timeout=CONNECT_TIMEOUT * 3 + CALL_TIMEOUT)
+            self._feed.open()
         except BaseException:
-            self._closed = True
-            try:
-                self._runner.call(self._disconnect())
-            finally:
-                self._runner.stop()
+            self._feed.close(forget=self._forget)
             raise
-        _open_remote.add(self)
+        self._opened()
         return self
 
     def _init(self, address: RemoteAddress, capacity: int) -> None:
         self._address = address
-        self._capacity = capacity
-        self._consumer = address.durable or f"shmbus_{secrets.token_hex(8)}"
-        self._pid = os.getpid()
-        self._buffer: deque[Msg] = deque()
-        self._cond = threading.Condition()
-        self._recv_lock = threading.RLock()
-        self._parked: list[_Outcome] = []
-        self._last: tuple[str, int] | None = None
-        self._suspect: tuple[str, int] | None = None
+        self._feed = Feed(address, capacity)
+        self._cursor = Cursor(address.bus)
+        self._parked: list[Outcome] = []
+        self._lock = threading.RLock()  # re-entrant: see `_wait.acquire_by`
+        self._close_lock = threading.Lock()
+        self._closing = threading.Event()
         self._end: EndReason | None = None
-        self._fatal: ShmBusError | None = None
-        self._acks: list[Msg] = []
-        self._acks_scheduled = False
-        self._prefetch_waiting = False
-        self._closing = False
-        self._closed = False
-        self._nc: NatsClient | None = None
-        self._psub: Any = None
-        self._prefetcher: asyncio.Task[None] | None = None
-        self._batch = capacity
-        self._room = asyncio.Event()
-        self._redelivering = asyncio.Lock()
-        self._runner = LoopThread(f"shmbus-remote-{address.bus}")
+        self._forget = address.durable is None
 
-    # -- public -----------------------------------------------------------------------
+    # -- public -------------------------------------------------------------------------
 
     @property
     def name(self) -> str:
@@ -184,16 +125,12 @@ class RemoteSubscription:
 
     @property
     def capacity(self) -> int:
-        return self._capacity
+        return self._feed.capacity
 
     @property
     def end_reason(self) -> EndReason | None:
         """None while the stream may still deliver; else why it ended."""
         return self._end
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     def recv(self, *, timeout: float | None = None) -> Any:
         """The next event, waiting for it as long as `timeout` allows (None: forever).
@@ -203,7 +140,7 @@ class RemoteSubscription:
         events that will never arrive, and `DeserializationError` for an event that
         cannot be unpickled here; after those two the next call goes on.
         """
-        return self._take(1, timeout)[0]
+        return self._receive(1, deadline_after(timeout))[0]
 
     def recv_many(self, max_n: int, *, timeout: float | None = None) -> list[Any]:
         """The next events, at least one and at most `max_n`: those ready now.
@@ -211,387 +148,210 @@ class RemoteSubscription:
         Waits as `recv` does for the first event, never for more; ends and errors as
         `recv`, an error never inside a list.
         """
-        if isinstance(max_n, bool) or not isinstance(max_n, int) or max_n < 1:
-            raise InvalidArgument(f"max_n must be an int >= 1, got {shown(max_n)}")
-        return self._take(max_n, timeout)
+        _check_max_n(max_n)
+        return self._receive(max_n, deadline_after(timeout))
+
+    async def arecv(self, *, timeout: float | None = None) -> Any:
+        """`recv` for asyncio: the event loop runs while this waits.
+
+        Waiting costs no thread. Cancelling the awaiting task is like a timeout: nothing
+        is consumed, the next call returns the next event.
+        """
+        return (await self._areceive(1, deadline_after(timeout)))[0]
+
+    async def arecv_many(self, max_n: int, *, timeout: float | None = None) -> list[Any]:
+        """`recv_many` for asyncio, waiting as `arecv` does."""
+        _check_max_n(max_n)
+        return await self._areceive(max_n, deadline_after(timeout))
 
     def __iter__(self) -> Iterator[Any]:
         return self
 
     def __next__(self) -> Any:
+        """The next event; iteration ends quietly when the bus was closed and everything
+        received, and raises `EmitterDied` when the emitter died, so that a crash cannot
+        pass for the end of the stream."""
         try:
             return self.recv()
+        except EmitterDied:
+            raise
         except Closed:
             raise StopIteration from None
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return await self.arecv()
+        except EmitterDied:
+            raise
+        except Closed:
+            raise StopAsyncIteration from None
 
     def close(self) -> None:
         """Flush acknowledgements and disconnect; delete the consumer if it has no name.
 
-        Idempotent. A `recv` blocked in another thread raises `Closed` within 0.1 s.
+        Idempotent, and safe from any thread: a `recv` or `arecv` waiting elsewhere
+        raises `Closed` at once.
         """
-        self._shut(forget=self._address.durable is None)
+        super().close()
 
     def forget(self) -> None:
         """Close, and delete the durable consumer: the stream stops keeping events for it."""
-        self._shut(forget=True)
-
-    def __enter__(self) -> "RemoteSubscription":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
+        self._forget = True
         self.close()
 
-    def __del__(self) -> None:
-        try:
-            if not getattr(self, "_closed", True):
-                self.close()
-        except Exception:
-            pass
-
     def __repr__(self) -> str:
-        return f"<shmbus.nats.RemoteSubscription {self.name!r} at {self._last}>"
+        return f"<shmbus.nats.RemoteSubscription {self.name!r} at {self._cursor.last}>"
 
-    # -- handing events to the caller ---------------------------------------------------
+    # -- waiting ------------------------------------------------------------------------
 
-    def _take(self, max_n: int, timeout: float | None) -> list[Any]:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        self._check_usable()
-        if not self._recv_lock.acquire(timeout=-1 if timeout is None else max(timeout, 0)):
+    def _receive(self, max_n: int, deadline: float | None) -> list[Any]:
+        doorbell = self._feed.doorbell
+        while True:
+            values = self._take_now(max_n, deadline)
+            if values is not None:
+                return values
+            ticket = doorbell.listen()  # then look again: a ring from now on is not lost
+            try:
+                values = self._take_now(max_n, deadline)
+                if values is not None:
+                    return values
+                self._check_deadline(deadline)
+                doorbell.wait(ticket, deadline)
+            finally:
+                doorbell.forget(ticket)
+
+    async def _areceive(self, max_n: int, deadline: float | None) -> list[Any]:
+        # Taking never waits, so cancellation can land only at an `await`: an outcome
+        # is either handed over or left where it was.
+        doorbell = self._feed.doorbell
+        while True:
+            ticket = doorbell.listen()
+            try:
+                values = self._try_take_now(max_n)
+                if isinstance(values, list):
+                    return values
+                self._check_deadline(deadline)
+                if values is _BUSY:
+                    await asyncio.sleep(POLL_MAX_SLEEP)
+                else:
+                    await doorbell.await_(ticket, deadline)
+            finally:
+                doorbell.forget(ticket)
+
+    def _check_deadline(self, deadline: float | None) -> None:
+        if expired(deadline):
+            raise Timeout(f"no event from {self.name!r} within the timeout")
+
+    # -- taking -------------------------------------------------------------------------
+
+    def _take_now(self, max_n: int, deadline: float | None) -> list[Any] | None:
+        """What `recv_many(max_n)` returns if something is ready now, else None."""
+        self._check_open()
+        if not acquire_by(self._lock, deadline):
             raise Timeout(f"another thread is receiving from {self.name!r}")
         try:
-            while len(self._parked) < max_n:
-                if not self._parked:
-                    self._park_next(deadline)
-                    continue
-                if self._parked[-1].error is not None:
-                    break
-                try:
-                    self._park_next(time.monotonic())  # only what is ready now
-                except Timeout:
-                    break
-            # No call may stand between taking parked outcomes and handing them over: an
-            # interruption there would drop events that are already acknowledged.
-            first = self._parked[0]
-            if first.error is not None:
-                del self._parked[0]
-                raise first.error
-            count = 1
-            while count < min(max_n, len(self._parked)) and self._parked[count].error is None:
-                count += 1
-            values = [outcome.value for outcome in self._parked[:count]]
-            del self._parked[:count]
-            return values
+            return self._hand_over(max_n)
         finally:
-            self._recv_lock.release()
+            self._lock.release()
 
-    def _park_next(self, deadline: float | None) -> None:
-        """Append the next outcome, acknowledged, to `self._parked`."""
-        while True:
-            self._finish_parking()
-            if self._end is not None:
-                self._park_end(self._end)
-                return
-            msg = self._wait_for_message(deadline)
-            envelope = read_envelope(msg.headers)
-            if envelope is None:
-                self._consume(msg)  # not a bridge's message: not for us
-                continue
-            outcome = self._judge(msg, envelope)
-            if outcome is None:
-                continue
-            self._parked.append(outcome)  # the commit point
-            self._finish_parking()
-            return
+    def _try_take_now(self, max_n: int) -> list[Any] | None | _Busy:
+        """As `_take_now`, or `_BUSY` at once if another thread is taking."""
+        self._check_open()
+        if not self._lock.acquire(blocking=False):
+            return _BUSY
+        try:
+            return self._hand_over(max_n)
+        finally:
+            self._lock.release()
 
-    def _finish_parking(self) -> None:
-        # Idempotent: completes what an interrupted `_park_next` began after its commit.
-        if not self._parked:
-            return
-        newest = self._parked[-1]
-        self._last = newest.position
-        if newest.ends is not None:
-            self._end = newest.ends
-        if newest.msg is not None:
-            self._consume(newest.msg)  # acknowledging twice is harmless; never is not
-            newest.msg = None
+    def _check_open(self) -> None:
+        self._check_usable()
+        if self._closing.is_set():
+            raise Closed(f"this remote subscription to {self.name!r} was closed")
 
-    def _judge(self, msg: Msg, envelope: Envelope) -> _Outcome | None:
-        """The outcome `msg` stands for, or None if it was skipped (or must be re-read)."""
-        token = envelope.bus_id
-        if envelope.seq is None:
-            assert envelope.end is not None
-            return _Outcome(None, self._end_error(envelope.end),
-                            (token, self._last_seq(token)), msg, ends=envelope.end)
-        seq = envelope.seq
-        last = self._last if self._last is not None and self._last[0] == token else None
-        if last is not None and seq <= last[1]:
-            self._consume(msg)  # a redelivery of something already handed over
+    def _hand_over(self, max_n: int) -> list[Any] | None:
+        # Under the lock, and checked again there: close() may have begun meanwhile.
+        self._check_open()
+        self._park_ready(max_n)
+        parked = self._parked
+        if not parked:
             return None
-        if last is not None and seq > last[1] + 1:
-            if self._suspect != (token, seq):
-                # Maybe only delivered out of order: ask again from the ack floor first.
-                self._suspect = (token, seq)
-                self._resync()
-                return None
-            lost = EventsLost(
-                f"events {last[1] + 1} to {seq - 1} of bus {self._address.bus!r} never "
-                "reached the stream (emitted while no bridge was subscribed, or held by a "
-                "bridge that died alone); the next recv() goes on after them",
-                last[1] + 1, seq - 1,
-            )
-            return _Outcome(None, lost, (token, seq - 1), None)
-        self._suspect = None
-        if envelope.lost is not None:
-            error = EventsLost(
-                f"event {seq} of bus {self._address.bus!r} could not be carried: "
-                f"{envelope.lost}", seq, seq,
-            )
-            return _Outcome(None, error, (token, seq), msg)
-        try:
-            return _Outcome(decode_body(envelope, msg.data), None, (token, seq), msg)
-        except DeserializationError as exc:
-            return _Outcome(None, exc, (token, seq), msg)
+        first = parked[0]
+        if first.error is not None:
+            if first.ends is not None:
+                self._end = first.ends
+            del parked[0]
+            raise first.error
+        count = 1
+        while count < min(max_n, len(parked)) and parked[count].error is None:
+            count += 1
+        # No call may stand between taking parked outcomes and handing them over.
+        values = [outcome.value for outcome in parked[:count]]
+        del parked[:count]
+        return values
 
-    def _last_seq(self, token: str) -> int:
-        if self._last is not None and self._last[0] == token:
-            return self._last[1]
-        return -1
-
-    def _end_error(self, reason: EndReason) -> Closed:
-        bus = self._address.bus
-        if reason is EndReason.EMITTER_DIED:
-            return EmitterDied(f"the emitter of bus {bus!r} died; every event the bridge "
-                               "carried has been received")
-        if reason is EndReason.UNSUBSCRIBED:
-            return Closed(f"this remote subscription to {bus!r} is closed")
-        return Closed(f"bus {bus!r} is closed and every event has been received")
-
-    def _park_end(self, reason: EndReason) -> None:
-        self._parked.append(_Outcome(None, self._end_error(reason), self._last or ("", -1),
-                                     None, ends=reason))
-
-    def _consume(self, msg: Msg) -> None:
-        with self._cond:
-            if self._buffer and self._buffer[0] is msg:
-                self._buffer.popleft()
-                self._wake_prefetcher()
-        self._ack(msg)
-
-    def _wait_for_message(self, deadline: float | None) -> Msg:
-        with self._cond:
-            while True:
-                self._check_usable()
-                if self._closing:
-                    raise Closed(f"this remote subscription to {self.name!r} was closed")
-                if self._buffer:
-                    return self._buffer[0]
-                if self._fatal is not None:
-                    raise self._fatal
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise Timeout(f"no event from {self.name!r} within the timeout")
-                self._cond.wait(0.1 if remaining is None else min(remaining, 0.1))
-
-    def _check_usable(self) -> None:
-        if self._pid != os.getpid():
-            raise ShmBusError(
-                f"this remote subscription to {self.name!r} was inherited through fork; "
-                "subscribe in the child instead"
-            )
-        if self._closed:
-            raise Closed(f"this remote subscription to {self.name!r} is closed")
-
-    # -- the loop thread's side -------------------------------------------------------
-
-    def _ack(self, msg: Msg) -> None:
-        self._acks.append(msg)
-        if not self._acks_scheduled:
-            self._acks_scheduled = True
-            self._runner.loop.call_soon_threadsafe(self._send_acks)
-
-    def _send_acks(self) -> None:
-        self._acks_scheduled = False
-        acks, self._acks = self._acks, []
-        if acks and self._nc is not None:
-            asyncio.ensure_future(self._publish_acks(self._nc, acks))
-
-    @staticmethod
-    async def _publish_acks(nc: NatsClient, acks: list[Msg]) -> None:
-        try:
-            for msg in acks:
-                await nc.publish(msg.reply, Msg.Ack.Ack)
-        except Exception as exc:  # lost acks mean redeliveries, which are skipped by number
-            log.debug("acknowledgements not sent: %r", exc)
-
-    def _wake_prefetcher(self) -> None:
-        if self._prefetch_waiting:
-            self._prefetch_waiting = False
-            self._runner.loop.call_soon_threadsafe(self._room.set)
-
-    async def _attach(self) -> None:
-        address = self._address
-        self._nc = await connect(address.servers, address.shown, name=f"shmbus {address.bus}",
-                                 reconnected_cb=self._on_reconnect)
-        js = self._nc.jetstream()
-        await require_jetstream(js, address.shown)
-        await ensure_stream(js, address.shown, address.bus, address.stream)
-        try:
-            info = await js.consumer_info(address.stream, self._consumer)
-        except nats.js.errors.NotFoundError:
-            info = await js.add_consumer(address.stream, self._consumer_config())
-        else:
-            wanted = 2 * self._capacity
-            if 0 < (info.config.max_ack_pending or 0) < wanted:
-                # A fetch larger than the consumer allows unacknowledged waits out its
-                # whole timeout for messages the server will not send.
-                info = await js.add_consumer(address.stream, info.config.evolve(
-                    max_ack_pending=wanted, metadata=None))
-            await self._reset_consumer()  # a previous process may have left deliveries
-        limit = info.config.max_ack_pending or -1
-        self._batch = self._capacity if limit < 0 else max(1, min(self._capacity, limit // 2))
-        await self._start_prefetching()
-
-    def _consumer_config(self) -> ConsumerConfig:
-        anonymous = self._address.durable is None
-        return ConsumerConfig(
-            durable_name=self._consumer,
-            description=f"shmbus remote subscription to {self._address.bus}",
-            filter_subject=self._address.subject,
-            deliver_policy=DeliverPolicy.NEW,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=_ACK_WAIT,
-            max_ack_pending=2 * self._capacity,
-            inactive_threshold=ANONYMOUS_TTL if anonymous else None,
-        )
-
-    async def _reset_consumer(self) -> None:
-        """Forget what was delivered and not acknowledged: it comes again, in order."""
-        assert self._nc is not None
-        await reset_consumer(self._nc, self._address.stream, self._consumer)
-
-    async def _start_prefetching(self) -> None:
-        assert self._nc is not None
-        self._psub = await self._nc.jetstream().pull_subscribe_bind(
-            self._consumer, stream=self._address.stream)
-        self._prefetcher = asyncio.ensure_future(self._prefetch(self._psub))
-
-    async def _stop_prefetching(self) -> None:
-        task, self._prefetcher = self._prefetcher, None
-        psub, self._psub = self._psub, None  # ends the loop even if a cancel is swallowed
-        if task is not None:
-            task.cancel()
-            await asyncio.wait([task], timeout=2 * _FETCH_SLICE)
-        if psub is not None:
-            try:
-                await psub.unsubscribe()
-            except Exception as exc:
-                log.debug("unsubscribe: %r", exc)
-
-    async def _prefetch(self, psub: Any) -> None:
-        while psub is self._psub:
-            with self._cond:
-                room = min(self._batch, self._capacity - len(self._buffer))
-                self._prefetch_waiting = room <= 0
-                if self._prefetch_waiting:
-                    self._room.clear()
-            if room <= 0:
-                await self._room.wait()
-                continue
-            try:
-                msgs = await psub.fetch(room, timeout=_FETCH_SLICE)
-            except (asyncio.TimeoutError, nats.errors.TimeoutError):
-                continue
-            except nats.js.errors.NotFoundError as exc:
-                self._fail(NatsError(
-                    f"the consumer {self._consumer!r} of {self.name!r} is gone (deleted, or "
-                    f"expired while this process was stopped): {exc!r}; subscribe again"))
+    def _park_ready(self, max_n: int) -> None:
+        """Park outcomes that are ready now, up to `max_n` and the first error."""
+        parked = self._parked
+        while True:
+            self._settle()
+            if len(parked) >= max_n or (parked and parked[-1].error is not None):
                 return
-            except Exception as exc:  # disconnected: nats-py is reconnecting
-                log.debug("fetch from %s: %r", self.name, exc)
-                await asyncio.sleep(RECONNECT_WAIT)
-                continue
-            with self._cond:
-                self._buffer.extend(msgs)
-                self._cond.notify_all()
+            outcome = self._next_outcome()
+            if outcome is None:
+                return
+            parked.append(outcome)  # the commit point: `_settle` finishes what follows
 
-    def _fail(self, error: ShmBusError) -> None:
-        with self._cond:
-            self._fatal = error
-            self._cond.notify_all()
+    def _settle(self) -> None:
+        # Idempotent: completes what an interrupted `_park_ready` began after its commit.
+        if self._parked:
+            newest = self._parked[-1]
+            self._cursor.advance(newest)
+            if newest.consumes and newest.msg is not None:
+                self._feed.discard(newest.msg)
+                self._feed.ack([newest.msg])  # acknowledging twice is harmless
 
-    async def _on_reconnect(self) -> None:
-        # Deliveries in flight when the connection dropped are lost; what the server sends
-        # next may skip them, so start again from the ack floor.
-        if not self._closing:
-            asyncio.ensure_future(self._redeliver())
-
-    async def _redeliver(self) -> None:
-        async with self._redelivering:  # a reconnect and a suspicious gap may coincide
-            await self._stop_prefetching()
-            with self._cond:
-                self._buffer.clear()
-            while not self._closing:
-                try:
-                    await self._reset_consumer()
-                    break
-                except nats.js.errors.NotFoundError as exc:
-                    self._fail(NatsError(f"the consumer {self._consumer!r} of {self.name!r} "
-                                         f"is gone: {exc!r}; subscribe again"))
-                    return
-                except Exception as exc:
-                    log.debug("reset consumer %s: %r", self._consumer, exc)
-                    await asyncio.sleep(RECONNECT_WAIT)
-            if not self._closing:
-                await self._start_prefetching()
-
-    def _resync(self) -> None:
-        try:
-            self._runner.call(self._redeliver())
-        except (TimeoutError, asyncio.TimeoutError):
-            pass  # the next message read decides again
+    def _next_outcome(self) -> Outcome | None:
+        """The next outcome if the feed has it now; None if not (yet)."""
+        while True:
+            if self._cursor.ended is not None:
+                return self._cursor.end_again()
+            msg = self._feed.first()
+            if msg is None:
+                return None
+            envelope = read_envelope(msg.headers)
+            verdict = SKIP if envelope is None else self._cursor.judge(msg, envelope)
+            if verdict is SKIP:  # not a bridge's, or already handed over
+                self._feed.discard(msg)
+                self._feed.ack([msg])
+            elif verdict is RESYNC:
+                self._feed.resync()
+                return None
+            else:
+                assert isinstance(verdict, Outcome)
+                return verdict
 
     # -- closing ------------------------------------------------------------------------
 
-    def _shut(self, forget: bool) -> None:
-        if self._closed:
-            return
-        if self._pid != os.getpid():
-            self._closed = True  # inherited through fork: the parent owns the connection
-            return
-        self._closing = True
-        with self._recv_lock:
-            if self._closed:
+    def _close(self) -> None:
+        with self._close_lock:  # a second close() waits for the first to finish
+            if not self._feed.running:
                 return
-            if self._end is None:
-                self._end = EndReason.UNSUBSCRIBED
-            try:
-                self._runner.call(self._disconnect(forget=forget))
-            except Exception as exc:
-                log.debug("closing %s: %r", self.name, exc)
-            self._runner.stop()
-            self._closed = True
-            _open_remote.discard(self)
+            self._closing.set()
+            self._feed.shut_out()  # every waiter wakes, and raises Closed
+            with self._lock:  # a take under way ends first; it never waits in there
+                if self._end is None:
+                    self._end = EndReason.UNSUBSCRIBED
+            self._feed.close(forget=self._forget)
 
-    async def _disconnect(self, forget: bool = False) -> None:
-        await self._stop_prefetching()
-        nc, self._nc = self._nc, None
-        if nc is None or nc.is_closed:
-            return
-        try:
-            acks, self._acks = self._acks, []
-            await self._publish_acks(nc, acks)
-            await nc.flush(timeout=2)
-            if forget:
-                await nc.jetstream().delete_consumer(self._address.stream, self._consumer)
-        except Exception as exc:
-            log.debug("closing %s: %r", self.name, exc)
-        await nc.close()
+    def _what(self) -> str:
+        return repr(self.name)
 
 
-@atexit.register
-def _close_open_remote_subscriptions() -> None:
-    for sub in list(_open_remote):
-        try:
-            sub.close()
-        except Exception:
-            pass
+def _check_max_n(max_n: int) -> None:
+    if isinstance(max_n, bool) or not isinstance(max_n, int) or max_n < 1:
+        raise InvalidArgument(f"max_n must be an int >= 1, got {shown(max_n)}")
+
