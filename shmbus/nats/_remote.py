@@ -25,10 +25,12 @@ before it stops the loop thread.
 
 ## What is atomic under interruption and cancellation
 
-An outcome (an event, or the error that stands in its place) is *parked*, then
-acknowledged, before it is handed over: an interruption leaves it parked for the next
-call. `arecv` takes synchronously and awaits only the doorbell: cancelling it is exactly
-a timeout.
+An outcome (an event, or the error that stands in its place) is *parked* before
+anything else happens to it, and acknowledged only when it is handed over: an
+interruption leaves it parked for the next call, and a subscription closed before then
+leaves it unacknowledged for the next subscriber of the same durable consumer (so an end
+marker or lost-event marker seen ahead of the caller is never swallowed). `arecv` takes
+synchronously and awaits only the doorbell: cancelling it is exactly a timeout.
 
 ## Trust
 
@@ -279,8 +281,11 @@ class RemoteSubscription(Handle):
         parked = self._parked
         if not parked:
             return None
+        # Acknowledged before handed over: an interruption in between leaves them parked
+        # (handed over by the next call), never handed over and unacknowledged.
         first = parked[0]
         if first.error is not None:
+            self._feed.ack([first.msg])
             if first.ends is not None:
                 self._end = first.ends
             del parked[0]
@@ -288,6 +293,7 @@ class RemoteSubscription(Handle):
         count = 1
         while count < min(max_n, len(parked)) and parked[count].error is None:
             count += 1
+        self._feed.ack([outcome.msg for outcome in parked[:count]])
         # No call may stand between taking parked outcomes and handing them over.
         values = [outcome.value for outcome in parked[:count]]
         del parked[:count]
@@ -312,7 +318,6 @@ class RemoteSubscription(Handle):
             self._cursor.advance(newest)
             if newest.consumes and newest.msg is not None:
                 self._feed.discard(newest.msg)
-                self._feed.ack([newest.msg])  # acknowledging twice is harmless
 
     def _next_outcome(self) -> Outcome | None:
         """The next outcome if the feed has it now; None if not (yet)."""

@@ -1,7 +1,7 @@
 """`RemoteSubscription` (`shmbus/nats/_remote.py`), against a real nats-server.
 
-The asyncio half, the lifecycle it shares with every handle, and thread safety (close
-from another thread, two receiving threads).
+The asyncio half, the lifecycle it shares with every handle, thread safety (close from
+another thread, two receiving threads), and durable consumers re-attached.
 The close-while-waiting stress runs in a child process, so that a crash shows as its
 exit status rather than taking the test run down.
 """
@@ -378,3 +378,64 @@ def test_threads_receiving_at_once_get_every_event_once(bridged: Any) -> None:
         assert got == sorted(got), f"{name} received out of order"
     assert sum(1 for got in results.values() if got) >= 2, {
         name: len(got) for name, got in results.items()}  # they did take turns
+
+
+# -- durable consumers --------------------------------------------------------------------
+
+
+def read_until(sub: Any, count: int, max_n: int) -> list[Any]:
+    got: list[Any] = []
+    while len(got) < count:
+        got += sub.recv_many(min(max_n, count - len(got)), timeout=5)
+    return got
+
+
+@pytest.mark.parametrize("ending", ["closed", "emitter died"])
+@pytest.mark.parametrize("first_reads", ["part", "every event, looking ahead"])
+def test_a_durable_subscriber_reattached_after_the_end_marker_ends_at_once(
+        nats_server: NatsServer, procs: Any, ending: str, first_reads: str) -> None:
+    name = "reattach"
+    url = f"{nats_server.url}/{name}?durable=again"
+    ctx = helpers.context()
+    created, go = ctx.Queue(), ctx.Event()
+    if ending == "emitter died":
+        procs(emit_then_die, name, created, go, 200)
+        created.get(timeout=15)
+        emitter = None
+    else:
+        emitter = shmbus.EventEmitter(name)
+    bridge = shmbus.nats.Bridge(name, nats_server.url)
+    runner = threading.Thread(target=bridge.run)
+    runner.start()
+    try:
+        assert bridge.wait_ready(10)
+        first = shmbus.subscribe(url)
+        if emitter is not None:
+            for i in range(200):
+                emitter.emit(i)
+            emitter.close()
+        go.set()
+        runner.join(15)  # the bus ended, and the bridge stored its end marker
+        assert not runner.is_alive()
+        if first_reads == "part":
+            got = read_until(first, 120, 10)
+        else:
+            got = read_until(first, 150, 10)
+            time.sleep(0.5)  # everything, end marker included, is fetched by now
+            got += first.recv_many(1000, timeout=5)  # looks ahead at the end marker
+        first.close()
+        with shmbus.subscribe(url) as second:
+            got += read_until(second, 200 - len(got), 1000)
+            assert got == list(range(200))
+            started = time.monotonic()
+            expected = shmbus.EmitterDied if ending == "emitter died" else shmbus.Closed
+            with pytest.raises(expected):
+                second.recv(timeout=10)
+            assert time.monotonic() - started < 1.0
+            assert second.end_reason is not None and second.end_reason.value == ending
+            second.forget()
+    finally:
+        bridge.stop(5)
+        runner.join(5)
+        if emitter is not None:
+            emitter.close()
