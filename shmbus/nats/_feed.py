@@ -39,6 +39,7 @@ import concurrent.futures
 import logging
 import secrets
 import threading
+import time
 from collections import deque
 from collections.abc import Iterable
 from typing import Any
@@ -49,7 +50,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
 
-from .._errors import Closed, NatsError, ShmBusError
+from .._errors import Closed, NatsError, NatsUnavailable, ShmBusError
 from ._doorbell import Doorbell
 from ._jetstream import (
     CONNECT_TIMEOUT,
@@ -67,6 +68,7 @@ log = logging.getLogger("shmbus.nats")
 ANONYMOUS_TTL = 30.0
 _ACK_WAIT = 3600.0
 _FETCH_SLICE = 1.0
+_RETRY_MAX = 0.5
 _ATTACH_TIMEOUT = CONNECT_TIMEOUT * 3 + CALL_TIMEOUT
 
 
@@ -97,14 +99,24 @@ class Feed:
 
     # -- opening and closing, from the caller's thread --------------------------------------
 
-    def open(self) -> None:
-        """Connect and attach."""
-        try:
-            self._runner.call(self._attach(), timeout=_ATTACH_TIMEOUT)
-        except concurrent.futures.TimeoutError:
-            raise NatsError(f"the NATS server at {self.address.shown} did not let "
-                            f"{self.address.bus!r} be subscribed to within "
-                            f"{_ATTACH_TIMEOUT:g} s") from None
+    def open(self, deadline: float | None) -> None:
+        """Connect and attach, retrying until `deadline` while no server answers."""
+        pause = 0.05
+        while True:
+            try:
+                self._runner.call(self._attach(), timeout=_ATTACH_TIMEOUT)
+                return
+            except concurrent.futures.TimeoutError:
+                raise NatsError(f"the NATS server at {self.address.shown} did not let "
+                                f"{self.address.bus!r} be subscribed to within "
+                                f"{_ATTACH_TIMEOUT:g} s") from None
+            except NatsUnavailable as exc:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+                log.debug("waiting for %s: %s", self.address.shown, exc)
+            time.sleep(pause if deadline is None else
+                       max(0.0, min(pause, deadline - time.monotonic())))
+            pause = min(2 * pause, _RETRY_MAX)
 
     def shut_out(self) -> None:
         """Refuse every further look (`first` raises `Closed`) and wake every waiter."""

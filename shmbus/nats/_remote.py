@@ -48,7 +48,7 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from .._errors import Closed, EmitterDied, InvalidArgument, Timeout, shown
+from .._errors import Closed, EmitterDied, InvalidArgument, NatsUnavailable, Timeout, shown
 from .._handle import Handle
 from .._subscription import EndReason
 from .._wait import POLL_MAX_SLEEP, acquire_by, deadline_after, expired
@@ -72,14 +72,25 @@ def subscribe_remote(name: str, *, capacity: int | None = None,
     """Subscribe to a bus bridged to NATS JetStream: `nats://HOST:PORT/NAME[?durable=D]`.
 
     `capacity` is how many events are fetched ahead of the caller (default 256).
-    Raises `NatsUnavailable` if no server answers, `NatsError` if it cannot serve.
+    `wait` is how long to wait for a NATS server to answer (`math.inf`: as long as it
+    takes), so that subscribers may start before the server and its bridge; the bus's
+    stream is created if no bridge has made it yet, so a subscriber started first gets
+    every event the bridge later publishes. Raises `NatsUnavailable` if no server
+    answered in time, `NatsError` if one answers but cannot serve the stream.
     """
     address = RemoteAddress.parse(name, durable)
     if capacity is None:
         capacity = DEFAULT_CAPACITY
     if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
         raise InvalidArgument(f"capacity must be an int >= 1, got {shown(capacity)}")
-    return RemoteSubscription._open(address, capacity)
+    if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not wait >= 0:
+        raise InvalidArgument(f"wait must be a number of seconds >= 0, got {shown(wait)}")
+    try:
+        return RemoteSubscription._open(address, capacity, deadline_after(float(wait)))
+    except NatsUnavailable as exc:
+        if not wait:
+            raise
+        raise NatsUnavailable(f"{exc} (waited {wait:g} s for it)") from exc.__cause__
 
 
 class RemoteSubscription(Handle):
@@ -91,11 +102,12 @@ class RemoteSubscription(Handle):
         raise TypeError("use shmbus.subscribe('nats://HOST:PORT/NAME')")
 
     @classmethod
-    def _open(cls, address: RemoteAddress, capacity: int) -> "RemoteSubscription":
+    def _open(cls, address: RemoteAddress, capacity: int,
+              deadline: float | None) -> "RemoteSubscription":
         self = object.__new__(cls)
         self._init(address, capacity)
         try:
-            self._feed.open()
+            self._feed.open(deadline)
         except BaseException:
             self._feed.close(forget=self._forget)
             raise

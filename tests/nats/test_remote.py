@@ -1,7 +1,7 @@
 """`RemoteSubscription` (`shmbus/nats/_remote.py`), against a real nats-server.
 
 The asyncio half, the lifecycle it shares with every handle, thread safety (close from
-another thread, two receiving threads), and durable consumers re-attached.
+another thread, two receiving threads), `wait=`, and durable consumers re-attached.
 The close-while-waiting stress runs in a child process, so that a crash shows as its
 exit status rather than taking the test run down.
 """
@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 
 import shmbus
-from shmbus.nats import RemoteSubscription
+from shmbus.nats import RemoteSubscription, subscribe_remote
 from tests import helpers
-from tests.nats_server import NatsServer
+from tests.nats_server import NatsServer, free_port
 
 
 def remote_loops(bus: str) -> list[str]:
@@ -378,6 +378,53 @@ def test_threads_receiving_at_once_get_every_event_once(bridged: Any) -> None:
         assert got == sorted(got), f"{name} received out of order"
     assert sum(1 for got in results.values() if got) >= 2, {
         name: len(got) for name, got in results.items()}  # they did take turns
+
+
+# -- waiting for the server ---------------------------------------------------------------
+
+
+def test_wait_lets_a_subscriber_start_before_the_server_and_its_bridge(
+        nats_server: NatsServer) -> None:
+    nats_server.stop()
+    name = "early"
+    url = f"{nats_server.url}/{name}?durable=early"
+    subscribed: queue.Queue[Any] = queue.Queue()
+
+    def subscriber() -> None:
+        try:
+            subscribed.put(shmbus.subscribe(url, wait=30))
+        except BaseException as exc:
+            subscribed.put(exc)
+
+    thread = threading.Thread(target=subscriber)
+    thread.start()
+    time.sleep(1.0)
+    assert subscribed.empty(), "it should still be waiting for the server"
+    nats_server.start()
+    thread.join(15)
+    sub = subscribed.get(timeout=1)
+    assert isinstance(sub, RemoteSubscription), sub
+    with sub, shmbus.EventEmitter(name) as emitter, \
+            shmbus.nats.Bridge(name, nats_server.url) as bridge:
+        assert bridge.wait_ready(5)
+        for i in range(20):
+            emitter.emit(i)
+        assert [sub.recv(timeout=5) for _ in range(20)] == list(range(20))
+        sub.forget()
+
+
+def test_wait_gives_up_with_the_usual_error() -> None:
+    url = f"nats://me:s3cret@127.0.0.1:{free_port()}/nowhere"
+    started = time.monotonic()
+    with pytest.raises(shmbus.NatsUnavailable) as raised:
+        subscribe_remote(url, wait=0.6)
+    assert 0.6 <= time.monotonic() - started < 5
+    message = str(raised.value)
+    assert "waited 0.6 s" in message and "nats-server -js" in message
+    assert "s3cret" not in message and "me:***@" in message
+    for wrong in (-1, "1", None, float("nan")):
+        with pytest.raises(shmbus.InvalidArgument):
+            subscribe_remote(url, wait=wrong)  # type: ignore[arg-type]
 
 
 # -- durable consumers --------------------------------------------------------------------
