@@ -52,7 +52,9 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
-    # The NATS layer needs the `nats` extra (nats-py): imported only when asked for.
+    # The NATS layer needs the `nats` extra (nats-py), so it is imported only when asked
+    # for, and none of its names is in `__all__` (`from shmbus import *` works without
+    # it). These three stay here for code written before `shmbus.nats` existed.
     if name in ("Bridge", "RemoteSubscription", "run_bridge"):
         from . import nats
 
@@ -63,7 +65,6 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "DEFAULT_CAPACITY",
     "DEFAULT_LARGE_BYTES",
-    "Bridge",
     "BusExists",
     "BusNotFound",
     "BusStats",
@@ -83,7 +84,6 @@ __all__ = [
     "NatsUnavailable",
     "OutOfSharedMemory",
     "RawEvent",
-    "RemoteSubscription",
     "SerializationError",
     "ShmBusError",
     "SubscriberStats",
@@ -94,7 +94,6 @@ __all__ = [
     "WorkerResult",
     "buses",
     "cleanup",
-    "run_bridge",
     "stats",
     "subscribe",
     "worker_index",

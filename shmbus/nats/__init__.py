@@ -17,6 +17,21 @@ subscription's loop thread, wake-ups, consumer and ordering), `_remote`
 
 from __future__ import annotations
 
+from .._errors import NatsError
+
+
+class MissingExtra(NatsError, ModuleNotFoundError):
+    """nats-py is not installed: the NATS layer cannot be imported."""
+
+
+try:
+    import nats as _nats_py  # noqa: F401  (nats-py, not this package)
+except ImportError as _exc:
+    raise MissingExtra(
+        "shmbus.nats needs nats-py, which is not installed: pip install 'shmbus[nats]'",
+        name="nats",
+    ) from _exc
+
 from ._bridge import Bridge, run_bridge
 from ._jetstream import DEFAULT_MAX_BYTES, DEFAULT_MAX_MSGS
 from ._remote import DEFAULT_CAPACITY, RemoteSubscription, subscribe_remote
