@@ -54,8 +54,15 @@ class LoopThread:
             raise
 
     def submit(self, coro: Coroutine[Any, Any, Any]) -> "concurrent.futures.Future[Any]":
-        """Run `coro` on the loop without waiting for it (from any thread, this one too)."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+        """Run `coro` on the loop without waiting for it (from any thread, this one too).
+
+        Raises `RuntimeError` if the loop is closed, `coro` closed unrun.
+        """
+        try:
+            return asyncio.run_coroutine_threadsafe(coro, self.loop)
+        except RuntimeError:
+            coro.close()  # else a warning that it was never awaited
+            raise
 
     def call_soon(self, callback: Any, *args: Any) -> None:
         """`callback(*args)` on the loop; nothing if the loop is already gone."""
