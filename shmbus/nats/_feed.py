@@ -16,8 +16,10 @@ change a waiter may be waiting for rings the doorbell (`_doorbell`). Everything 
 
 Acknowledgements are explicit and sent when an event is handed to the caller, never
 before: prefetched messages are unacknowledged, so a dead process loses none of them.
-The consumer's `ack_wait` is an hour: redelivery is driven by resets, never by a timer.
-A reset (`_jetstream.reset_consumer`) makes the server send again, in stream order,
+The consumer's `ack_wait` is an hour: redelivery is driven by resets, not by that timer,
+which would send a message again late and out of order, long after the loss that
+called for it. A reset
+(`_jetstream.reset_consumer`) makes the server send again, at once and in stream order,
 everything after the acknowledgement floor; the feed resets on attaching (a previous
 process may have left deliveries), after a reconnect (what was in flight is lost), and
 when the subscription sees a jump in the numbers (`_order`). A reset empties the buffer
