@@ -42,8 +42,8 @@ if __package__ in (None, ""):  # `python benchmarks/bridge.py`: import from the 
 import multiprocess  # noqa: E402
 
 import shmbus  # noqa: E402
-from shmbus import _remote  # noqa: E402
-from shmbus._bridge import run_bridge  # noqa: E402
+from shmbus import nats as shmbus_nats  # noqa: E402
+from shmbus.nats import run_bridge  # noqa: E402
 from tests.nats_server import NatsServer  # noqa: E402
 
 BATCH = 256
@@ -156,8 +156,8 @@ async def make_plain_stream(url: str) -> None:
         pass
     await js.add_stream(StreamConfig(
         name=STREAM, subjects=[SUBJECT], retention=RetentionPolicy.INTEREST,
-        discard=DiscardPolicy.NEW, max_msgs=_remote.DEFAULT_MAX_MSGS,
-        max_bytes=_remote.DEFAULT_MAX_BYTES, storage=StorageType.FILE))
+        discard=DiscardPolicy.NEW, max_msgs=shmbus_nats.DEFAULT_MAX_MSGS,
+        max_bytes=shmbus_nats.DEFAULT_MAX_BYTES, storage=StorageType.FILE))
     await nc.close()
 
 

@@ -13,8 +13,6 @@ events, and a dead one is reaped. See docs/design.md for the whole design.
         ...
 """
 
-from typing import Any
-
 from ._emitter import DEFAULT_CAPACITY, EventEmitter
 from ._errors import (
     BusExists,
@@ -50,24 +48,9 @@ from ._subscription import (
 
 __version__ = "0.1.0"
 
-
-def __getattr__(name: str) -> Any:
-    # The NATS side needs the `nats` extra (nats-py): imported only when asked for.
-    if name in ("Bridge", "run_bridge"):
-        from . import _bridge
-
-        return getattr(_bridge, name)
-    if name == "RemoteSubscription":
-        from ._remote import RemoteSubscription
-
-        return RemoteSubscription
-    raise AttributeError(f"module 'shmbus' has no attribute {name!r}")
-
-
 __all__ = [
     "DEFAULT_CAPACITY",
     "DEFAULT_LARGE_BYTES",
-    "Bridge",
     "BusExists",
     "BusNotFound",
     "BusStats",
@@ -87,7 +70,6 @@ __all__ = [
     "NatsUnavailable",
     "OutOfSharedMemory",
     "RawEvent",
-    "RemoteSubscription",
     "SerializationError",
     "ShmBusError",
     "SubscriberStats",
@@ -98,7 +80,6 @@ __all__ = [
     "WorkerResult",
     "buses",
     "cleanup",
-    "run_bridge",
     "stats",
     "subscribe",
     "worker_index",

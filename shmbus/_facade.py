@@ -17,7 +17,6 @@ sits above both and imports the NATS layer only for a `nats://` name.
 from __future__ import annotations
 
 import math
-from typing import cast
 
 from ._errors import InvalidArgument, shown
 from ._subscription import Subscription, subscribe_local
@@ -45,7 +44,6 @@ def subscribe(name: str, *, capacity: int | None = None, wait: float = 0.0) -> S
     if name.startswith(REMOTE_SCHEME):
         from .nats import subscribe_remote  # the optional layer, only when asked for
 
-        # TODO(nats layer): drop the cast once RemoteSubscription has the asyncio half.
-        return cast(Subscription, subscribe_remote(name, capacity=capacity, wait=wait))
+        return subscribe_remote(name, capacity=capacity, wait=wait)
     return subscribe_local(name, capacity=capacity, wait=math.inf if wait == math.inf
                            else float(wait))

@@ -7,19 +7,21 @@ own store, stopped after the test.
 
 from __future__ import annotations
 
+import importlib
 import os
 import queue
 import signal
+import textwrap
 import threading
 import time
 from typing import Any
 
+import numpy as np
 import pytest
 
 import shmbus
-from shmbus._bridge import Bridge, run_bridge
 from shmbus._errors import EventsLost, NatsUnavailable
-from shmbus._remote import RemoteSubscription
+from shmbus.nats import Bridge, RemoteSubscription, run_bridge
 from tests import helpers
 from tests.nats_server import NatsServer, free_port
 
@@ -213,6 +215,33 @@ def test_the_emitters_death_ends_remote_subscriptions_with_emitter_died(
             with pytest.raises(shmbus.EmitterDied):
                 sub.recv(timeout=10)
             assert sub.end_reason is shmbus.EndReason.EMITTER_DIED
+
+
+def test_the_bridge_carries_events_as_they_lay_in_shared_memory(
+        nats_server: NatsServer, procs: Any, tmp_path: Any, monkeypatch: Any) -> None:
+    name = "opaque"
+    (tmp_path / "only_here.py").write_text(textwrap.dedent("""
+        class Point:
+            def __init__(self, x):
+                self.x = x
+
+            def __eq__(self, other):
+                return isinstance(other, Point) and other.x == self.x
+    """))
+    ready = helpers.context().Queue()
+    with shmbus.EventEmitter(name) as emitter:
+        start_bridge(procs, ready, name, nats_server.url)  # forked before only_here exists
+        get(ready, "bridge")
+        monkeypatch.syspath_prepend(str(tmp_path))
+        point = importlib.import_module("only_here").Point
+        with shmbus.subscribe(f"{nats_server.url}/{name}") as sub:
+            events = [point(1), np.arange(100_000), point(2)]  # the array is laid out
+            for event in events:
+                emitter.emit(event)
+            # The bridge could not have unpickled the points: it forwards the bytes.
+            received = [sub.recv(timeout=5) for _ in events]
+            assert received[0] == point(1) and received[2] == point(2)
+            assert np.array_equal(received[1], events[1])
 
 
 # -- backpressure -------------------------------------------------------------------------
