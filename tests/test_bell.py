@@ -85,12 +85,14 @@ def test_aemit_waits_for_a_slow_subscriber_without_blocking_the_loop(procs):
 def test_async_for_reads_a_bus_of_another_process_to_its_end(procs):
     async def main() -> None:
         ready = helpers.context().Queue()
-        procs(_emit_from_another_process, "afor", 500, ready)
+        emitter = procs(_emit_from_another_process, "afor", 500, ready)
         ready.get(timeout=10)
         sub = shmbus.subscribe("afor")
         ticker = Ticker()
         got = [event["i"] async for event in sub]
         ticker.stop()
+        emitter.join(10)  # it still removes its bus after the end: not killed doing so
+        assert emitter.exitcode == 0
         assert got == list(range(500))
         assert sub.end_reason is shmbus.EndReason.CLOSED
         assert ticker.ticks >= 1
@@ -140,7 +142,7 @@ def test_cancelling_aemit_sends_nothing_and_cancelling_arecv_consumes_nothing():
 def test_random_cancellations_lose_and_duplicate_nothing(procs):
     async def main() -> None:
         ready = helpers.context().Queue()
-        procs(_emit_from_another_process, "storm", 2000, ready, 0.002)
+        emitter = procs(_emit_from_another_process, "storm", 2000, ready, 0.002)
         ready.get(timeout=10)
         sub = shmbus.subscribe("storm")
         rng = random.Random(7)
@@ -161,6 +163,8 @@ def test_random_cancellations_lose_and_duplicate_nothing(procs):
         sub.close()
         assert got == list(range(2000))
         assert cancelled >= 20
+        emitter.join(10)  # it still removes its bus after the end: not killed doing so
+        assert emitter.exitcode == 0
 
     asyncio.run(main())
 
