@@ -280,7 +280,7 @@ class EventEmitter(Handle):
         deadline = deadline_after(timeout)
         pause = 0.002
         while True:
-            live = self.subscriber_count
+            live = self._joined()
             if live >= count:
                 return live
             if expired(deadline):
@@ -289,11 +289,27 @@ class EventEmitter(Handle):
             time.sleep(min(pause, slice_until(deadline)))
             pause = min(2 * pause, WAIT_STEP)
 
+    def _joined(self) -> int:
+        """Live subscribers whose rings every later `emit` writes to. A subscriber
+        still joining is listed in the registry before its ring exists: an event emitted
+        then would not reach it, so it is not counted until its ring is adopted."""
+        self._check_usable()
+        if not self._take_lock(time.monotonic() + WAIT_STEP):
+            return 0  # another thread's emit is waiting on a ring: look again later
+        try:
+            self._refresh()
+            live = set(self._registry.live_subscribers(self._token, self._control))
+            return len(live & set(self._outlets))
+        finally:
+            self._lock.release()
+
     @property
     def subscriber_count(self) -> int:
         """Live subscribers right now (dead ones are reaped on the way). Works on the
         registry only: it never waits for an emit in another thread, and never touches
-        what `close()` frees (the emitter lets go of a reaped ring at its next look)."""
+        what `close()` frees (the emitter lets go of a reaped ring at its next look).
+        It counts a subscriber still joining, which the next `emit` may miss: to emit
+        once they are there, use `wait_for_subscribers`."""
         self._check_usable()
         return len(self._registry.live_subscribers(self._token, None))
 

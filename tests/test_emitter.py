@@ -11,7 +11,7 @@ import time
 import pytest
 
 import shmbus
-from shmbus import _names, _platform
+from shmbus import _names, _platform, _ring
 from tests import helpers
 
 pytestmark = [pytest.mark.usefixtures("wait_mode"), pytest.mark.timeout(60)]
@@ -542,3 +542,35 @@ def test_a_dropped_handle_closes_itself():
     assert helpers.objects_of(token) == []
     shmbus.EventEmitter("dropped-too")  # not kept either
     assert shmbus.buses() == []
+
+
+def test_a_subscriber_still_joining_is_not_counted_as_one_that_gets_every_event(monkeypatch):
+    # Its record is in the registry before its ring exists: an event emitted then would
+    # not reach it, so wait_for_subscribers must not return on its account yet.
+    go_on, created = threading.Event(), threading.Event()
+    create = _ring.Ring.create
+
+    def slow_create(*args, **kwargs):
+        created.set()
+        go_on.wait(10)
+        return create(*args, **kwargs)
+
+    monkeypatch.setattr(_ring.Ring, "create", slow_create)
+    with shmbus.EventEmitter("joining") as em:
+        subs: list = []
+        joiner = threading.Thread(target=lambda: subs.append(shmbus.subscribe("joining")))
+        joiner.start()
+        try:
+            assert created.wait(10)
+            with pytest.raises(shmbus.Timeout):
+                em.wait_for_subscribers(1, timeout=0.3)
+            go_on.set()
+            joiner.join(10)
+            assert em.wait_for_subscribers(1, timeout=5) == 1
+            assert em.emit("first") == 1
+            assert subs[0].recv(timeout=5) == "first"
+        finally:
+            go_on.set()
+            joiner.join(10)
+            for sub in subs:
+                sub.close()

@@ -432,7 +432,7 @@ def test_events_left_by_two_interrupted_calls_come_out_once_in_order():
 def _emit_then_die(name: str, count: int, ready) -> None:
     em = shmbus.EventEmitter(name)
     ready.put("created")
-    helpers.wait_until(lambda: em.subscriber_count == 1, timeout=10)
+    em.wait_for_subscribers(1, timeout=10)
     for i in range(count):
         em.emit(i)
     os.kill(os.getpid(), signal.SIGKILL)

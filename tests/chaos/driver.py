@@ -280,8 +280,7 @@ def _check_subscribers(seed: int, emits: list[tuple[float, float]],
 
 def _doomed_emitter(name: str, subscribers: int, capacity: int, progress: Any) -> None:
     em = shmbus.EventEmitter(name, capacity=capacity)
-    while em.subscriber_count < subscribers:
-        time.sleep(0.005)
+    em.wait_for_subscribers(subscribers, timeout=30)
     n = 0
     while True:
         em.emit((n, _payload(n, 100_000)) if n % 7 == 0 else (n, _payload(n, 100)))

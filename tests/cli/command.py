@@ -81,12 +81,15 @@ def wait_for_subscribers(em: shmbus.EventEmitter, count: int,
                          proc: subprocess.Popen[str]) -> None:
     """Return once `count` processes subscribed to `em`; fail if `proc` exits first."""
     deadline = time.monotonic() + 20
-    while em.subscriber_count < count:
-        if proc.poll() is not None:
-            pytest.fail(f"the command exited early: {proc.communicate()}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"only {em.subscriber_count} of {count} subscribers after 20 s")
-        time.sleep(0.02)
+    while True:
+        try:
+            em.wait_for_subscribers(count, timeout=0.05)
+            return
+        except shmbus.Timeout as exc:
+            if proc.poll() is not None:
+                pytest.fail(f"the command exited early: {proc.communicate()}")
+            if time.monotonic() > deadline:
+                pytest.fail(str(exc))
 
 
 def row(output: str, *first_words: str) -> list[str]:
