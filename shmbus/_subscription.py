@@ -454,6 +454,8 @@ class LocalSubscription(Handle):
                     )
             if self._parked is not None or self._surplus is not None:
                 if self._hand_out_leftovers(max_n):
+                    if not raw:
+                        self._top_up(max_n, view)
                     return
             seq = self._reader.ready()
             if seq is None:
@@ -506,10 +508,42 @@ class LocalSubscription(Handle):
             return True
         surplus = self._surplus
         if surplus is not None:
+            if surplus.error is not None:
+                self._parked, self._surplus = surplus, None
+                return True
             head, rest = _split(surplus, max_n, None)
             self._parked, self._surplus = head, rest
             return True
         return False
+
+    def _top_up(self, max_n: int, view: bool) -> None:
+        """After leftovers were parked: add events ready in the ring, up to `max_n` in
+        all, so that `recv_many` returns all that are ready (as its docstring says)."""
+        parked = self._parked
+        if (parked is None or parked.error is not None or len(parked.values) >= max_n
+                or self._surplus is not None):
+            return
+        seq = self._reader.ready()
+        if seq is None:
+            return
+        # The new events land in `_surplus` before `tail` moves past them, and move to
+        # `_parked` in one store: an interruption anywhere loses and repeats nothing.
+        more = self._surplus = _Parked(seq, [], None)
+        room = max_n - len(parked.values)
+        taken = self._reader.take(more.values, room, pickle.loads, _codec.decode,
+                                  self._load_view if view else self._load_large,
+                                  BATCH_BYTES)
+        if not taken:
+            self._surplus = None
+        elif isinstance(more.values[0], Undecodable):
+            self._surplus = _Parked(seq, [], more.values[0].error)  # raised by the next call
+        else:
+            head, rest = _split(more, room, None)
+            merged = _Parked(parked.seq, parked.values + head.values, None)
+            if self._parked is parked:
+                self._parked, self._surplus = merged, rest
+        if self._reader.emitter_waiting:
+            self._ring_emitter_bell()
 
     def _consume(self, parked: _Parked) -> None:
         # Decoded before `tail` moves, parked before the caller gets it: see the module

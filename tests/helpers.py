@@ -107,6 +107,12 @@ def subscribe_and_hold(name: str, ready: Any, capacity: int | None = None) -> No
         time.sleep(1)
 
 
+def held_back(sub: Any) -> int:
+    """Events `sub` took from its ring but has not returned yet (the rest of a batch)."""
+    return sum(len(part.values) for part in (sub._parked, sub._surplus)
+               if part is not None)
+
+
 def token_of(emitter: Any) -> str:
     return emitter._token
 
