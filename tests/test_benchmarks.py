@@ -206,7 +206,6 @@ class _LateReceiver(ReceiverPort):
 
 @pytest.mark.timeout(120)
 def test_zenoh_delivers_every_event_even_to_a_late_subscriber_and_leaves_nothing() -> None:
-    pytest.importorskip("zenoh")  # the bench extra, not the test extra
     from benchmarks.systems.zenoh_pubsub import ZenohPubSub
 
     class LateZenoh(ZenohPubSub):
