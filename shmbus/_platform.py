@@ -142,6 +142,9 @@ class Platform:
     sizes_once: bool
     """A segment can be sized only once (macOS: a second `ftruncate` fails), so it is
     created and sized in one go, never resized."""
+    whole_pages: bool
+    """A segment is sized in whole pages (macOS): whoever opens it sees its size rounded
+    up, so nothing may learn what its creator asked for from its size."""
     page_size: int
     """Every size rounded to pages is a multiple of this (16 KiB on Apple silicon)."""
     timed_wait: bool
@@ -175,7 +178,7 @@ LINUX = Platform(
     # glibc names a semaphore /dev/shm/sem.<name without its slash>: a file name of at
     # most NAME_MAX (255) characters.
     max_name=255 - len("sem.") + 1,
-    sizes_once=False, page_size=mmap.PAGESIZE,
+    sizes_once=False, whole_pages=False, page_size=mmap.PAGESIZE,
     timed_wait=bool(posix_ipc.SEMAPHORE_TIMEOUT_SUPPORTED),
     semaphore_value=bool(posix_ipc.SEMAPHORE_VALUE_SUPPORTED),
     semaphores_are_files=True, shm_listable=True, reserves_memory=True,
@@ -187,7 +190,7 @@ MACOS = Platform(
     # xnu's shm_open and sem_open count the terminating NUL against their 31 (PSHMNAMLEN,
     # PSEMNAMLEN; shm_open no longer does since macOS 10.15): 30 characters always work.
     max_name=30,
-    sizes_once=True, page_size=mmap.PAGESIZE,
+    sizes_once=True, whole_pages=True, page_size=mmap.PAGESIZE,
     timed_wait=False, semaphore_value=False,  # as posix_ipc says there
     semaphores_are_files=False, shm_listable=False, reserves_memory=False,
     parent_death_signal=False, start_method="spawn", needs_fences=_WEAK_ORDER,
@@ -418,9 +421,15 @@ def _set_size(fd: int, size: int, name: str) -> None:
         raise PlatformRuleBroken(
             f"the shared-memory segment {name} is sized already, and {PLATFORM.name} sizes "
             "a segment only once (a second ftruncate fails)")
-    if PLATFORM.stand_in:
-        size = -(-size // PLATFORM.page_size) * PLATFORM.page_size  # as macOS's kernel does
-    os.ftruncate(fd, size)
+    # Where the kernel rounds (macOS), it does so itself; the stand-in does it for Linux.
+    os.ftruncate(fd, segment_size(size) if PLATFORM.stand_in else size)
+
+
+def segment_size(size: int) -> int:
+    """The size whoever opens a segment created with `size` bytes sees."""
+    if PLATFORM.whole_pages:
+        return -(-size // PLATFORM.page_size) * PLATFORM.page_size
+    return size
 
 
 def unlink_segment(name: str) -> bool:
