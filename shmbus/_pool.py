@@ -53,12 +53,13 @@ emitter, then `results = pool.join()`.
   SIGTERM raises an exception in the worker (not the default death) so that it still
   leaves the bus, and SIGKILL comes last. A sweep removes whatever a killed worker left.
 - Parent death: where the kernel offers it (Linux's `PR_SET_PDEATHSIG`; see `_platform`)
-  each worker asks for SIGHUP when its parent dies. Not SIGTERM: the kernel sends that signal when the *thread* that
-  started the worker exits, not the process, so the handler first checks that the parent
-  really changed (`os.getppid()`); SIGTERM stays the pool's own "stop now". Workers also
-  compare `os.getppid()` between events and `recv` slices, which covers a parent that
-  died before the worker asked, and macOS, which has no such signal: there (and in the
-  macOS rules mode) those checks carry the job alone.
+  each worker asks for SIGHUP when its parent dies. Not SIGTERM: the kernel sends that
+  signal when the *thread* that started the worker exits, not the process, so the
+  handler first checks that the parent really changed (`os.getppid()`); SIGTERM stays
+  the pool's own "stop now". Workers also compare `os.getppid()` between events and
+  `recv` slices, which covers a parent that died before the worker asked, and macOS,
+  which has no such signal: there (and in the macOS rules mode) those checks carry the
+  job alone.
 - The default start method is the platform's (`_platform.DEFAULT_START_METHOD`): fork on
   Linux, spawn on macOS.
 - "fork" and "spawn" only: a "forkserver" worker is a child of the fork server, so
@@ -164,8 +165,9 @@ class WorkerPool:
     """Worker processes subscribed to one bus, each calling `handler` on every event.
 
     `workers` processes are started by `start_method` ("fork", the default on Linux, or
-    "spawn", the default on macOS); each subscribes with ring `capacity` (default: the bus's). The handler runs
-    in the workers; `shmbus.worker_index()` tells it which one it is in.
+    "spawn", the default on macOS); each subscribes with ring `capacity` (default: the
+    bus's). The handler runs in the workers; `shmbus.worker_index()` tells it which one
+    it is in.
     """
 
     def __init__(self, bus_name: str, handler: Handler, *, workers: int = 4,
@@ -177,7 +179,7 @@ class WorkerPool:
             raise InvalidArgument(f"workers must be an int >= 1, got {shown(workers)}")
         if capacity is not None:
             _ring.validate_capacity(capacity)
-        method = start_method if start_method is not None else _platform.DEFAULT_START_METHOD
+        method = _platform.DEFAULT_START_METHOD if start_method is None else start_method
         if method not in START_METHODS:
             raise InvalidArgument(
                 f"start_method must be one of {START_METHODS}, got {shown(method)}: a "
