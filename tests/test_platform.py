@@ -587,7 +587,8 @@ def test_semaphores_have_no_value_in_the_mode(probed) -> None:
 @linux_only
 def test_there_is_no_timed_wait_in_the_mode(probed) -> None:
     macos, linux = probed["macos"], probed["linux"]
-    assert refused(macos["timed_acquire"]) and "sem_timedwait" in macos["timed_acquire"]["msg"]
+    timed = macos["timed_acquire"]
+    assert refused(timed) and "sem_timedwait" in timed["msg"], timed
     assert macos["try_acquire"]["error"] == linux["try_acquire"]["error"] == "BusyError"
     assert (macos["timed_wait"], macos["waiter"]) == (False, "poll")
     assert linux["timed_acquire"]["error"] == "BusyError"  # it waited, and timed out
