@@ -497,12 +497,14 @@ class _MacOSSemaphore(posix_ipc.Semaphore):  # type: ignore[misc]  # posix_ipc: 
 
     @property
     def value(self) -> int:
+        if PLATFORM.semaphore_value:
+            return int(super().value)
         raise _NoSemaphoreValue(
             f"{self.name}: {PLATFORM.name} semaphores have no value (posix_ipc's "
             "SEMAPHORE_VALUE_SUPPORTED is False there); keep counts in shared memory")
 
     def acquire(self, timeout: float | None = None) -> None:
-        if timeout is not None and timeout > 0:
+        if timeout is not None and timeout > 0 and not PLATFORM.timed_wait:
             raise PlatformRuleBroken(
                 f"{self.name}: acquire(timeout={timeout}) needs sem_timedwait, which "
                 f"{PLATFORM.name} has not (there it would wait forever); poll with "
@@ -704,12 +706,13 @@ def _refuse_what_macos_has_not(event: str, args: tuple[Any, ...]) -> None:
     """An audit hook: the package's own code may not touch `/dev/shm` (macOS has no such
     directory: shared memory cannot be listed there) nor look up `prctl` (none either).
     Code that is not the package's (tests, users) is left alone."""
-    if event in _PATH_EVENTS:
+    if event in _PATH_EVENTS and not PLATFORM.shm_listable:
         if not (args and _under_shm_dir(args[0])):
             return
         what = f"{event} of {args[0]!r}: {PLATFORM.name} has no {_SHM_DIR}, and shared " \
                "memory cannot be listed there; the registry names what to remove"
-    elif event == "ctypes.dlsym" and len(args) > 1 and args[1] == "prctl":
+    elif (event == "ctypes.dlsym" and not PLATFORM.parent_death_signal
+          and len(args) > 1 and args[1] == "prctl"):
         what = f"a call of prctl: {PLATFORM.name} has none"
     else:
         return
