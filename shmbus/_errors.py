@@ -78,6 +78,17 @@ class OutOfSharedMemory(ShmBusError, MemoryError):
     """The shared-memory filesystem has no room for a ring or a large event."""
 
 
+class PlatformRuleBroken(ShmBusError):
+    """shmbus asked the operating system for something this platform refuses: a bug in
+    shmbus, never in the caller's code.
+
+    Raised where shmbus checks a platform's rule itself: on macOS for what its kernel
+    refuses less clearly, and everywhere in the macOS rules mode (`SHMBUS_PLATFORM=
+    macos-rules`), which enforces macOS's rules on Linux so that the test suite proves
+    shmbus keeps them (see `shmbus._platform`).
+    """
+
+
 class WorkerError(ShmBusError):
     """A `WorkerPool` worker failed in a way its own exception cannot tell.
 

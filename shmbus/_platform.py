@@ -54,12 +54,42 @@ decided by the registry, so we use `posix_ipc` directly.
 `ftruncate` reserves nothing: on a full `/dev/shm` (Docker gives it 64 MB) the failure
 would come later, as SIGBUS in whichever process first touches the page. On Linux every
 segment is `posix_fallocate`d at creation, so it fails at once with `OutOfSharedMemory`.
+
+## Linux and macOS: `PLATFORM`, and the macOS rules mode
+
+Where shmbus must behave differently on the two, the difference lives here, as a field
+of `PLATFORM` (a `Platform`) or a function of this module, never as a `sys.platform`
+test elsewhere: how long a name may be, whether a segment can be sized twice, the page
+size, whether a semaphore has a timed wait and a value, whether shared memory can be
+listed, whether the kernel can signal a worker when its parent dies, and which start
+method worker processes use.
+
+`SHMBUS_PLATFORM=macos-rules` (read once, here, at import; child processes inherit it)
+makes Linux play macOS strictly: `PLATFORM` becomes macOS's, on Apple silicon (16 KiB
+pages, weak memory order), and what macOS's kernel refuses is refused here, before the
+call reaches a Linux kernel that would allow it, with `PlatformRuleBroken`:
+
+- a name longer than 30 characters (`MAX_NAME`);
+- sizing a segment a second time, and a mapping of no bytes;
+- a semaphore's `value`, and an `acquire` with a timeout (posix_ipc has no
+  `sem_timedwait` there; the waits poll);
+- listing, opening or changing anything under `/dev/shm` from the package's own code
+  (macOS has no such directory), and looking up `prctl` (an audit hook sees both);
+
+and segments are sized in whole 16 KiB pages, as macOS's kernel sizes them. The test
+suite runs in that mode in CI: it proves shmbus keeps macOS's rules, not that macOS's
+kernel behaves as modelled (see the README's platform notes).
+
+Why not mock `posix_ipc`: the mode runs the real calls on real objects, with the checks
+in front of them, so everything else the suite proves (processes, deaths, leaks) still
+holds in it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import errno
 import mmap
 import os
@@ -67,21 +97,131 @@ import platform
 import resource
 import stat
 import sys
+import sysconfig
 import weakref
 from collections.abc import Callable, Iterator
+from types import FrameType
+from typing import Any
 
 import posix_ipc
 
-from ._errors import ForeignObject, OutOfSharedMemory, ShmBusError
+from ._errors import (
+    ForeignObject,
+    InvalidArgument,
+    OutOfSharedMemory,
+    PlatformRuleBroken,
+    ShmBusError,
+    shown,
+)
 
 MODE = 0o600
 LEDGER_ENV = "SHMBUS_LEDGER"
+PLATFORM_ENV = "SHMBUS_PLATFORM"
+MACOS_RULES = "macos-rules"
+"""The value of `PLATFORM_ENV` that makes Linux play macOS strictly."""
 SEGMENT = "segment"
 SEMAPHORE = "semaphore"
 
-_LINUX = sys.platform.startswith("linux")
 
-NEEDS_FENCES = platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86")
+# -- the platform -----------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Platform:
+    """What shmbus may ask of the operating system it runs on, where Linux and macOS
+    differ. Each field says what follows from it."""
+
+    name: str
+    """"linux", "macos", or "macos-rules" (Linux playing macOS): for messages."""
+    stand_in: bool
+    """Linux plays macOS: what macOS's kernel refuses is refused here first, and what it
+    does on its own (rounding sizes to pages) is done here."""
+    max_name: int
+    """Longest name of a segment or semaphore, its slash included: a longer one is
+    refused with `PlatformRuleBroken` before any call."""
+    sizes_once: bool
+    """A segment can be sized only once (macOS: a second `ftruncate` fails), so it is
+    created and sized in one go, never resized."""
+    whole_pages: bool
+    """A segment is sized in whole pages (macOS): whoever opens it sees its size rounded
+    up, so nothing may learn what its creator asked for from its size."""
+    page_size: int
+    """Every size rounded to pages is a multiple of this (16 KiB on Apple silicon)."""
+    timed_wait: bool
+    """A semaphore can be waited on with a timeout (`sem_timedwait`); else waits poll."""
+    semaphore_value: bool
+    """A semaphore's count can be read; shmbus never does, its counters are in memory."""
+    semaphores_are_files: bool
+    """Each semaphore is a file (`/dev/shm/sem.<name>`, glibc) whose owner can be
+    checked; elsewhere a squatted semaphore cannot be told from ours (README: trust)."""
+    shm_listable: bool
+    """Shared memory can be listed (`/dev/shm`). shmbus never does: the registry and
+    the ledger name everything it made."""
+    reserves_memory: bool
+    """Segments are `posix_fallocate`d, so a full shared memory fails at creation."""
+    parent_death_signal: bool
+    """A worker can ask the kernel for a signal when its parent dies (`prctl`); else the
+    pool's workers notice by `getppid()` alone."""
+    start_method: str
+    """Worker processes start by this: fork where it is safe, spawn on macOS, whose
+    system libraries do not survive a fork of a process with threads."""
+    needs_fences: bool
+    """Plain loads and stores may be reordered across one another (ARM64, among others).
+    The pure-Python ring protocol then puts a semaphore operation, a full barrier, where
+    order matters (`_protocol`); x86's total store order needs none."""
+
+
+_WEAK_ORDER = platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86")
+
+LINUX = Platform(
+    name="linux", stand_in=False,
+    # glibc names a semaphore /dev/shm/sem.<name without its slash>: a file name of at
+    # most NAME_MAX (255) characters.
+    max_name=255 - len("sem.") + 1,
+    sizes_once=False, whole_pages=False, page_size=mmap.PAGESIZE,
+    timed_wait=bool(posix_ipc.SEMAPHORE_TIMEOUT_SUPPORTED),
+    semaphore_value=bool(posix_ipc.SEMAPHORE_VALUE_SUPPORTED),
+    semaphores_are_files=True, shm_listable=True, reserves_memory=True,
+    parent_death_signal=True, start_method="fork", needs_fences=_WEAK_ORDER,
+)
+
+MACOS = Platform(
+    name="macos", stand_in=False,
+    # xnu's shm_open and sem_open count the terminating NUL against their 31 (PSHMNAMLEN,
+    # PSEMNAMLEN; shm_open no longer does since macOS 10.15): 30 characters always work.
+    max_name=30,
+    sizes_once=True, whole_pages=True, page_size=mmap.PAGESIZE,
+    timed_wait=False, semaphore_value=False,  # as posix_ipc says there
+    semaphores_are_files=False, shm_listable=False, reserves_memory=False,
+    parent_death_signal=False, start_method="spawn", needs_fences=_WEAK_ORDER,
+)
+
+MACOS_STAND_IN = dataclasses.replace(
+    MACOS, name=MACOS_RULES, stand_in=True,
+    page_size=16384,  # Apple silicon's; Intel Macs have 4 KiB, which asks less
+    needs_fences=True,  # Apple silicon's memory order: the fenced paths run here too
+)
+
+
+def _chosen() -> Platform:
+    wanted = os.environ.get(PLATFORM_ENV, "").strip().lower()
+    if wanted == MACOS_RULES:
+        return MACOS_STAND_IN
+    if wanted:
+        raise InvalidArgument(
+            f"{PLATFORM_ENV}={shown(wanted)} is not a platform mode; use {MACOS_RULES!r} "
+            "(Linux playing macOS, for tests) or leave it unset")
+    return MACOS if sys.platform == "darwin" else LINUX
+
+
+PLATFORM = _chosen()
+"""The platform shmbus runs on, or plays: read once, when shmbus is imported."""
+
+MAX_NAME = PLATFORM.max_name
+TIMED_WAIT = PLATFORM.timed_wait
+"""Whether `_wait` may sleep in `sem_timedwait`; else it polls."""
+DEFAULT_START_METHOD = PLATFORM.start_method
+NEEDS_FENCES = PLATFORM.needs_fences
 """Whether plain loads and stores may be reordered across one another here (ARM64, among
 others). The pure-Python ring protocol then puts a semaphore operation, a full barrier,
 where order matters (`_protocol`); x86's total store order needs none."""
@@ -114,7 +254,8 @@ class Mapping:
 
     def __init__(self, fd: int, size: int) -> None:
         if size <= 0:
-            raise ValueError(f"cannot map {size} bytes")
+            # Linux's mmap refuses no bytes too (EINVAL): one message for both.
+            raise PlatformRuleBroken(f"cannot map {size} bytes: a mapping has at least one")
         address = _libc.mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED,
                              fd, 0)
         if address is None or address == _MAP_FAILED:
@@ -209,9 +350,10 @@ def files_checked() -> Iterator[None]:
 
 def create_segment(name: str, size: int) -> Mapping:
     """Create a new segment of `size` bytes (fails if `name` exists) and map it."""
-    shm = _shared_memory(name, posix_ipc.O_CREX, size)
+    shm = _shared_memory(name, posix_ipc.O_CREX, 0)
     _record(SEGMENT, name)
     try:
+        _set_size(shm.fd, size, name)
         _reserve(shm.fd, size, name)
         return Mapping(shm.fd, size)
     except BaseException:
@@ -249,7 +391,7 @@ class _Opened:
 
     def __init__(self, name: str, flags: int, size: int) -> None:
         with files_checked():
-            self.shm = posix_ipc.SharedMemory(name, flags, mode=MODE, size=size)
+            self.shm = posix_ipc.SharedMemory(_allowed(name), flags, mode=MODE, size=size)
 
     @property
     def fd(self) -> int:
@@ -271,6 +413,23 @@ class _Opened:
 
 def _shared_memory(name: str, flags: int, size: int) -> _Opened:
     return _Opened(name, flags, size)
+
+
+def _set_size(fd: int, size: int, name: str) -> None:
+    """Size a new segment: once, as macOS allows (a second `ftruncate` fails there)."""
+    if PLATFORM.sizes_once and os.fstat(fd).st_size != 0:
+        raise PlatformRuleBroken(
+            f"the shared-memory segment {name} is sized already, and {PLATFORM.name} sizes "
+            "a segment only once (a second ftruncate fails)")
+    # Where the kernel rounds (macOS), it does so itself; the stand-in does it for Linux.
+    os.ftruncate(fd, segment_size(size) if PLATFORM.stand_in else size)
+
+
+def segment_size(size: int) -> int:
+    """The size whoever opens a segment created with `size` bytes sees."""
+    if PLATFORM.whole_pages:
+        return -(-size // PLATFORM.page_size) * PLATFORM.page_size
+    return size
 
 
 def unlink_segment(name: str) -> bool:
@@ -323,20 +482,55 @@ def segment_exists(name: str) -> bool:
 
 def page_size() -> int:
     """The size of a memory page here; every size rounded to pages is derived from it."""
-    return mmap.PAGESIZE
+    return PLATFORM.page_size
 
 
 # -- semaphores ----------------------------------------------------------------------
 
 
+class _MacOSSemaphore(posix_ipc.Semaphore):  # type: ignore[misc]  # posix_ipc: no stubs
+    """A semaphore as posix_ipc gives it on macOS, for the macOS rules mode: it has no
+    `value`, and an `acquire` with a timeout, which macOS would turn into a wait without
+    end, fails at once. Still a `posix_ipc.Semaphore`, so compiled code takes it as one."""
+
+    __slots__ = ()
+
+    @property
+    def value(self) -> int:
+        if PLATFORM.semaphore_value:
+            return int(super().value)
+        raise _NoSemaphoreValue(
+            f"{self.name}: {PLATFORM.name} semaphores have no value (posix_ipc's "
+            "SEMAPHORE_VALUE_SUPPORTED is False there); keep counts in shared memory")
+
+    def acquire(self, timeout: float | None = None) -> None:
+        if timeout is not None and timeout > 0 and not PLATFORM.timed_wait:
+            raise PlatformRuleBroken(
+                f"{self.name}: acquire(timeout={timeout}) needs sem_timedwait, which "
+                f"{PLATFORM.name} has not (there it would wait forever); poll with "
+                "acquire(0) instead")
+        super().acquire(timeout)
+
+
+class _NoSemaphoreValue(PlatformRuleBroken, AttributeError):
+    """Also an `AttributeError`, as the missing attribute is on macOS: `hasattr` and
+    `getattr(sem, "value", None)` work as they would there."""
+
+
+_Semaphore: Any = _MacOSSemaphore if PLATFORM.stand_in else posix_ipc.Semaphore
+"""What semaphores are opened as: macOS's rules applied in the rules mode."""
+
+
+
 def create_semaphore(name: str, initial: int) -> posix_ipc.Semaphore:
     try:
         with files_checked():
-            sem = posix_ipc.Semaphore(name, posix_ipc.O_CREX, mode=MODE, initial_value=initial)
+            sem = _Semaphore(_allowed(name), posix_ipc.O_CREX, mode=MODE,
+                             initial_value=initial)
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.ENOMEM):
             raise
-        raise _out_of_memory(name, mmap.PAGESIZE) from exc  # Linux: a page each
+        raise _out_of_memory(name, page_size()) from exc  # Linux: a page each
     _record(SEMAPHORE, name)
     return sem
 
@@ -346,7 +540,7 @@ def open_semaphore(name: str) -> posix_ipc.Semaphore:
     before = _semaphore_file(name)
     try:
         with files_checked():
-            sem = posix_ipc.Semaphore(name)
+            sem = _Semaphore(name)
     except posix_ipc.PermissionsError:
         raise _foreign(name, "semaphore") from None
     if before is not None and _semaphore_file(name) != before:
@@ -362,7 +556,7 @@ def unlink_semaphore(name: str) -> bool:
     except (posix_ipc.ExistentialError, ForeignObject):
         return False
     try:
-        posix_ipc.unlink_semaphore(name)
+        posix_ipc.unlink_semaphore(_allowed(name))
         return True
     except (posix_ipc.ExistentialError, posix_ipc.PermissionsError):
         return False
@@ -370,7 +564,7 @@ def unlink_semaphore(name: str) -> bool:
 
 def semaphore_exists(name: str) -> bool:
     try:
-        posix_ipc.Semaphore(name).close()
+        _Semaphore(_allowed(name)).close()
     except posix_ipc.ExistentialError:
         return False
     except posix_ipc.PermissionsError:
@@ -380,7 +574,8 @@ def semaphore_exists(name: str) -> bool:
 
 def _semaphore_file(name: str) -> tuple[int, int] | None:
     """(device, inode) of a semaphore of ours; None where semaphores are not files."""
-    if not _LINUX:
+    _allowed(name)
+    if not PLATFORM.semaphores_are_files:
         return None
     try:
         st = os.stat(os.path.join(_SEMAPHORE_DIR, "sem." + name.lstrip("/")),
@@ -418,6 +613,16 @@ def remove(kind: str, name: str) -> bool:
 # -- shared -----------------------------------------------------------------------------
 
 
+def _allowed(name: str) -> str:
+    """`name`, if this platform takes it for a segment or semaphore."""
+    if len(name) > MAX_NAME:
+        raise PlatformRuleBroken(
+            f"the shared-object name {name!r} has {len(name)} characters; {PLATFORM.name} "
+            f"takes at most {MAX_NAME}, its slash included")
+    return name
+
+
+
 def _check_ours(st: os.stat_result, name: str, kind: str) -> None:
     if st.st_uid != os.geteuid():
         raise ForeignObject(
@@ -449,7 +654,7 @@ def _record(kind: str, name: str) -> None:
 
 
 def _reserve(fd: int, size: int, name: str) -> None:
-    if not _LINUX:
+    if not PLATFORM.reserves_memory:
         return
     try:
         os.posix_fallocate(fd, 0, size)
@@ -466,3 +671,74 @@ def _out_of_memory(name: str, size: int) -> OutOfSharedMemory:
         "smaller capacities or events, or give the container more "
         "(docker run --shm-size=1g)."
     )
+
+
+# -- processes --------------------------------------------------------------------------
+
+_PR_SET_PDEATHSIG = 1
+
+
+def ask_for_signal_on_parent_death(signum: int) -> bool:
+    """Ask the kernel to send this process `signum` when its parent dies (Linux's
+    `prctl(PR_SET_PDEATHSIG)`); whether it will. Where it will not, the caller's own
+    `os.getppid()` checks are all there is."""
+    if not PLATFORM.parent_death_signal:
+        return False
+    return bool(_libc.prctl(ctypes.c_int(_PR_SET_PDEATHSIG), ctypes.c_ulong(signum),
+                            ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0)) == 0)
+
+
+# -- the macOS rules mode: what no call of this module covers ---------------------------
+
+_SHM_DIR = "/dev/shm"
+_PATH_EVENTS = frozenset({
+    "open", "os.listdir", "os.scandir", "glob.glob", "os.remove", "os.rename",
+    "os.rmdir", "os.mkdir", "os.chmod", "os.chown", "os.utime", "os.truncate",
+    "os.link", "os.symlink", "shutil.rmtree",
+})
+"""Audit events (`sys.audit`) whose first argument is a path: how the package could
+reach `/dev/shm` without a call of this module. `os.stat` raises none, so it is not seen."""
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_STDLIB_DIR = os.path.abspath(sysconfig.get_paths()["stdlib"]) + os.sep
+
+
+def _refuse_what_macos_has_not(event: str, args: tuple[Any, ...]) -> None:
+    """An audit hook: the package's own code may not touch `/dev/shm` (macOS has no such
+    directory: shared memory cannot be listed there) nor look up `prctl` (none either).
+    Code that is not the package's (tests, users) is left alone."""
+    if event in _PATH_EVENTS and not PLATFORM.shm_listable:
+        if not (args and _under_shm_dir(args[0])):
+            return
+        what = f"{event} of {args[0]!r}: {PLATFORM.name} has no {_SHM_DIR}, and shared " \
+               "memory cannot be listed there; the registry names what to remove"
+    elif (event == "ctypes.dlsym" and not PLATFORM.parent_death_signal
+          and len(args) > 1 and args[1] == "prctl"):
+        what = f"a call of prctl: {PLATFORM.name} has none"
+    else:
+        return
+    if _asked_by_the_package(sys._getframe(1)):
+        raise PlatformRuleBroken(what)
+
+
+def _under_shm_dir(path: object) -> bool:
+    if isinstance(path, (str, bytes, os.PathLike)):
+        full = os.path.abspath(os.fsdecode(path))
+        return full == _SHM_DIR or full.startswith(_SHM_DIR + os.sep)
+    return False  # a descriptor, or None
+
+
+def _asked_by_the_package(frame: FrameType | None) -> bool:
+    """Whether the code that made the call, the first frame that is not the standard
+    library's (`os`, `glob`, `ctypes`...), is the package's."""
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if filename.startswith(_PACKAGE_DIR):
+            return True
+        if not (filename.startswith(_STDLIB_DIR) or filename.startswith("<frozen ")):
+            return False
+        frame = frame.f_back
+    return False
+
+
+if PLATFORM.stand_in:
+    sys.addaudithook(_refuse_what_macos_has_not)  # for good: a hook cannot be removed

@@ -33,7 +33,7 @@ emitter, then `results = pool.join()`.
   killer) is reported too, with a `WorkerError` saying so. `check()` raises the first
   failure.
 - Workers die with the pool's process, even when it is SIGKILLed: they leave the bus and
-  exit at once on Linux (a signal interrupts even a busy handler); elsewhere within
+  exit at once on Linux (a signal interrupts even a busy handler); on macOS within
   `CHECK_INTERVAL` of their handler returning.
 - Under "spawn" the usual `multiprocessing` rule applies: the main module must guard its
   own start-up with `if __name__ == "__main__":`, since each worker imports it.
@@ -52,12 +52,16 @@ emitter, then `results = pool.join()`.
   events, so a handler is never interrupted mid-event unless it outstays the grace; then
   SIGTERM raises an exception in the worker (not the default death) so that it still
   leaves the bus, and SIGKILL comes last. A sweep removes whatever a killed worker left.
-- Parent death: on Linux each worker asks for SIGHUP when its parent dies
-  (`PR_SET_PDEATHSIG`). Not SIGTERM: the kernel sends that signal when the *thread* that
-  started the worker exits, not the process, so the handler first checks that the parent
-  really changed (`os.getppid()`); SIGTERM stays the pool's own "stop now". Workers also
-  compare `os.getppid()` between events and `recv` slices, which covers a parent that
-  died before the worker asked, and macOS, which has no such signal.
+- Parent death: where the kernel offers it (Linux's `PR_SET_PDEATHSIG`; see `_platform`)
+  each worker asks for SIGHUP when its parent dies. Not SIGTERM: the kernel sends that
+  signal when the *thread* that started the worker exits, not the process, so the
+  handler first checks that the parent really changed (`os.getppid()`); SIGTERM stays
+  the pool's own "stop now". Workers also compare `os.getppid()` between events and
+  `recv` slices, which covers a parent that died before the worker asked, and macOS,
+  which has no such signal: there (and in the macOS rules mode) those checks carry the
+  job alone.
+- The default start method is the platform's (`_platform.DEFAULT_START_METHOD`): fork on
+  Linux, spawn on macOS.
 - "fork" and "spawn" only: a "forkserver" worker is a child of the fork server, so
   neither the death signal nor `getppid` would follow the pool's process.
 - Processes are not daemonic, so a handler may start processes of its own (as in
@@ -71,7 +75,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import os
 import signal
 import sys
@@ -86,7 +89,7 @@ import multiprocess
 import multiprocess.reduction
 from multiprocess.connection import wait as wait_for_any
 
-from . import _codec, _ring
+from . import _codec, _platform, _ring
 from ._errors import (
     Closed,
     DeserializationError,
@@ -121,8 +124,6 @@ longest a stop request or an undetected parent death waits on an idle worker."""
 _SUBSCRIBED = "subscribed"
 _STOP_NOW = "stop"
 _DRAIN = "drain"
-
-_PR_SET_PDEATHSIG = 1
 
 _worker_index: int | None = None
 
@@ -164,8 +165,9 @@ class WorkerPool:
     """Worker processes subscribed to one bus, each calling `handler` on every event.
 
     `workers` processes are started by `start_method` ("fork", the default on Linux, or
-    "spawn"); each subscribes with ring `capacity` (default: the bus's). The handler runs
-    in the workers; `shmbus.worker_index()` tells it which one it is in.
+    "spawn", the default on macOS); each subscribes with ring `capacity` (default: the
+    bus's). The handler runs in the workers; `shmbus.worker_index()` tells it which one
+    it is in.
     """
 
     def __init__(self, bus_name: str, handler: Handler, *, workers: int = 4,
@@ -177,7 +179,7 @@ class WorkerPool:
             raise InvalidArgument(f"workers must be an int >= 1, got {shown(workers)}")
         if capacity is not None:
             _ring.validate_capacity(capacity)
-        method = start_method if start_method is not None else _default_start_method()
+        method = _platform.DEFAULT_START_METHOD if start_method is None else start_method
         if method not in START_METHODS:
             raise InvalidArgument(
                 f"start_method must be one of {START_METHODS}, got {shown(method)}: a "
@@ -381,11 +383,6 @@ class WorkerPool:
         return results
 
 
-def _default_start_method() -> str:
-    # fork is the cheapest on Linux; elsewhere forking a process with threads is unsafe.
-    return "fork" if sys.platform.startswith("linux") else "spawn"
-
-
 @contextlib.contextmanager
 def sigint_ignored() -> Iterator[None]:
     """Ignore Ctrl-C while starting or stopping workers: it is the parent's to handle."""
@@ -587,7 +584,7 @@ def _worker_main(spec: _WorkerSpec, conn: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group
     signal.signal(signal.SIGTERM, _stop_on_signal)
     signal.signal(signal.SIGHUP, _stop_if_orphaned(spec.parent_pid))
-    _ask_for_signal_on_parent_death(signal.SIGHUP)
+    _platform.ask_for_signal_on_parent_death(signal.SIGHUP)  # if not, getppid() below
     report = _Report()
     try:
         try:
@@ -631,15 +628,6 @@ def _stop_if_orphaned(parent_pid: int) -> Callable[[int, Any], None]:
         if os.getppid() != parent_pid:
             _stop_on_signal(signum, frame)
     return handler
-
-
-def _ask_for_signal_on_parent_death(signum: int) -> None:
-    if not sys.platform.startswith("linux"):
-        return  # the getppid() checks between events are all there is
-    libc = ctypes.CDLL(None, use_errno=True)
-    # If this fails the getppid() checks still notice, only later.
-    libc.prctl(ctypes.c_int(_PR_SET_PDEATHSIG), ctypes.c_ulong(signum), ctypes.c_ulong(0),
-               ctypes.c_ulong(0), ctypes.c_ulong(0))
 
 
 def _subscribe_and_serve(spec: _WorkerSpec, conn: Any, report: _Report) -> None:

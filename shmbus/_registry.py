@@ -278,7 +278,8 @@ class Registry:
         raise ShmBusError(
             f"the shared-memory names for new subscribers of bus {token} are already "
             "taken by objects shmbus did not create; another process may be squatting "
-            "them. List /dev/shm for 'sb_" + token + "_r*' to see whose they are."
+            "them. On Linux `ls -l /dev/shm/*sb_" + token + "_r*` shows whose they are "
+            "(macOS cannot list them)."
         )
 
     def leave(self, token: str, sub_id: int, life: LifeLock,

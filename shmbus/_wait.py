@@ -14,9 +14,10 @@ hands the wait to a backend, in the manner of filelock's `_acquire`:
 - `TimedWaiter` sleeps in the kernel with `sem_timedwait`: no CPU while it waits, woken
   the moment a token is posted.
 - `PollingWaiter` retries `sem_trywait` with a backoff of sleeps growing to
-  `POLL_MAX_SLEEP`. macOS has no `sem_timedwait` (`posix_ipc.SEMAPHORE_TIMEOUT_SUPPORTED`
-  is False, and a positive timeout there blocks forever), so this is the only safe choice
-  there; on Linux `SHMBUS_WAIT=poll` selects it so that both run under the same tests.
+  `POLL_MAX_SLEEP`. macOS has no `sem_timedwait` (`_platform.TIMED_WAIT` is False: a
+  positive timeout there blocks forever), so this is the only safe choice there, and in
+  the macOS rules mode; on Linux `SHMBUS_WAIT=poll` selects it so that both run under
+  the same tests.
 
 ## Why not one blocking `acquire()`
 
@@ -36,6 +37,7 @@ from abc import ABC, abstractmethod
 
 import posix_ipc
 
+from . import _platform
 from ._errors import InvalidArgument, shown
 
 SLICE = 0.1
@@ -149,12 +151,13 @@ class PollingWaiter(Waiter):
 
 
 def waiter_from_env() -> Waiter:
-    """The strategy for a bus or subscription created now (`SHMBUS_WAIT` = timed | poll)."""
+    """The strategy for a bus or subscription created now (`SHMBUS_WAIT` = timed | poll;
+    always poll where the platform has no timed wait)."""
     wanted = os.environ.get(WAIT_ENV, "").strip().lower()
     if wanted not in ("", "timed", "poll"):
         raise InvalidArgument(
             f"{WAIT_ENV}={shown(wanted)} is not a wait strategy; use 'timed' or 'poll'")
-    if wanted == "poll" or not posix_ipc.SEMAPHORE_TIMEOUT_SUPPORTED:
+    if wanted == "poll" or not _platform.TIMED_WAIT:
         return PollingWaiter()
     return TimedWaiter()
 

@@ -121,14 +121,16 @@ class SubscriberProcess:
     It subscribes (waiting up to `wait` seconds for the bus) before `start()` returns,
     then receives until `count` events came, or the stream ended, or `handler` raised.
     With a `handler`, each event is passed to it and its return value is recorded.
+    `start_method` is the platform's unless given: fork on Linux, spawn on macOS.
     """
 
     def __init__(self, name: str, *, count: int | None = None,
                  handler: Callable[[Any], Any] | None = None, capacity: int | None = None,
-                 wait: float = 10.0, start_method: str = "fork") -> None:
+                 wait: float = 10.0, start_method: str | None = None) -> None:
         self.name = name
         self._args = (name, count, handler, capacity, wait)
-        self._context = multiprocess.get_context(start_method)
+        self._context = multiprocess.get_context(
+            _platform.DEFAULT_START_METHOD if start_method is None else start_method)
         self._process: Any = None
         self._conn: Any = None
 

@@ -11,8 +11,14 @@ from tests import helpers
 pytestmark = pytest.mark.timeout(30)
 
 
+_TRUNCATED = _platform.segment_size(16)
+"""What a subscriber sees of a 16-byte control block: a whole page where segments are
+sized in pages (macOS), so there only its content gives it away."""
+
+
 @pytest.mark.parametrize("content, message", [
-    (b"x" * 16, "control block is 16 bytes"),                              # truncated
+    (b"x" * 16, f"control block is {_TRUNCATED} bytes" if _TRUNCATED < _control.SIZE
+     else "not a shmbus bus"),                                             # truncated
     (b"\x00" * _control.SIZE, "not a shmbus bus"),                         # garbage
     (_control.MAGIC + bytes([_control.LAYOUT_VERSION + 1, 0, 0, 0])
      + bytes(_control.SIZE - 12), f"layout version {_control.LAYOUT_VERSION + 1}"),

@@ -10,6 +10,10 @@ nothing half-created, and leave the bus working; once everything is closed the p
 
 Names: every object is named from the 8-hex-digit token and a number, so the longest
 names (largest subscriber id and large-event index) must still fit macOS's limit.
+
+The macOS rules mode (`SHMBUS_PLATFORM=macos-rules`): a child tries each thing macOS
+refuses, in the mode and on plain Linux; each must fail in the mode (the stand-in bites)
+and, but for a mapping of no bytes, succeed on Linux (it is the mode that refuses it).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import mmap
 import os
 import re
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -176,6 +181,13 @@ def assert_all_gone(seen: dict[str, Any]) -> None:
 # -- out of shared memory ---------------------------------------------------------------
 
 
+reserves_memory = pytest.mark.skipif(
+    not _platform.PLATFORM.reserves_memory,
+    reason=f"{_platform.PLATFORM.name} has no posix_fallocate: a full shared memory shows "
+           "only when a page is touched")
+
+
+@reserves_memory
 @pytest.mark.timeout(60)
 def test_ring_or_large_event_that_does_not_fit_is_a_clear_error_and_harmless(
         small_shm) -> None:
@@ -203,6 +215,7 @@ def test_ring_or_large_event_that_does_not_fit_is_a_clear_error_and_harmless(
     assert_all_gone(seen)
 
 
+@reserves_memory
 @pytest.mark.timeout(60)
 def test_full_dev_shm_at_bus_creation_is_a_clear_error_and_harmless(small_shm) -> None:
     seen = small_shm("full_at_bus_creation")
@@ -384,3 +397,248 @@ def test_running_out_of_descriptors_is_a_clear_error_and_loses_nothing():
         assert seen[call]["shmbus"], (call, seen[call])
         assert "limit of" in seen[call]["msg"] and "open files" in seen[call]["msg"], seen
     assert seen["then"] == [True, True]  # the event that could not be read was not lost
+
+
+# -- the macOS rules mode ----------------------------------------------------------------
+#
+# A child Python tries each thing macOS refuses, once with SHMBUS_PLATFORM=macos-rules and
+# once without (plain Linux), and prints what happened as JSON. In the mode each must fail
+# with PlatformRuleBroken, which proves the stand-in bites; on Linux most succeed, which
+# proves it is the mode that refuses them and not Linux. Its objects have names of its
+# own and a ledger of their own, checked empty afterwards.
+
+_RULES_PROBE = r'''
+import atexit, ctypes, json, os, signal, subprocess, sys
+import posix_ipc
+from shmbus import _platform, _wait
+from shmbus._errors import PlatformRuleBroken
+
+ledger = os.environ[_platform.LEDGER_ENV]
+
+@atexit.register
+def remove_what_is_left():  # even after a failure: checked by the same rules that made it
+    for kind, name in _platform.ledger_leftovers(ledger):
+        _platform.remove(kind, name)
+
+out = {"platform": _platform.PLATFORM.name, "page_size": _platform.page_size(),
+       "timed_wait": _platform.TIMED_WAIT, "waiter": _wait.waiter_from_env().name,
+       "start_method": _platform.DEFAULT_START_METHOD,
+       "needs_fences": _platform.NEEDS_FENCES}
+tag = f"/sbt{os.getpid():x}"
+
+def attempt(fn):
+    try:
+        return {"ok": repr(fn())}
+    except BaseException as exc:
+        return {"error": type(exc).__name__, "rule": isinstance(exc, PlatformRuleBroken),
+                "attribute_error": isinstance(exc, AttributeError), "msg": str(exc)}
+
+def named(length, kind):
+    return (tag + kind + "n" * 40)[:length]
+
+def segment_round_trip(name):
+    _platform.create_segment(name, 100).close()
+    return _platform.unlink_segment(name)
+
+def semaphore_round_trip(name):
+    _platform.create_semaphore(name, 0).close()
+    return _platform.unlink_semaphore(name)
+
+for length in (30, 31, 32):
+    out[f"segment_name_{length}"] = attempt(lambda: segment_round_trip(named(length, "m")))
+    out[f"semaphore_name_{length}"] = attempt(
+        lambda: semaphore_round_trip(named(length, "s")))
+
+# Sizing: once, in whole pages; mapping: never zero bytes.
+segment = tag + "z"
+_platform.create_segment(segment, 1000).close()
+opened = _platform._shared_memory(segment, 0, 0)
+out["size_seen_by_an_opener"] = opened.size
+out["second_ftruncate"] = attempt(lambda: _platform._set_size(opened.fd, 5000, segment))
+out["zero_length_mapping"] = attempt(lambda: _platform.Mapping(opened.fd, 0))
+opened.close_fd()
+_platform.unlink_segment(segment)
+
+# Semaphores: no value, no timed wait (a try without waiting is fine).
+sem = _platform.create_semaphore(tag + "v", 0)
+out["value"] = attempt(lambda: sem.value)
+out["has_value"] = hasattr(sem, "value")
+out["timed_acquire"] = attempt(lambda: sem.acquire(0.01))
+out["try_acquire"] = attempt(lambda: sem.acquire(0))
+out["is_a_posix_ipc_semaphore"] = isinstance(sem, posix_ipc.Semaphore)
+sem.close()
+_platform.unlink_semaphore(tag + "v")
+
+# The package's own code (code compiled under a file name in its directory) may not
+# list /dev/shm, open what is there, or look up prctl; other code may.
+as_package = os.path.join(os.path.dirname(_platform.__file__), "_rules_probe.py")
+
+def package_runs(source):
+    exec(compile("import ctypes, glob, os\n" + source, as_package, "exec"), {})
+
+out["package_lists"] = attempt(lambda: package_runs("os.listdir('/dev/shm')"))
+out["package_scans"] = attempt(lambda: package_runs("list(os.scandir('/dev/shm/'))"))
+out["package_globs"] = attempt(lambda: package_runs("glob.glob('/dev/shm/sb_*')"))
+out["package_opens"] = attempt(lambda: package_runs(f"open('/dev/shm{tag}-none')"))
+out["package_prctl"] = attempt(lambda: package_runs("ctypes.CDLL(None).prctl"))
+out["others_list"] = attempt(lambda: type(os.listdir("/dev/shm")).__name__)
+
+out["asked_for_parent_death_signal"] = _platform.ask_for_signal_on_parent_death(
+    signal.SIGHUP)
+got = ctypes.c_int(-1)
+ctypes.CDLL(None).prctl(2, ctypes.byref(got))  # PR_GET_PDEATHSIG: what the kernel has
+out["parent_death_signal_set"] = got.value
+
+out["child_platform"] = subprocess.run(
+    [sys.executable, "-c", "from shmbus import _platform; print(_platform.PLATFORM.name)"],
+    capture_output=True, text=True, timeout=30).stdout.strip()
+out["left_behind"] = _platform.ledger_leftovers(ledger)
+print(json.dumps(out))
+'''
+
+
+def _probe(mode: str, ledger: str) -> dict[str, Any]:
+    env = {**os.environ, _platform.LEDGER_ENV: ledger, _platform.PLATFORM_ENV: mode}
+    env.pop("SHMBUS_WAIT", None)  # the platform's own choice of waiter
+    done = subprocess.run([sys.executable, "-c", _RULES_PROBE], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    seen: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return seen
+
+
+@pytest.fixture(scope="module")
+def probed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    """What the probe saw in the macOS rules mode ("macos") and on plain Linux."""
+    directory = tmp_path_factory.mktemp("rules")
+    # A ledger each, read by the probe itself: this process may be in the mode, where
+    # the long names the Linux probe made cannot even be asked about.
+    seen = {"macos": _probe(_platform.MACOS_RULES, str(directory / "macos.ledger")),
+            "linux": _probe("", str(directory / "linux.ledger"))}
+    for platform, what in seen.items():
+        assert what["left_behind"] == [], f"the {platform} probe left objects behind"
+    return seen
+
+
+def refused(result: dict[str, Any]) -> bool:
+    return bool(result.get("rule"))
+
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                reason="compares the mode with plain Linux")
+
+@pytest.mark.timeout(120)
+@linux_only
+def test_the_switch_is_read_once_and_inherited_by_child_processes(probed) -> None:
+    assert probed["macos"]["platform"] == "macos-rules"
+    assert probed["macos"]["child_platform"] == "macos-rules"
+    assert probed["linux"]["platform"] == probed["linux"]["child_platform"] == "linux"
+    assert probed["macos"]["start_method"] == "spawn"
+    assert probed["macos"]["needs_fences"] is True  # Apple silicon's memory order
+
+
+def test_an_unknown_platform_mode_is_refused_at_import() -> None:
+    done = subprocess.run([sys.executable, "-c", "import shmbus"], capture_output=True,
+                          text=True, timeout=30,
+                          env={**os.environ, _platform.PLATFORM_ENV: "windows"})
+    assert done.returncode != 0
+    assert "SHMBUS_PLATFORM='windows' is not a platform mode" in done.stderr
+
+
+@pytest.mark.timeout(120)
+@linux_only
+def test_names_longer_than_macos_takes_fail_in_the_mode(probed) -> None:
+    macos, linux = probed["macos"], probed["linux"]
+    for kind in ("segment", "semaphore"):
+        assert macos[f"{kind}_name_30"] == {"ok": "True"}, macos[f"{kind}_name_30"]
+        for length in (31, 32):  # 31: xnu counts the NUL against its 31
+            result = macos[f"{kind}_name_{length}"]
+            assert refused(result) and f"has {length} characters" in result["msg"], result
+            assert linux[f"{kind}_name_{length}"] == {"ok": "True"}  # Linux takes them
+
+
+@pytest.mark.timeout(120)
+@linux_only
+def test_a_segment_is_sized_once_in_the_mode(probed) -> None:
+    result = probed["macos"]["second_ftruncate"]
+    assert refused(result) and "sized already" in result["msg"], result
+    assert probed["linux"]["second_ftruncate"] == {"ok": "None"}  # Linux resizes
+
+
+@pytest.mark.timeout(120)
+@linux_only
+def test_a_mapping_of_no_bytes_fails(probed) -> None:
+    for platform in ("macos", "linux"):  # Linux's mmap refuses it too
+        result = probed[platform]["zero_length_mapping"]
+        assert refused(result) and "cannot map 0 bytes" in result["msg"], result
+
+
+@pytest.mark.timeout(120)
+@linux_only
+def test_semaphores_have_no_value_in_the_mode(probed) -> None:
+    macos = probed["macos"]
+    assert refused(macos["value"]) and macos["value"]["attribute_error"], macos["value"]
+    assert macos["has_value"] is False  # hasattr() says so, as on macOS
+    assert macos["is_a_posix_ipc_semaphore"] is True  # compiled code takes it as one
+    assert probed["linux"]["value"] == {"ok": "0"}
+
+
+@pytest.mark.timeout(120)
+@linux_only
+def test_there_is_no_timed_wait_in_the_mode(probed) -> None:
+    macos, linux = probed["macos"], probed["linux"]
+    timed = macos["timed_acquire"]
+    assert refused(timed) and "sem_timedwait" in timed["msg"], timed
+    assert macos["try_acquire"]["error"] == linux["try_acquire"]["error"] == "BusyError"
+    assert (macos["timed_wait"], macos["waiter"]) == (False, "poll")
+    assert linux["timed_acquire"]["error"] == "BusyError"  # it waited, and timed out
+    assert (linux["timed_wait"], linux["waiter"]) == (True, "timed")
+
+
+@pytest.mark.timeout(120)
+@linux_only
+def test_the_package_cannot_list_shared_memory_in_the_mode(probed) -> None:
+    macos, linux = probed["macos"], probed["linux"]
+    for attempt in ("package_lists", "package_scans", "package_globs", "package_opens"):
+        assert refused(macos[attempt]) and "/dev/shm" in macos[attempt]["msg"], (
+            attempt, macos[attempt])
+        assert not refused(linux[attempt]), (attempt, linux[attempt])
+    assert macos["others_list"] == {"ok": "'list'"}  # tests may look; the package may not
+    assert linux["package_lists"] == {"ok": "None"}
+
+
+@pytest.mark.timeout(120)
+@linux_only
+def test_pages_are_16_kib_in_the_mode_and_sizes_whole_pages(probed) -> None:
+    assert probed["macos"]["page_size"] == 16384
+    assert probed["macos"]["size_seen_by_an_opener"] == 16384  # 1000 bytes asked for
+    assert probed["linux"]["page_size"] == mmap.PAGESIZE
+    assert probed["linux"]["size_seen_by_an_opener"] == 1000
+
+
+@pytest.mark.timeout(120)
+@linux_only
+def test_there_is_no_prctl_in_the_mode(probed) -> None:
+    macos, linux = probed["macos"], probed["linux"]
+    assert refused(macos["package_prctl"]) and "prctl" in macos["package_prctl"]["msg"]
+    assert macos["asked_for_parent_death_signal"] is False
+    assert macos["parent_death_signal_set"] == 0  # nothing was asked of the kernel
+    assert not refused(linux["package_prctl"])
+    assert linux["asked_for_parent_death_signal"] is True
+    assert linux["parent_death_signal_set"] == signal.SIGHUP
+
+
+def test_arena_sizes_are_whole_pages_of_this_platform() -> None:
+    """Sizes derived from the page size are computed from it, whatever it is (16 KiB in
+    the mode), never assumed to be 4 KiB."""
+    with shmbus.EventEmitter("pages") as em:
+        with em.subscribe() as sub:
+            em.emit(b"p" * 100_000, timeout=5)
+            assert sub.recv(timeout=5) == b"p" * 100_000
+            control = _control.ControlBlock.attach(
+                _platform.open_segment(_names.control_name(helpers.token_of(em))), "pages")
+            try:
+                sizes = [size for _, size in control.arena_entries()]
+            finally:
+                control.close()
+    assert sizes and all(size % _platform.page_size() == 0 for size in sizes), sizes

@@ -23,6 +23,7 @@ from typing import Any, Callable
 import pytest
 
 import shmbus
+from shmbus import _platform
 from shmbus._errors import WorkerError
 from shmbus._pool import WorkerPool, WorkerResult, worker_index
 from tests.helpers import context, token_of, wait_until
@@ -451,6 +452,9 @@ time.sleep(60)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.skipif(not _platform.PLATFORM.parent_death_signal,
+                    reason=f"{_platform.PLATFORM.name} has no parent-death signal: see "
+                           "test_without_a_parent_death_signal_workers_still_leave...")
 def test_workers_leave_the_bus_and_exit_when_their_parent_is_sigkilled(
         registry_dir: str) -> None:
     worker_pids: list[int] = []
@@ -478,3 +482,61 @@ def test_workers_leave_the_bus_and_exit_when_their_parent_is_sigkilled(
             parent.wait(5)
             kill_all(worker_pids)
     assert took < 2.0
+
+
+_ORPHANED = """
+import json, sys
+from shmbus._pool import WorkerPool
+
+def handle(directory):
+    import ctypes, os
+    from shmbus._pool import worker_index
+    libc = ctypes.CDLL(None)
+    libc.prctl(1, ctypes.c_ulong(0))  # PR_SET_PDEATHSIG 0: none, wherever one was asked
+    asked = ctypes.c_int(-1)
+    libc.prctl(2, ctypes.byref(asked))  # PR_GET_PDEATHSIG
+    path = os.path.join(directory, str(worker_index()))
+    with open(path + ".new", "w") as out:
+        out.write(str(asked.value))
+    os.replace(path + ".new", path)
+
+pool = WorkerPool(sys.argv[1], handle, workers=2).start()  # the platform's start method
+print(json.dumps(pool.pids), flush=True)
+sys.stdin.read()  # until killed
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.timeout(60)
+def test_without_a_parent_death_signal_workers_still_leave_when_their_parent_is_sigkilled(
+        registry_dir: str, tmp_path: Path) -> None:
+    """The getppid() checks carry the job alone, as on macOS (which the macOS rules mode
+    plays: there the workers never asked for a signal; here they cleared it)."""
+    worker_pids: list[int] = []
+    took = None
+    with shmbus.EventEmitter() as em:
+        parent = subprocess.Popen([sys.executable, "-c", _ORPHANED, em.name],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert parent.stdout is not None
+            worker_pids.extend(json.loads(parent.stdout.readline()))
+            assert em.emit(str(tmp_path), timeout=EMIT_TIMEOUT) == 2
+            files = [tmp_path / str(i) for i in range(2)]
+            wait_until(lambda: all(f.exists() for f in files), timeout=10)
+            assert [f.read_text() for f in files] == ["0", "0"]  # no signal will come
+            assert all(running(pid) for pid in worker_pids)  # handled it, still serving
+            parent.kill()
+            parent.wait(5)
+            killed = time.monotonic()
+
+            wait_until(lambda: not any(running(pid) for pid in worker_pids), timeout=2.0)
+            took = time.monotonic() - killed
+            bus_dir = Path(registry_dir, "buses", token_of(em))
+            assert [n for n in os.listdir(bus_dir) if n.startswith("sub")] == []
+            assert em.subscriber_count == 0
+            assert em.emit("after", timeout=EMIT_TIMEOUT) == 0
+        finally:
+            parent.kill()
+            parent.wait(5)
+            kill_all(worker_pids)
+    assert took is not None and took < 2.0
