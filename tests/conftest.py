@@ -10,10 +10,12 @@ cannot fail the next one. Objects the test did not create are never looked at. T
 from __future__ import annotations
 
 import fcntl
+import multiprocessing.connection
 import os
 import signal
 import sys
 import tempfile
+import time
 
 import pytest
 
@@ -63,6 +65,11 @@ def wait_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
     return request.param
 
 
+FINISH_GRACE = 1.0
+"""How long, in all, the children of a test may take to exit on their own before they are
+killed: a child that holds its subscription until killed costs the test that much."""
+
+
 @pytest.fixture
 def procs():
     """Start worker processes that are killed and reaped after the test, pass or fail."""
@@ -76,6 +83,13 @@ def procs():
 
     start.started = started  # type: ignore[attr-defined]
     yield start
+    # A child still finishing on its own (a bridge or an emitter leaving its closed bus)
+    # gets a moment to remove what it owns: killed midway, it would leave it behind.
+    finishing = [proc.sentinel for proc in started if proc.is_alive()]
+    deadline = time.monotonic() + FINISH_GRACE
+    while finishing and time.monotonic() < deadline:
+        done = multiprocessing.connection.wait(finishing, deadline - time.monotonic())
+        finishing = [sentinel for sentinel in finishing if sentinel not in done]
     for proc in started:
         if proc.is_alive():
             try:
