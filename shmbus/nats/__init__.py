@@ -10,7 +10,7 @@
 Needs the `nats` extra (nats-py): `pip install 'shmbus[nats]'`. The modules, one concept
 each: `_wire` (names, message ids, markers, URLs), `_jetstream` (the connection and the
 stream), `_publisher` and `_pump` (the bridge's publishing, leadership and standby),
-`_bridge` (`Bridge`), `_loop`, `_doorbell`, `_feed` and `_order` (a remote
+`_bridge` (`Bridge`), `_loop`, `_notice`, `_feed` and `_order` (a remote
 subscription's loop thread, wake-ups, consumer and ordering), `_remote`
 (`RemoteSubscription`). docs/design.md tells the whole story.
 """

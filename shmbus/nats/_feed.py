@@ -9,7 +9,7 @@ once judged (`discard`), queue acknowledgements (`ack`) and ask for a resync; th
 thread fills the buffer, sends acknowledgements in batches, and redelivers after a
 reconnect. Every piece of state both sides touch (the buffer, its epoch, the queued
 acknowledgements, a fatal error, the closing flag) is touched under `_lock`, and each
-change a waiter may be waiting for rings the doorbell (`_doorbell`). Everything else
+change a waiter may be waiting for announces it (`_notice`). Everything else
 (the connection, the fetching task) belongs to the loop thread alone.
 
 ## Acknowledged when handed over, redelivered from the floor
@@ -53,7 +53,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
 
 from .._errors import Closed, NatsError, NatsUnavailable, ShmBusError
-from ._doorbell import Doorbell
+from ._notice import ChangeNotice
 from ._jetstream import (
     CONNECT_TIMEOUT,
     RECONNECT_WAIT,
@@ -81,7 +81,7 @@ class Feed:
         self.address = address
         self.capacity = capacity
         self.consumer = address.durable or f"shmbus_{secrets.token_hex(8)}"
-        self.doorbell = Doorbell()
+        self.notice = ChangeNotice()
         self._lock = threading.Lock()
         self._buffer: deque[Msg] = deque()
         self._epoch = 0
@@ -124,7 +124,7 @@ class Feed:
         """Refuse every further look (`first` raises `Closed`) and wake every waiter."""
         with self._lock:
             self._closing = True
-        self.doorbell.ring()
+        self.notice.announce()
 
     def close(self, forget: bool) -> None:
         """Send what is acknowledged, disconnect (deleting the consumer if `forget`) and
@@ -305,7 +305,7 @@ class Feed:
                 if self._epoch != epoch:
                     return  # reset meanwhile: these come again
                 self._buffer.extend(msgs)
-            self.doorbell.ring()
+            self.notice.announce()
 
     def _room_for(self, epoch: int) -> int | None:
         """How many messages to fetch now; None once this epoch is over."""
@@ -321,7 +321,7 @@ class Feed:
     def _fail(self, error: ShmBusError) -> None:
         with self._lock:
             self._fatal = error
-        self.doorbell.ring()
+        self.notice.announce()
 
     async def _on_reconnect(self) -> None:
         # Deliveries in flight when the connection dropped are lost; what the server sends

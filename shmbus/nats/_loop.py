@@ -13,7 +13,7 @@ nats-py is asyncio, and the subscription must work the same from plain threads, 
 number of them, and from any event loop, even one that is closed while the connection
 lives on. The connection's own tasks (reading the socket, pings, reconnects) need a loop
 that runs all the time: only a loop of its own gives them that. The caller's side talks
-to it through thread-safe calls and futures (see `_doorbell`), never by sharing a loop.
+to it through thread-safe calls and futures (see `_notice`), never by sharing a loop.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ idempotent `close`, fork ownership, the exit hook).
 
 Taking is never waiting. Under the subscription's lock, a call takes what the feed has
 ready (judging, parking and acknowledging it) and returns at once, with events or with
-nothing; only then, outside the lock, does it wait for the doorbell (`_doorbell`) that
+nothing; only then, outside the lock, does it wait for the change notice (`_notice`) that
 the loop thread rings when messages arrive and `close()` rings when it begins. So a
 thread in `recv` and a task in `arecv` wait the same way, without holding anything:
 two threads receiving at once each take whole outcomes under the lock (never the same
@@ -30,7 +30,7 @@ anything else happens to it, and acknowledged only when it is handed over: an
 interruption leaves it parked for the next call, and a subscription closed before then
 leaves it unacknowledged for the next subscriber of the same durable consumer (so an end
 marker or lost-event marker seen ahead of the caller is never swallowed). `arecv` takes
-synchronously and awaits only the doorbell: cancelling it is exactly a timeout.
+synchronously and awaits only the change notice: cancelling it is exactly a timeout.
 
 ## Trust
 
@@ -222,27 +222,27 @@ class RemoteSubscription(Handle):
     # -- waiting ------------------------------------------------------------------------
 
     def _receive(self, max_n: int, deadline: float | None) -> list[Any]:
-        doorbell = self._feed.doorbell
+        notice = self._feed.notice
         while True:
             values = self._take_now(max_n, deadline)
             if values is not None:
                 return values
-            ticket = doorbell.listen()  # then look again: a ring from now on is not lost
+            ticket = notice.listen()  # then look again: a change from now on is not missed
             try:
                 values = self._take_now(max_n, deadline)
                 if values is not None:
                     return values
                 self._check_deadline(deadline)
-                doorbell.wait(ticket, deadline)
+                notice.wait(ticket, deadline)
             finally:
-                doorbell.forget(ticket)
+                notice.forget(ticket)
 
     async def _areceive(self, max_n: int, deadline: float | None) -> list[Any]:
         # Taking never waits, so cancellation can land only at an `await`: an outcome
         # is either handed over or left where it was.
-        doorbell = self._feed.doorbell
+        notice = self._feed.notice
         while True:
-            ticket = doorbell.listen()
+            ticket = notice.listen()
             try:
                 values = self._try_take_now(max_n)
                 if isinstance(values, list):
@@ -251,9 +251,9 @@ class RemoteSubscription(Handle):
                 if values is _BUSY:
                     await asyncio.sleep(POLL_MAX_SLEEP)
                 else:
-                    await doorbell.await_(ticket, deadline)
+                    await notice.await_(ticket, deadline)
             finally:
-                doorbell.forget(ticket)
+                notice.forget(ticket)
 
     def _check_deadline(self, deadline: float | None) -> None:
         if expired(deadline):

@@ -1,11 +1,11 @@
-"""The doorbell: how a remote subscription's loop thread wakes whoever waits for events.
+"""The change notice: how a remote subscription's loop thread wakes whoever waits for events.
 
 ## Shape
 
 A waiter, a thread in `recv` or a task in `arecv`, takes a ticket (`listen`), looks for
 what it wants, and only if it is not there waits for the ticket. Whoever changes what
 waiters look at (the loop thread when messages arrive or the connection fails, `close()`
-from any thread) rings the bell after the change: every ticket taken before is
+from any thread) announces the change after making it: every ticket taken before is
 completed. A change between `listen` and the wait completes the ticket early, so no
 wake-up is lost; a ticket completed for a change that was not the waiter's costs one
 look.
@@ -19,7 +19,7 @@ loop through `call_soon_threadsafe`. Cancelling the task cancels only its own ti
 A `threading.Condition` cannot be awaited: an event loop would block in it. Running
 `recv` on an executor thread per `arecv` costs a thread per waiting task, and a
 cancelled task would leave the thread waiting on, taking events no one will get. A
-future per wait serves both kinds of waiter, and a ring from a thread whose event loop
+future per wait serves both kinds of waiter, and an announcement from a thread whose event loop
 has closed meanwhile is dropped by asyncio itself.
 """
 
@@ -33,7 +33,7 @@ import time
 _LONGEST_WAIT = 3600.0  # a longer timeout waits in parts: the OS refuses huge ones
 
 
-class Doorbell:
+class ChangeNotice:
     """Wakes every thread and task waiting for a change, from any thread."""
 
     def __init__(self) -> None:
@@ -41,13 +41,13 @@ class Doorbell:
         self._tickets: set[concurrent.futures.Future[None]] = set()
 
     def listen(self) -> "concurrent.futures.Future[None]":
-        """A ticket completed by the next `ring()`; pass it to `wait`/`await_`."""
+        """A ticket completed by the next `announce()`; pass it to `wait`/`await_`."""
         ticket: concurrent.futures.Future[None] = concurrent.futures.Future()
         with self._lock:
             self._tickets.add(ticket)
         return ticket
 
-    def ring(self) -> None:
+    def announce(self) -> None:
         with self._lock:
             tickets, self._tickets = self._tickets, set()
         for ticket in tickets:
@@ -59,7 +59,7 @@ class Doorbell:
             self._tickets.discard(ticket)
 
     def wait(self, ticket: "concurrent.futures.Future[None]", deadline: float | None) -> None:
-        """Block until `ticket` is rung or `deadline` (`time.monotonic()`) passes."""
+        """Block until `ticket` is completed by `announce` or `deadline` (`time.monotonic()`) passes."""
         try:
             while True:
                 try:
@@ -78,7 +78,7 @@ class Doorbell:
         try:
             await asyncio.wait({waiter}, timeout=_remaining(deadline))
         finally:
-            waiter.cancel()  # a no-op once rung; else the ticket is cancelled too
+            waiter.cancel()  # a no-op once completed; else the ticket is cancelled too
             self.forget(ticket)
 
 
