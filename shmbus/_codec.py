@@ -209,32 +209,20 @@ def _encode_by_value(event: Any) -> bytes:
 def decode(data: Any, buffers: "list[Any] | None" = None) -> Any:
     """Unpickle one event; a failure is reported for this event alone.
 
-    An event whose unpickling raises `KeyboardInterrupt` or `SystemExit` is undecodable
-    like any other, not an interruption of the caller. A real Ctrl-C that happens to
-    land while an event is being unpickled is told apart by unpickling once more: only
-    an event that raises it again is the event's doing (see `_interrupted_or_undecodable`).
+    An event whose unpickling raises, even `KeyboardInterrupt` or `SystemExit`, is
+    undecodable, not an interruption of the caller. But a signal handler's exception (a
+    real Ctrl-C, `signal.alarm` raising `TimeoutError`) may land while an event is being
+    unpickled; it is told apart by unpickling once more: only an event that raises the
+    same again is the event's doing (see `_interrupted_or_undecodable`).
     """
     try:
         return pickle.loads(data, buffers=buffers)
-    except Exception as exc:
-        raise _undecodable(exc) from exc
     except BaseException as exc:
         _interrupted_or_undecodable(exc, lambda: pickle.loads(data, buffers=buffers))
 
 
-def decode_all(payloads: list[Any]) -> list[Any]:
-    """`decode` each, in one C-level loop; `DeserializationError` if any fails (then
-    decode them one by one to find which)."""
-    try:
-        return list(map(pickle.loads, payloads))
-    except Exception as exc:
-        raise DeserializationError(f"one of {len(payloads)} events cannot be unpickled") from exc
-    except BaseException as exc:
-        _interrupted_or_undecodable(exc, lambda: list(map(pickle.loads, payloads)))
-
-
 def _interrupted_or_undecodable(exc: BaseException, again: Callable[[], Any]) -> NoReturn:
-    """Raise `exc` (a real interruption: nothing is consumed) if unpickling succeeds on a
+    """Raise `exc` (an interruption: nothing is consumed) if unpickling succeeds on a
     second try, or `DeserializationError` if it raises the same again (the event does).
 
     Only a second signal landing inside the second try could fool this, and then an

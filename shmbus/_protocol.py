@@ -301,14 +301,14 @@ def _decoded(payload: bytes, loads: Decode, decode: Decode, count: int) -> list[
     try:
         value = loads(payload)
         return list(value) if count > 1 else [value]
-    except BaseException as first:
+    except BaseException:
         try:
-            value = decode(payload)  # raises the caller's error, or a real interruption
-        except Exception as error:
+            decode(payload)  # raises the caller's error, or an interruption
+        except DeserializationError as error:
             return [Undecodable(error)] * count
-        if not isinstance(first, Exception):
-            raise  # a real interruption: it decodes on a second try (see `_codec`)
-        return list(value) if count > 1 else [value]
+        # It decodes on a second try: what stopped the first was no fault of the event's
+        # but a signal handler's exception (see `_codec`), raised with nothing consumed.
+        raise
 
 
 def _decoded_large(seq: int, kind: int, ref: bytes, load_large: LoadLarge) -> list[Any]:

@@ -246,6 +246,48 @@ def test_a_real_ctrl_c_during_unpickling_interrupts_and_loses_nothing(how):
         assert receive(timeout=5) in ("loaded", ["loaded", "after"])
 
 
+class _HandlersOwn(Exception):
+    pass
+
+
+def _raise_handlers_own(signum: int, frame: object) -> None:
+    raise _HandlersOwn(signum)
+
+
+class SlowToLoadWith:
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+
+    def __reduce__(self):
+        return (_load_slowly_with, (self.payload,))
+
+
+def _load_slowly_with(payload: bytes) -> bytes:
+    time.sleep(0.4)  # a signal's handler raises in here
+    return payload
+
+
+@pytest.mark.parametrize("size", [10, 100_000])  # in its slot; in the large-event memory
+@pytest.mark.parametrize("how", ["recv", "recv_many"])
+def test_a_signal_handlers_exception_during_unpickling_interrupts_and_loses_nothing(
+        size, how):
+    # Any exception, not only KeyboardInterrupt: signal.alarm raising TimeoutError, say.
+    previous = signal.signal(signal.SIGALRM, _raise_handlers_own)
+    try:
+        with shmbus.EventEmitter("handlerload") as em, em.subscribe() as sub:
+            payload = b"x" * size
+            em.emit(SlowToLoadWith(payload))
+            em.emit("after")
+            receive = sub.recv if how == "recv" else lambda **kw: sub.recv_many(10, **kw)
+            signal.setitimer(signal.ITIMER_REAL, 0.1)
+            with pytest.raises(_HandlersOwn):
+                receive(timeout=5)
+            assert receive(timeout=5) in (payload, [payload, "after"])
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def test_a_keyboard_interrupt_ends_a_blocked_recv():
     with shmbus.EventEmitter("rintr") as em, em.subscribe() as sub:
         timer = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT))
