@@ -245,12 +245,18 @@ class EventEmitter(Handle):
             # called, not as they may leave its buffers.
             payload = payload.copied()
         deadline = deadline_after(timeout)
+        patience = _Patience(self._warn_after)
         while True:
             # Each try is synchronous, and cancellation lands only at the `await`: the
             # event is committed whole or not at all.
             outcome = self._try_send(payload)
             if isinstance(outcome, int):
                 return outcome
+            waited = patience.exhausted()
+            if waited is not None and outcome.outlets:
+                log.warning("aemit on bus %r has waited %.0f s for %s, which has no room "
+                            "for the event; it is alive (a stuck or slow reader?)",
+                            self._name, waited, ", ".join(o.who() for o in outcome.outlets))
             if expired(deadline):
                 names = (", ".join(o.who() for o in outcome.outlets)
                          or "another thread's emit")
@@ -492,7 +498,8 @@ class EventEmitter(Handle):
                 self._reclaim(seq)  # read by everyone meanwhile, or nobody left to read it
                 continue
             if not wait:
-                raise _RingsFull([slowest])
+                raise _RingsFull([slowest], lambda: self._fanout.oldest_unread(
+                    slowest.sub_id) > oldest)
             # Room comes when the slowest subscriber has read the oldest large event in
             # flight, and no longer reads it in place (a view it still holds).
             self._await(slowest, lambda: self._fanout.oldest_unread(slowest.sub_id) > oldest,
@@ -547,22 +554,25 @@ class EventEmitter(Handle):
                 self._look()
                 return self._send([payload], None, wait=False)[1]
             except _RingsFull as full:
-                return self._listen_for_room(full.outlets)
+                return self._listen_for_room(full)
         finally:
             self._lock.release()
 
-    def _listen_for_room(self, full: list[_Outlet]) -> "_Waiting":
+    def _listen_for_room(self, full: _RingsFull) -> "_Waiting":
         """Under the lock (`close()` cannot free a ring meanwhile): raise the emitter's
-        flag in each full ring, then look once more (see `_bell`)."""
+        flag in each ring waited for, then look once more (see `_bell`)."""
         if self._bell is None:
             self._bell = Bell(self._registry.bell_path(self._token, "emitter"))
-        for outlet in full:
+        outlets = full.outlets
+        for outlet in outlets:
             outlet.ring.flags[EMITTER_WAITING] = 1
-        fence(full[0].ring.space)
+        fence(outlets[0].ring.space)
         seq = self._fanout.committed
-        if any(o.ring.sub_closed or self._fanout.has_room(o.sub_id, seq) for o in full):
-            return _Waiting(full, None)
-        return _Waiting(full, self._bell)
+        if any(o.ring.sub_closed for o in outlets) or (
+                full.has_room() if full.has_room is not None
+                else any(self._fanout.has_room(o.sub_id, seq) for o in outlets)):
+            return _Waiting(outlets, None)
+        return _Waiting(outlets, self._bell)
 
     async def _await_room_async(self, waiting: "_Waiting", deadline: float | None) -> None:
         if not waiting.outlets:
@@ -571,6 +581,8 @@ class EventEmitter(Handle):
         try:
             if waiting.bell is not None:
                 await waiting.bell.wait(slice_until(deadline))
+            else:
+                await asyncio.sleep(0)  # room came meanwhile; the loop runs before a retry
         finally:
             self._stop_listening(waiting)
 
@@ -603,7 +615,7 @@ class EventEmitter(Handle):
         slice at a time, checking between slices that it lives, and saying so in the log
         when it takes long (`warn_after`)."""
         began = time.monotonic_ns()
-        warning = self._warn_after
+        patience = _Patience(self._warn_after)
         try:
             while True:
                 if self._closing:
@@ -623,12 +635,11 @@ class EventEmitter(Handle):
                             f"emit timed out: {outlet.who()} of bus {self._name!r} "
                             f"{why()}; no subscriber received the event"
                         )
-                waited = (time.monotonic_ns() - began) / 1e9
-                if warning is not None and waited >= warning:
+                waited = patience.exhausted()
+                if waited is not None:
                     log.warning("emit on bus %r has waited %.0f s for %s, which %s; it is "
                                 "alive (a stuck or slow reader?)", self._name, waited,
                                 outlet.who(), why())
-                    warning = min(2 * warning, waited + WARN_AT_MOST_EVERY)
         finally:
             if outlet.sub_id in self._outlets:
                 outlet.ring.add_blocked_ns(time.monotonic_ns() - began)
@@ -707,11 +718,34 @@ class _Waiting:
         self.began = time.monotonic_ns()
 
 
-class _RingsFull(Exception):
-    """`_send(wait=False)` found these rings full; nothing was sent."""
+class _Patience:
+    """When a wait that began now has lasted long enough to be logged: after `first`
+    seconds, then twice as long, and so on, but at least every `WARN_AT_MOST_EVERY`."""
 
-    def __init__(self, outlets: list[_Outlet]) -> None:
+    __slots__ = ("began", "next")
+
+    def __init__(self, first: float | None) -> None:
+        self.began = time.monotonic()
+        self.next = first
+
+    def exhausted(self) -> float | None:
+        """The seconds waited, if it is time to say so; else None."""
+        waited = time.monotonic() - self.began
+        if self.next is None or waited < self.next:
+            return None
+        self.next = min(2 * self.next, waited + WARN_AT_MOST_EVERY)
+        return waited
+
+
+class _RingsFull(Exception):
+    """`_send(wait=False)` found no room for the event at these subscribers (their rings
+    are full, or the large events they hold fill the arena); nothing was sent.
+    `has_room()` says when to try again (None: when their rings have room)."""
+
+    def __init__(self, outlets: list[_Outlet],
+                 has_room: Callable[[], bool] | None = None) -> None:
         self.outlets = outlets
+        self.has_room = has_room
 
 
 def _validate_warn_after(warn_after: object) -> float | None:

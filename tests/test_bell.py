@@ -392,3 +392,41 @@ def test_a_loop_closed_with_arecv_waiting_leaves_later_loops_fast():
         late = [asyncio.run(woken_after()) for _ in range(5)]
         # A bell that never listens again wakes only at each 0.1 s slice.
         assert max(late) < 0.05, f"arecv woke {late} s after the emit"
+
+
+def test_aemit_waiting_for_large_event_memory_lets_the_loop_run():
+    # The arena full, not the ring: the wait is for the subscriber to read, in this loop.
+    async def main() -> None:
+        with shmbus.EventEmitter("bigwait", large_bytes=1 << 20, warn_after=None) as em, \
+                em.subscribe() as sub:
+            ticker = Ticker()
+
+            async def consume() -> list[int]:
+                await asyncio.sleep(0.5)
+                return [len(await sub.arecv(timeout=5)) for _ in range(3)]
+
+            consumer = asyncio.ensure_future(consume())
+            cpu = time.process_time()
+            for _ in range(3):
+                await em.aemit(bytes(400_000), timeout=5)
+            assert await consumer == [400_000] * 3
+            ticker.stop()
+            assert ticker.ticks >= 50  # the loop ran while aemit waited (0.5 s of 1 ms ticks)
+            assert time.process_time() - cpu < 0.4  # and aemit did not spin
+
+    asyncio.run(main())
+
+
+def test_a_blocked_aemit_says_so_in_the_log_naming_the_pid(caplog):
+    async def main() -> None:
+        with shmbus.EventEmitter("astuck", capacity=1, warn_after=0.3) as em, \
+                em.subscribe():
+            await em.aemit("fills the ring")
+            with caplog.at_level("WARNING", logger="shmbus"), \
+                    pytest.raises(shmbus.Timeout):
+                await em.aemit("one more", timeout=1.5)
+
+    asyncio.run(main())
+    warnings = [r.getMessage() for r in caplog.records if r.name == "shmbus"]
+    assert 2 <= len(warnings) <= 3, warnings  # at 0.3 s and 0.6 s (and 1.2 s): not more
+    assert all(f"pid {os.getpid()}" in warning for warning in warnings), warnings
