@@ -73,6 +73,10 @@ larger than half of it, one segment each), and `emit` waits when it is full."""
 
 MIN_LARGE_BYTES = 1 << 20
 
+MAX_LARGE_BYTES = 1 << 46
+"""The largest bound: 64 TiB, far beyond any machine's shared memory, and well inside the
+control block's 64-bit words."""
+
 START_BYTES = 4 << 20
 """The arena's first size (a quarter of the bound, if that is less), unless the first
 large event needs more. Once that is full, it grows in one step to what the bound leaves;
@@ -457,9 +461,9 @@ def remove_all(token: str, control: ControlBlock) -> None:
 def validate_large_bytes(large_bytes: object) -> int:
     if isinstance(large_bytes, bool) or not isinstance(large_bytes, int):
         raise InvalidArgument(f"large_bytes must be an int, got {type(large_bytes).__name__}")
-    if large_bytes < MIN_LARGE_BYTES:
+    if not MIN_LARGE_BYTES <= large_bytes <= MAX_LARGE_BYTES:
         raise InvalidArgument(
-            f"large_bytes must be at least {MIN_LARGE_BYTES} ({MIN_LARGE_BYTES >> 20} MiB), "
-            f"got {shown(large_bytes)}"
+            f"large_bytes must be from {MIN_LARGE_BYTES} ({MIN_LARGE_BYTES >> 20} MiB) to "
+            f"{MAX_LARGE_BYTES} ({MAX_LARGE_BYTES >> 40} TiB), got {shown(large_bytes)}"
         )
     return large_bytes

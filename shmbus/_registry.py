@@ -214,14 +214,18 @@ class Registry:
             except FileExistsError:
                 continue
             life: LifeLock | None = None
+            created = False
             try:
                 record = {**record, "version": REGISTRY_VERSION, "name": name,
                           "token": token}
                 life = LifeLock.create(self.emitter_path(token), _json(record))
                 buf = _platform.create_segment(_names.control_name(token), CONTROL_SIZE)
+                created = True
                 return token, life, ControlBlock.initialize(buf, slot_size,
                                                             default_capacity, large_bytes)
             except BaseException as exc:
+                if created:  # the registry that names it goes next: nothing else would
+                    _platform.unlink_segment(_names.control_name(token))
                 _remove_tree_quietly(self.bus_dir(token))
                 if life is not None:
                     life.release()

@@ -11,7 +11,7 @@ import time
 import pytest
 
 import shmbus
-from shmbus import _registry
+from shmbus import _control, _registry
 from tests import helpers
 
 pytestmark = pytest.mark.timeout(60)
@@ -345,3 +345,17 @@ def test_a_symlink_to_a_directory_others_may_read_is_refused(monkeypatch, tmp_pa
     monkeypatch.setenv(_registry.DIR_ENV, str(tmp_path / "link"))
     with pytest.raises(shmbus.ShmBusError, match="must be private"):
         shmbus.EventEmitter("linked")
+
+
+def test_an_emitter_that_fails_halfway_leaves_nothing(monkeypatch):
+    # The leak check after the test sees any control block left behind.
+    with pytest.raises(shmbus.InvalidArgument, match="large_bytes"):
+        shmbus.EventEmitter("toolarge", large_bytes=2**70)
+
+    def fail(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_control.ControlBlock, "initialize", fail)
+    with pytest.raises(KeyboardInterrupt):
+        shmbus.EventEmitter("interrupted")
+    assert shmbus.buses() == []
