@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import os
 import threading
 import time
@@ -811,8 +812,22 @@ def _upkeep_all() -> None:
         for emitter in emitters:
             try:
                 emitter._upkeep()
-            except Exception:  # never the end of the thread: the next emit will see it
-                log.exception("upkeep of %r failed", emitter)
+            except Exception as exc:  # never the end of the thread: the next emit sees it
+                _complain_once_a_minute(emitter, exc)
         del emitters, emitter
+
+
+_complaints: dict[str, float] = {}
+
+
+def _complain_once_a_minute(emitter: EventEmitter, exc: Exception) -> None:
+    # A lasting cause (a process at its file limit) would log every UPKEEP_INTERVAL.
+    said = f"upkeep of {emitter!r} failed: {exc}"
+    now = time.monotonic()
+    if now - _complaints.get(said, -math.inf) >= 60:
+        if len(_complaints) > 1000:
+            _complaints.clear()
+        _complaints[said] = now
+        log.warning("%s", said, exc_info=not isinstance(exc, ShmBusError))
 
 

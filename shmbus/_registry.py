@@ -53,6 +53,7 @@ from typing import Any
 import posix_ipc
 
 from . import _arena, _names, _platform, _ring
+from ._platform import files_checked
 from ._control import SIZE as CONTROL_SIZE
 from ._control import ControlBlock
 from ._errors import (
@@ -458,7 +459,7 @@ class Registry:
     def read_record(path: str) -> dict[str, Any]:
         """The JSON record at `path`, checked; IncompatibleBus if it is not ours."""
         try:
-            with open(path, "rb") as f:
+            with files_checked(), open(path, "rb") as f:
                 raw = f.read(65536)
         except FileNotFoundError:
             return {}
@@ -541,7 +542,8 @@ def _ensure_private_dir(path: str) -> None:
 
 def _listdir(path: str) -> list[str]:
     try:
-        return os.listdir(path)
+        with files_checked():
+            return os.listdir(path)
     except FileNotFoundError:
         return []
 

@@ -375,6 +375,8 @@ with shmbus.EventEmitter("full", large_bytes=1 << 20) as em:
     seen["recv"] = attempt(sub.recv)
     seen["subscribe"] = attempt(lambda: shmbus.subscribe("full"))
     seen["emitter"] = attempt(lambda: shmbus.EventEmitter("another"))
+    seen["count"] = attempt(lambda: em.subscriber_count)
+    seen["emit"] = attempt(lambda: em.emit("small"))  # needs no descriptor, or says so
     for fd in hogs[:4]:
         os.close(fd)
     seen["then"] = [sub.recv(timeout=5) == big, sub.recv(timeout=5) == big[::-1]]
@@ -393,9 +395,10 @@ def test_running_out_of_descriptors_is_a_clear_error_and_loses_nothing():
                           text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     seen = json.loads(done.stdout.strip().splitlines()[-1])
-    for call in ("recv", "subscribe", "emitter"):
+    for call in ("recv", "subscribe", "emitter", "count"):
         assert seen[call]["shmbus"], (call, seen[call])
         assert "limit of" in seen[call]["msg"] and "open files" in seen[call]["msg"], seen
+    assert "ok" in seen["emit"] or seen["emit"]["shmbus"], seen["emit"]
     assert seen["then"] == [True, True]  # the event that could not be read was not lost
 
 
