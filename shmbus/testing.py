@@ -38,6 +38,7 @@ import os
 import shutil
 import signal
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +55,10 @@ from ._registry import DIR_ENV
 __all__ = ["Received", "SubscriberProcess", "leftovers", "remove_leftovers"]
 
 JOIN_TIMEOUT = 5.0
+
+FINISH_GRACE = 1.0
+"""After a test, how long in all its subscriber processes may take to end on their own
+(one draining a bus the test closed removes its ring) before they are killed."""
 
 
 def leftovers(ledger: str) -> list[tuple[str, str]]:
@@ -151,7 +156,7 @@ class SubscriberProcess:
         said = ours.recv()
         if said != "subscribed":
             self._process.join(JOIN_TIMEOUT)
-            raise AssertionError(f"the subscriber of bus {self.name!r} failed: {said}")
+            raise said  # what subscribe() raised there (BusNotFound, say), as it was
         return self
 
     def result(self, timeout: float = 30.0) -> Received:
@@ -163,8 +168,11 @@ class SubscriberProcess:
         self._process.join(JOIN_TIMEOUT)
         return received
 
-    def kill(self) -> None:
-        """Stop it now if it still runs (SIGKILL: the bus reaps what it leaves)."""
+    def kill(self, grace: float = 0.0) -> None:
+        """Stop it if it still runs after `grace` seconds (SIGKILL: the bus reaps what it
+        leaves; a process still draining a closed bus gets the grace to remove it)."""
+        if self._process is not None and grace > 0:
+            self._process.join(grace)
         if self._process is not None and self._process.is_alive():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self._process.pid, signal.SIGKILL)
@@ -186,8 +194,9 @@ def shmbus_subscriber(shmbus_registry: str) -> Iterator[Callable[..., Subscriber
         return process.start()
 
     yield start
+    deadline = time.monotonic() + FINISH_GRACE
     for process in started:
-        process.kill()
+        process.kill(grace=max(0.0, deadline - time.monotonic()))
 
 
 def _receive(name: str, count: int | None, handler: Callable[[Any], Any] | None,
@@ -195,7 +204,7 @@ def _receive(name: str, count: int | None, handler: Callable[[Any], Any] | None,
     try:
         sub = subscribe(name, capacity=capacity, wait=wait)
     except Exception as exc:
-        conn.send(f"{type(exc).__name__}: {exc}")
+        conn.send(exc)
         return
     events: list[Any] = []
     error = None

@@ -67,3 +67,23 @@ def test_a_leak_fails_the_test_that_made_it_and_is_removed(pytester: pytest.Pyte
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(passed=2, errors=1)
     assert "the test left shared objects behind" in result.stdout.str()
+
+
+def test_a_subscriber_still_draining_a_closed_bus_is_not_a_leak(
+        pytester: pytest.Pytester) -> None:
+    # Fixtures in this order close the bus first: the subscriber then drains and leaves,
+    # and must be given the moment that takes instead of being killed halfway.
+    pytester.makepyfile('''
+        import pytest
+        import shmbus
+
+        def test_subscriber_first(shmbus_subscriber, shmbus_bus):
+            em = shmbus_bus("drained")
+            shmbus_subscriber("drained")  # no count: receives until the bus closes
+            em.emit_many(range(1000))
+
+        def test_a_missing_bus_is_what_subscribe_raises(shmbus_subscriber):
+            with pytest.raises(shmbus.BusNotFound):
+                shmbus_subscriber("nobody", wait=0.1)
+    ''')
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=2)
