@@ -287,22 +287,29 @@ class EventEmitter(Handle):
         deadline = deadline_after(timeout)
         pause = 0.002
         while True:
-            live = self._joined()
-            if live >= count:
+            live = self._joined(deadline)
+            if live is not None and live >= count:
                 return live
             if expired(deadline):
+                if live is None:
+                    live = self.subscriber_count
+                    raise Timeout(f"{live} of {count} subscribers are on bus {self._name!r}, "
+                                  f"but another thread's emit held the emitter for all of "
+                                  f"{timeout:g} s, so none could be taken on")
                 raise Timeout(f"only {live} of {count} subscribers joined bus "
                               f"{self._name!r} within {timeout:g} s")
             time.sleep(min(pause, slice_until(deadline)))
             pause = min(2 * pause, WAIT_STEP)
 
-    def _joined(self) -> int:
-        """Live subscribers whose rings every later `emit` writes to. A subscriber
-        still joining is listed in the registry before its ring exists: an event emitted
-        then would not reach it, so it is not counted until its ring is adopted."""
+    def _joined(self, deadline: float | None) -> int | None:
+        """Live subscribers whose rings every later `emit` writes to; None if another
+        thread's emit holds the emitter. A subscriber still joining is listed in the
+        registry before its ring exists: an event emitted then would not reach it, so it
+        is not counted until its ring is adopted."""
         self._check_usable()
-        if not self._take_lock(time.monotonic() + WAIT_STEP):
-            return 0  # another thread's emit is waiting on a ring: look again later
+        soon = time.monotonic() + WAIT_STEP
+        if not self._take_lock(soon if deadline is None else min(soon, deadline)):
+            return None
         try:
             self._refresh()
             live = set(self._registry.live_subscribers(self._token, self._control))

@@ -45,5 +45,5 @@ def subscribe(name: str, *, capacity: int | None = None, wait: float = 0.0) -> S
         from .nats import subscribe_remote  # the optional layer, only when asked for
 
         return subscribe_remote(name, capacity=capacity, wait=wait)
-    return subscribe_local(name, capacity=capacity, wait=math.inf if wait == math.inf
-                           else float(wait))
+    return subscribe_local(name, capacity=capacity, wait=math.inf if wait >= 1e15
+                           else float(wait))  # an int too large for a float waits forever

@@ -171,9 +171,13 @@ def deadline_after(timeout: float | None) -> float | None:
         raise InvalidArgument(f"timeout must be None or a number of seconds, got {shown(timeout)}")
     if timeout != timeout or timeout < 0:
         raise InvalidArgument(f"timeout must be None or a number >= 0, got {shown(timeout)}")
-    if timeout == math.inf:
+    if timeout >= _FOREVER:  # an int too large for a float, too
         return None
     return time.monotonic() + timeout
+
+
+_FOREVER = 1e15
+"""A timeout this long (30 million years) or longer waits as long as it takes."""
 
 
 def slice_until(deadline: float | None) -> float:

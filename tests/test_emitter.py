@@ -574,3 +574,20 @@ def test_a_subscriber_still_joining_is_not_counted_as_one_that_gets_every_event(
             joiner.join(10)
             for sub in subs:
                 sub.close()
+
+
+def test_waiting_for_subscribers_beside_a_blocked_emit_says_why_it_cannot_tell():
+    with shmbus.EventEmitter("busy", capacity=1) as em, em.subscribe() as sub:
+        em.emit("fills the ring")
+        blocked = threading.Thread(target=lambda: em.emit("waits", timeout=1))
+        blocked.start()
+        try:
+            time.sleep(0.1)
+            began = time.monotonic()
+            with pytest.raises(shmbus.Timeout, match="1 of 1 .* another thread's emit"):
+                em.wait_for_subscribers(1, timeout=0.2)
+            assert time.monotonic() - began < 0.2 + 0.1
+        finally:
+            sub.recv(timeout=5)
+            blocked.join(5)
+        assert em.wait_for_subscribers(1, timeout=1) == 1

@@ -61,7 +61,7 @@ def test_a_negative_or_nan_timeout_is_refused(bad):
         _wait.deadline_after(bad)
 
 
-@pytest.mark.parametrize("timeout", [math.inf, 9.3e9, 1e300])
+@pytest.mark.parametrize("timeout", [math.inf, 9.3e9, 1e300, 10**400])
 def test_infinite_and_huge_timeouts_mean_wait_as_long_as_it_takes(timeout):
     with shmbus.EventEmitter("forever") as em, em.subscribe() as sub:
         assert em.emit("one", timeout=timeout) == 1
@@ -74,6 +74,8 @@ def test_infinite_and_huge_timeouts_mean_wait_as_long_as_it_takes(timeout):
             return await sub.arecv(timeout=timeout)
 
         assert asyncio.run(both()) == "four"
+        with shmbus.subscribe("forever", wait=timeout):  # there: returns at once
+            assert em.wait_for_subscribers(2, timeout=timeout) == 2
 
 
 def test_a_huge_timeout_still_waits_for_another_thread():

@@ -86,7 +86,7 @@ def subscribe_remote(name: str, *, capacity: int | None = None,
     if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not wait >= 0:
         raise InvalidArgument(f"wait must be a number of seconds >= 0, got {shown(wait)}")
     try:
-        return RemoteSubscription._open(address, capacity, deadline_after(float(wait)))
+        return RemoteSubscription._open(address, capacity, deadline_after(wait))
     except NatsUnavailable as exc:
         if not wait:
             raise
