@@ -127,7 +127,19 @@ class Registry:
     """One registry directory and the operations on it."""
 
     def __init__(self, root: str | None = None) -> None:
-        self.root = _private_root(os.path.abspath(root or default_root()))
+        if root is not None and not isinstance(root, (str, os.PathLike)):
+            raise InvalidArgument(f"root must be a registry directory's path, a str, got "
+                                  f"{shown(root)}")
+        path = os.path.abspath(root or default_root())
+        try:
+            self.root = _private_root(path)
+        except ShmBusError:
+            raise
+        except OSError as exc:
+            raise ShmBusError(
+                f"registry directory {path} cannot be used: {exc.strerror or exc}. Set "
+                f"{DIR_ENV} to a directory of your own."
+            ) from exc
         self.names_dir = os.path.join(self.root, "names")
         self.buses_dir = os.path.join(self.root, "buses")
         _ensure_private_dir(self.names_dir)
@@ -507,17 +519,23 @@ def _private_root(path: str) -> str:
     with contextlib.suppress(FileExistsError):
         os.makedirs(os.path.dirname(path), 0o700, exist_ok=True)
         os.mkdir(path, 0o700)
-    st = os.lstat(path)
-    if stat.S_ISLNK(st.st_mode):
-        if st.st_uid != os.getuid():
+    for _ in range(_MAX_LINKS):
+        st = os.lstat(path)
+        if not stat.S_ISLNK(st.st_mode):
+            _ensure_private_dir(path)
+            return path
+        if st.st_uid != os.getuid():  # every link of a chain: any one could be repointed
             raise ShmBusError(
                 f"registry path {path} is a symlink that belongs to uid {st.st_uid}, not to "
                 f"you (uid {os.getuid()}): whoever owns it can point it anywhere. Set "
                 f"{DIR_ENV} to a directory of your own."
             )
-        path = os.path.realpath(path)
-    _ensure_private_dir(path)
-    return path
+        path = os.path.join(os.path.dirname(path), os.readlink(path))
+    raise ShmBusError(f"registry path {path} is a loop of symlinks (or a chain of more than "
+                      f"{_MAX_LINKS}); set {DIR_ENV} to a directory of your own")
+
+
+_MAX_LINKS = 40  # as the kernel's own limit on following links
 
 
 def _ensure_private_dir(path: str) -> None:

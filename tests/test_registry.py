@@ -359,3 +359,17 @@ def test_an_emitter_that_fails_halfway_leaves_nothing(monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         shmbus.EventEmitter("interrupted")
     assert shmbus.buses() == []
+
+
+def test_a_registry_directory_that_cannot_be_made_is_a_shmbus_error(monkeypatch, tmp_path):
+    (tmp_path / "a-file").write_text("")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    for where, says in ((tmp_path / "a-file" / "reg", "cannot be used: Not a directory"),
+                        (tmp_path / "loop", "loop of symlinks")):
+        monkeypatch.setenv("SHMBUS_DIR", str(where))
+        with pytest.raises(shmbus.ShmBusError, match=says):
+            shmbus.EventEmitter("nowhere")
+    for call in (lambda: shmbus.buses(root=5), lambda: shmbus.stats("x", root=5),
+                 lambda: shmbus.cleanup(5)):
+        with pytest.raises(shmbus.InvalidArgument, match="root must be"):
+            call()

@@ -163,7 +163,10 @@ class RemoteAddress:
             shown_url = shown(redact(url) if isinstance(url, str) else url, 80)
             raise InvalidArgument(
                 f"a remote bus is named nats://HOST:PORT/NAME, not {shown_url}")
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError as exc:  # an unclosed [IPv6 address, say
+            raise InvalidArgument(f"{shown(redact(url), 80)} is not a URL: {exc}") from exc
         bus = validate_name(parts.path.lstrip("/"))
         query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
         unknown = set(query) - {"durable", "stream"}

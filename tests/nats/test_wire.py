@@ -105,7 +105,8 @@ def test_passwords_never_show() -> None:
     assert "s3cret" not in repr(address) and address.shown == "nats://me:***@a:1/jobs?durable=w"
     for bad in ("nats://me:s3cret@a:1/bad name", "nats://me:s3cret@a:1/jobs?what=1",
                 "nats://me:s3cret@a:1/jobs?durable=no spaces",
-                "nats://me:s3cret@a:1/jobs?stream=no.dots", "http://me:s3cret@a:1/jobs"):
+                "nats://me:s3cret@a:1/jobs?stream=no.dots", "http://me:s3cret@a:1/jobs",
+                "nats://me:s3cret@[::1/jobs"):
         with pytest.raises(shmbus.InvalidArgument) as raised:
             RemoteAddress.parse(bad)
         assert "s3cret" not in str(raised.value), bad
