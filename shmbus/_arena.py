@@ -345,8 +345,10 @@ class ArenaReader:
 
     @property
     def viewed(self) -> int:
-        """Events whose views may still be in use."""
-        return len(self._viewed)
+        """Events whose views are still in use (the pin stays at the oldest of them,
+        so those given back behind it are still listed, but not counted)."""
+        with self._guard:
+            return sum(not viewed.done for viewed in self._viewed)
 
     def load(self, seq: int, kind_is_arena: bool, ref: bytes, as_views: bool = False) -> Any:
         """Decode large event `seq` from where its slot says it lies. With `as_views`,

@@ -234,3 +234,13 @@ def test_memory_of_read_large_events_is_given_back_whatever_subscribers_do(priva
     assert seen["used_after_burst"] < 64 * MiB, seen  # 20 x 100 MiB went through
     assert seen["after"] == 150 * MiB, seen
     assert seen["used_at_end"] == 0, seen
+
+
+def test_only_views_still_held_count_against_the_limit():
+    with shmbus.EventEmitter("oneheld") as em, em.subscribe() as sub:
+        em.emit(np.zeros(1024))
+        held = sub.recv(timeout=5, view=True)
+        for i in range(shmbus.MAX_VIEWED_EVENTS + 4):  # each dropped before the next
+            em.emit(np.full(1024, float(i)))
+            assert sub.recv(timeout=5, view=True)[0] == float(i)
+        assert held[0] == 0.0
