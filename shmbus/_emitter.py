@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 import posix_ipc
 
-from . import _codec, _liveness, _ring
+from . import _codec, _liveness, _platform, _ring
 from ._control import GENERATION_WORD
 from ._core import Fanout
 from ._bell import Bell, Ringer
@@ -497,9 +497,9 @@ class EventEmitter(Handle):
                 return _ring.large_slot(seq, _ring.KIND_SEGMENT if oversized
                                         else _ring.KIND_ARENA, ref)
             oldest = self._arena.oldest_seq
-            if oldest is None:
-                raise ShmBusError(  # pragma: no cover - an empty arena always has room
-                    f"no room for a large event of {len(parts)} bytes on bus {self._name!r}")
+            if oldest is None:  # nothing to wait for: /dev/shm has not the room
+                raise _platform.out_of_memory(f"a large event of bus {self._name!r}",
+                                              len(parts))
             slowest = min(self._outlets.values(), default=None,
                           key=lambda o: self._fanout.oldest_unread(o.sub_id))
             if slowest is None or self._fanout.oldest_unread(slowest.sub_id) > oldest:

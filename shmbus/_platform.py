@@ -530,7 +530,7 @@ def create_semaphore(name: str, initial: int) -> posix_ipc.Semaphore:
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.ENOMEM):
             raise
-        raise _out_of_memory(name, page_size()) from exc  # Linux: a page each
+        raise out_of_memory(name, page_size()) from exc  # Linux: a page each
     _record(SEMAPHORE, name)
     return sem
 
@@ -661,10 +661,10 @@ def _reserve(fd: int, size: int, name: str) -> None:
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.ENOMEM, errno.EFBIG):
             raise
-        raise _out_of_memory(name, size) from exc
+        raise out_of_memory(name, size) from exc
 
 
-def _out_of_memory(name: str, size: int) -> OutOfSharedMemory:
+def out_of_memory(name: str, size: int) -> OutOfSharedMemory:
     return OutOfSharedMemory(
         f"shared memory is full: {name} needs {size} bytes and /dev/shm has no room. "
         "Free space in /dev/shm (`shmbus gc` removes what dead buses left), use "

@@ -123,6 +123,8 @@ if scenario == "ring_and_large_event":
     em.emit(b"y" * 100_000, timeout=5)  # a large event that fits still works
     first, second = small.recv(timeout=5), small.recv(timeout=5)
     seen["received"] = [first, len(second), second == b"y" * 100_000]
+    # Larger than the room left, with nothing in flight to wait for.
+    seen["big_emit_later"] = attempt(lambda: em.emit(b"z" * (3 << 19), timeout=3))
     seen["round_trip"] = round_trip(em)
     small.close()
     em.close()
@@ -211,6 +213,7 @@ def test_ring_or_large_event_that_does_not_fit_is_a_clear_error_and_harmless(
     # The bus goes on: the failed event was never delivered, the next ones are, and a
     # new subscription works.
     assert seen["received"] == [{"after": "failure"}, 100_000, True]
+    assert assert_out_of_shared_memory(seen["big_emit_later"]) >= 3 << 19
     assert seen["round_trip"] == {"round": "trip"}
     assert_all_gone(seen)
 
