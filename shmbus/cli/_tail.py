@@ -4,8 +4,8 @@
 
 `tail` is an ordinary subscriber (`shmbus.subscribe`): it sees the events emitted after
 it subscribed, and while it runs the emitter waits for it like for any other. It prints a
-str event as it is and anything else as its repr, one per line; `--json` prints one JSON
-document per line, and the repr as a JSON string for an object JSON cannot represent.
+str event as it is (unless it holds control characters) and anything else as its repr,
+one per line; `--json` prints one JSON document per line, and the repr as a JSON string for an object JSON cannot represent.
 NAME may be `nats://host:port/NAME`, a bridged bus read back from NATS: the library's
 `subscribe` picks the layer, so this module never imports the NATS one.
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import re
 import sys
 from collections.abc import Callable
 from typing import Any, TextIO
@@ -102,7 +103,14 @@ def follow(sub: shmbus.Subscription, line_of: LineOf, limit: int | None,
 
 
 def text_line(event: Any) -> str:
-    return event if isinstance(event, str) else repr(event)
+    # A str with control characters (a terminal escape sequence, a newline) is shown as
+    # its repr: an event must not drive the user's terminal or forge a line of output.
+    if isinstance(event, str) and not _CONTROL.search(event):
+        return event
+    return repr(event)
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 
 
 def json_line(event: Any) -> str:

@@ -25,7 +25,8 @@ from tests.cli.command import (
 @pytest.mark.timeout(60)
 def test_tail_prints_every_event_in_order_and_exits_0_when_the_bus_closes(
         registry: Path) -> None:
-    events: list[object] = ["plain text", (1, "two"), None, {"nested": [1.5, True]}]
+    events: list[object] = ["plain text", (1, "two"), None, {"nested": [1.5, True]},
+                            "\x1b[2Jcleared?", "two\nlines"]
     events += [{"seq": seq} for seq in range(300)]
     with shmbus.EventEmitter("news") as em, cli_process(registry, "tail", "news") as proc:
         wait_for_subscribers(em, 1, proc)
@@ -36,7 +37,7 @@ def test_tail_prints_every_event_in_order_and_exits_0_when_the_bus_closes(
 
     assert proc.returncode == 0, err
     assert out.splitlines() == ["plain text"] + [repr(e) for e in events[1:]]
-    assert err.strip() == "shmbus: bus 'news' closed after 304 events"
+    assert err.strip() == "shmbus: bus 'news' closed after 306 events"
     assert_registry_empty(registry)
 
 
