@@ -207,19 +207,22 @@ class EventEmitter(Handle):
         (an event that cannot be pickled) can stop it between chunks: then the events
         before were emitted and the rest were not, and the error's `emitted` says how
         many were. An interruption (`KeyboardInterrupt`) can too, and carries no count:
-        subscribers see whole chunks, in order, never part of one.
+        subscribers see whole chunks, in order, never part of one. If `events` itself
+        raises, the events it gave before are emitted, then its exception propagates,
+        its `emitted` saying how many went out.
         """
         source = _iterate(events)
         deadline = deadline_after(timeout)
         sent = reached = 0
+        failure: Exception | None = None
         try:
             self._enter(deadline)
             try:
-                while True:
+                while failure is None:
                     self._look()  # the chunk must fit every ring, new ones included
-                    chunk = list(itertools.islice(source, self._chunk_size()))
+                    chunk, failure = _take_chunk(source, self._chunk_size())
                     if not chunk:
-                        return reached
+                        break
                     batch = self._batch_of(chunk)
                     if batch is None:
                         count, reached = self._send([self._encode(e) for e in chunk],
@@ -232,6 +235,10 @@ class EventEmitter(Handle):
         except (Timeout, SerializationError) as exc:
             exc.emitted = sent
             raise
+        if failure is not None:
+            failure.emitted = sent  # type: ignore[attr-defined]
+            raise failure
+        return reached
 
     async def aemit(self, event: Any, *, timeout: float | None = None) -> int:
         """`emit` for asyncio: the event loop runs while this waits for room.
@@ -724,6 +731,17 @@ class _Waiting:
         self.outlets = outlets
         self.bell = bell
         self.began = time.monotonic_ns()
+
+
+def _take_chunk(source: Iterator[Any], size: int) -> tuple[list[Any], Exception | None]:
+    """Up to `size` events from `source`, and the exception it raised if it did: the
+    events it gave before that are still emitted."""
+    chunk: list[Any] = []
+    try:
+        chunk.extend(itertools.islice(source, size))
+    except Exception as exc:
+        return chunk, exc
+    return chunk, None
 
 
 class _Patience:

@@ -591,3 +591,15 @@ def test_waiting_for_subscribers_beside_a_blocked_emit_says_why_it_cannot_tell()
             sub.recv(timeout=5)
             blocked.join(5)
         assert em.wait_for_subscribers(1, timeout=1) == 1
+
+
+def test_a_generator_that_raises_midway_has_what_it_gave_emitted_first():
+    def events():
+        yield from range(10)
+        raise LookupError("the source failed")
+
+    with shmbus.EventEmitter("halfgen") as em, em.subscribe() as sub:
+        with pytest.raises(LookupError) as failed:
+            em.emit_many(events())
+        assert failed.value.emitted == 10
+        assert sub.recv_many(20, timeout=1) == list(range(10))
