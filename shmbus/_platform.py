@@ -256,6 +256,13 @@ class Mapping:
         if size <= 0:
             # Linux's mmap refuses no bytes too (EINVAL): one message for both.
             raise PlatformRuleBroken(f"cannot map {size} bytes: a mapping has at least one")
+        # What `close` and `__del__` read is set before the memory exists: an interruption
+        # anywhere below leaves an object they can finish.
+        self._closing = False
+        self._lent = 0
+        self._returned: list[None] = []  # appended by finalizers: atomic under the GIL
+        self._address: int | None = None
+        self.size = size
         address = _libc.mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED,
                              fd, 0)
         if address is None or address == _MAP_FAILED:
@@ -263,13 +270,9 @@ class Mapping:
             if code == errno.EMFILE:
                 raise too_many_files() from None
             raise OSError(code, f"mmap of {size} bytes failed: {os.strerror(code)}")
-        self._address: int | None = address
-        self._array = (ctypes.c_ubyte * size).from_address(address)
-        self.view = memoryview(self._array).cast("B")
-        self.size = size
-        self._lent = 0
-        self._returned: list[None] = []  # appended by finalizers: atomic under the GIL
-        self._closing = False
+        self._address = address
+        array = (ctypes.c_ubyte * size).from_address(address)
+        self._array, self.view = array, memoryview(array).cast("B")
 
     @property
     def closed(self) -> bool:
@@ -294,6 +297,10 @@ class Mapping:
         view made from `view` is still in use."""
         if self._address is None or self._closing:
             return
+        if getattr(self, "view", None) is None:  # interrupted before it was made
+            self._closing = True
+            self._unmap()
+            return
         self.view.release()
         # Every live view (slices and casts included) holds the array: one reference
         # here, one for getrefcount's argument, any more is a view still out there.
@@ -313,7 +320,8 @@ class Mapping:
     def _unmap(self) -> None:
         address, self._address = self._address, None
         if address is not None:
-            del self._array
+            with contextlib.suppress(AttributeError):  # never made, if interrupted early
+                del self._array
             _libc.munmap(address, self.size)
 
     def __del__(self) -> None:
