@@ -19,6 +19,7 @@ from ._errors import (
     BusNotFound,
     Closed,
     DeserializationError,
+    DurableInUse,
     EmitterDied,
     EventsLost,
     ForeignObject,
@@ -37,6 +38,7 @@ from ._registry import Cleaned, cleanup
 from ._stats import BusStats, SubscriberStats, buses, stats
 from ._arena import DEFAULT_LARGE_BYTES
 from ._facade import subscribe
+from ._member import DEFAULT_EXPIRE_AFTER, QueueSubscription
 from ._subscription import (
     MAX_VIEWED_EVENTS,
     EndReason,
@@ -50,6 +52,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_CAPACITY",
+    "DEFAULT_EXPIRE_AFTER",
     "DEFAULT_LARGE_BYTES",
     "BusExists",
     "BusNotFound",
@@ -57,6 +60,7 @@ __all__ = [
     "Cleaned",
     "Closed",
     "DeserializationError",
+    "DurableInUse",
     "EmitterDied",
     "EndReason",
     "EventEmitter",
@@ -69,6 +73,7 @@ __all__ = [
     "NatsError",
     "NatsUnavailable",
     "OutOfSharedMemory",
+    "QueueSubscription",
     "RawEvent",
     "SerializationError",
     "ShmBusError",

@@ -41,7 +41,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import posix_ipc
 
@@ -99,6 +99,7 @@ for a look at the registry: well under a millisecond), whatever its timeout: a c
 `timeout=0` must not fail because the upkeep happened to be looking."""
 
 if TYPE_CHECKING:
+    from ._member import QueueSubscription
     from ._subscription import LocalSubscription
 
 _open_emitters: "weakref.WeakSet[EventEmitter]" = weakref.WeakSet()
@@ -108,16 +109,23 @@ log = logging.getLogger("shmbus")
 class _Outlet:
     """What the emitter keeps about one adopted ring besides what `Fanout` writes."""
 
-    __slots__ = ("ring", "sub_id", "capacity", "bell", "pid")
+    __slots__ = ("ring", "sub_id", "capacity", "bell", "pid", "queue")
 
-    def __init__(self, ring: _ring.Ring, bell: str, pid: int | None) -> None:
+    def __init__(self, ring: _ring.Ring, bell: str, record: dict[str, Any]) -> None:
         self.ring = ring  # for waiting on its `space` doorbell, and its flags
         self.sub_id = ring.sub_id
         self.capacity = ring.capacity
         self.bell = bell  # rung when its subscriber waits from asyncio
-        self.pid = pid  # for messages only: never to decide anything
+        pid = record.get("pid")
+        self.pid = pid if isinstance(pid, int) and pid > 0 else None  # for messages only
+        queue = record.get("queue")
+        # A group's or a durable subscription's ring (`_group`): its events are claimed
+        # one by one, so they never travel as a batch slot.
+        self.queue = f"{queue} {record.get('queue_name')!r}" if queue else None
 
     def who(self) -> str:
+        if self.queue is not None:
+            return f"the {self.queue} (ring {self.sub_id})"
         return f"subscriber {self.sub_id} (pid {self.pid if self.pid else '?'})"
 
 
@@ -260,12 +268,37 @@ class EventEmitter(Handle):
                 )
             await self._await_room_async(outcome, deadline)
 
-    def subscribe(self, *, capacity: int | None = None) -> "LocalSubscription":
-        """A new subscription to this bus, owned by the calling process."""
+    @overload
+    def subscribe(self, *, capacity: int | None = None) -> "LocalSubscription": ...
+
+    @overload
+    def subscribe(self, *, capacity: int | None = None, group: str,
+                  auto_ack: bool = True) -> "QueueSubscription": ...
+
+    @overload
+    def subscribe(self, *, capacity: int | None = None, durable: str,
+                  auto_ack: bool = True, expire_after: float | None = None
+                  ) -> "QueueSubscription": ...
+
+    def subscribe(self, *, capacity: int | None = None, group: str | None = None,
+                  durable: str | None = None, auto_ack: bool = True,
+                  expire_after: float | None = None
+                  ) -> "LocalSubscription | QueueSubscription":
+        """A new subscription to this bus, owned by the calling process: as
+        `shmbus.subscribe`, a `LocalSubscription`, or with `group` or `durable` a
+        `QueueSubscription`."""
         from ._subscription import LocalSubscription
 
         self._check_usable()
-        return LocalSubscription._join(self._registry, self._name, capacity)
+        if group is None and durable is None:
+            if not auto_ack or expire_after is not None:
+                raise InvalidArgument("auto_ack= and expire_after= apply to a group or a "
+                                      "durable subscription only")
+            return LocalSubscription._join(self._registry, self._name, capacity)
+        from ._member import subscribe_queue
+
+        return subscribe_queue(self._name, group=group, durable=durable, capacity=capacity,
+                               auto_ack=auto_ack, expire_after=expire_after)
 
     def wait_for_subscribers(self, count: int = 1, *, timeout: float | None = None) -> int:
         """Wait until at least `count` subscribers are live; how many there are then.
@@ -423,6 +456,8 @@ class EventEmitter(Handle):
         if len(events) < 2 or self._expect_large or self._batch_misses:
             self._batch_misses = max(0, self._batch_misses - 1)
             return None
+        if any(o.queue is not None for o in self._outlets.values()):
+            return None  # a queue's members claim events one by one (see `_Outlet`)
         batch = _codec.encode_batch(events)
         if batch is None or not _ring.batch_fits(len(events), batch):
             self._batch_misses = BATCH_RETRY_AFTER  # events like these: one by one a while
@@ -662,7 +697,7 @@ class EventEmitter(Handle):
         ring.adopt(start)
         self._fanout.add(ring, start)
         self._outlets[sub_id] = _Outlet(ring, self._registry.bell_path(self._token, sub_id),
-                                        self._registry.pid_of(self._token, sub_id))
+                                        self._registry.record_of(self._token, sub_id))
 
     def _drop_departed(self) -> None:
         # Every record is probed, not only adopted rings: a subscriber that died halfway
