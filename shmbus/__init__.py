@@ -33,7 +33,7 @@ from ._errors import (
     Timeout,
     WorkerError,
 )
-from ._pool import WorkerPool, WorkerResult, worker_index
+from ._pool import HandlerResult, WorkerPool, WorkerResult, worker_index
 from ._registry import Cleaned, cleanup
 from ._stats import BusStats, SubscriberStats, buses, stats
 from ._arena import DEFAULT_LARGE_BYTES
@@ -66,6 +66,7 @@ __all__ = [
     "EventEmitter",
     "EventsLost",
     "ForeignObject",
+    "HandlerResult",
     "IncompatibleBus",
     "LocalSubscription",
     "InvalidArgument",
