@@ -38,7 +38,7 @@ from ._registry import Cleaned, cleanup
 from ._stats import BusStats, SubscriberStats, buses, stats
 from ._arena import DEFAULT_LARGE_BYTES
 from ._facade import subscribe
-from ._member import DEFAULT_EXPIRE_AFTER, QueueSubscription
+from ._member import DEFAULT_EXPIRE_AFTER, QueueSubscription, unsubscribe
 from ._subscription import (
     MAX_VIEWED_EVENTS,
     EndReason,
@@ -88,5 +88,6 @@ __all__ = [
     "cleanup",
     "stats",
     "subscribe",
+    "unsubscribe",
     "worker_index",
 ]

@@ -661,4 +661,15 @@ def _check_max_n(max_n: object) -> None:
         raise InvalidArgument(f"max_n must be an int >= 1, got {shown(max_n)}")
 
 
-__all__ = ["DEFAULT_EXPIRE_AFTER", "QueueSubscription", "subscribe_queue"]
+def unsubscribe(name: str, durable: str) -> None:
+    """Remove durable subscription `durable` of bus `name`, and the events it holds, so
+    that the emitter stops keeping them.
+
+    Raises `BusNotFound`, `InvalidArgument` if the bus has no such durable subscription,
+    and `DurableInUse` if a live process owns it (close it there: `unsubscribe()` on the
+    subscription removes it too).
+    """
+    Registry().remove_durable(name, durable)
+
+
+__all__ = ["DEFAULT_EXPIRE_AFTER", "QueueSubscription", "subscribe_queue", "unsubscribe"]

@@ -520,16 +520,16 @@ class Registry:
                 _unlink(self.member_path(token, sub_id, member_id))
                 life.release()
                 if self._live_members(token, sub_id):
-                    return
+                    return  # the queue goes on, so the bus does
                 if keep:
                     state.mark_orphaned()
-                    return
-                ring.mark_sub_closed()
-                with contextlib.suppress(posix_ipc.Error):
-                    ring.space.release()  # an emitter blocked on this ring moves on
-                self._remove_subscriber_objects(token, sub_id, queue=True)
-                if control is not None:
-                    control.bump_generation()
+                else:
+                    ring.mark_sub_closed()
+                    with contextlib.suppress(posix_ipc.Error):
+                        ring.space.release()  # an emitter blocked on this ring moves on
+                    self._remove_subscriber_objects(token, sub_id, queue=True)
+                    if control is not None:
+                        control.bump_generation()
         except FileNotFoundError:
             life.release()
             return
