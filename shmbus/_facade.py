@@ -26,8 +26,8 @@ REMOTE_SCHEME = "nats://"
 
 
 def subscribe(name: str, *, capacity: int | None = None, wait: float = 0.0,
-              group: str | None = None, durable: str | None = None, auto_ack: bool = True,
-              expire_after: float | None = None) -> Subscription:
+              history: bool = False, group: str | None = None, durable: str | None = None,
+              auto_ack: bool = True, expire_after: float | None = None) -> Subscription:
     """Subscribe to the bus called `name`, from any process of the same user.
 
     The subscription receives every event whose `emit` begins after this returns, in
@@ -46,6 +46,11 @@ def subscribe(name: str, *, capacity: int | None = None, wait: float = 0.0,
     removed after `expire_after` seconds (default `DEFAULT_EXPIRE_AFTER`). See
     `QueueSubscription`.
 
+    With `history=True`, the subscription first receives the last events emitted before
+    it joined, as many as the bus keeps (`EventEmitter(name, history=K)`), then the live
+    stream: no gap, no repeat. Its ring holds at least K events. For a group or a durable
+    subscription, this applies when the call creates its ring.
+
     `name` may also be `nats://HOST:PORT/NAME`: bus NAME as a bridge (`shmbus bridge`)
     publishes it to NATS JetStream, read from any host (needs `pip install
     'shmbus[nats]'`; see `shmbus.nats`).
@@ -57,9 +62,10 @@ def subscribe(name: str, *, capacity: int | None = None, wait: float = 0.0,
     wait = math.inf if wait == math.inf else float(wait)
     queued = group is not None or durable is not None
     if name.startswith(REMOTE_SCHEME):
-        if queued or not auto_ack or expire_after is not None:
+        if queued or not auto_ack or expire_after is not None or history:
             raise InvalidArgument(
-                "group=, durable=, auto_ack= and expire_after= are for a bus on this host; "
+                "group=, durable=, auto_ack=, expire_after= and history= are for a bus on "
+                "this host; "
                 "a remote subscription names its durable consumer in the URL "
                 "(nats://HOST:PORT/NAME?durable=NAME)")
         from .nats import subscribe_remote  # the optional layer, only when asked for
@@ -67,8 +73,9 @@ def subscribe(name: str, *, capacity: int | None = None, wait: float = 0.0,
         return subscribe_remote(name, capacity=capacity, wait=wait)
     if queued:
         return subscribe_queue(name, group=group, durable=durable, capacity=capacity,
-                               wait=wait, auto_ack=auto_ack, expire_after=expire_after)
+                               wait=wait, auto_ack=auto_ack, expire_after=expire_after,
+                               history=history)
     if not auto_ack or expire_after is not None:
         raise InvalidArgument("auto_ack= and expire_after= apply to a group or a durable "
                               "subscription only")
-    return subscribe_local(name, capacity=capacity, wait=wait)
+    return subscribe_local(name, capacity=capacity, wait=wait, history=history)

@@ -68,7 +68,7 @@ from ._handle import Handle
 from ._liveness import LifeLock, is_alive
 from ._registry import QueueJoin, Registry, validate_name, validate_queue_name
 from ._ring import EMITTER_WAITING
-from ._subscription import BATCH_BYTES, WAIT_STEP, EndReason, RawEvent
+from ._subscription import BATCH_BYTES, WAIT_STEP, EndReason, RawEvent, ring_capacity
 from ._wait import (
     Waiter,
     acquire_by,
@@ -114,7 +114,8 @@ class _Parcel:
 
 def subscribe_queue(name: str, *, group: str | None = None, durable: str | None = None,
                     capacity: int | None = None, wait: float = 0.0, auto_ack: bool = True,
-                    expire_after: float | None = None) -> "QueueSubscription":
+                    expire_after: float | None = None, history: bool = False
+                    ) -> "QueueSubscription":
     """Join group `group`, or take durable subscription `durable`, of bus `name`; see
     `shmbus.subscribe`."""
     validate_name(name)
@@ -138,7 +139,7 @@ def subscribe_queue(name: str, *, group: str | None = None, durable: str | None 
     while True:
         try:
             return QueueSubscription._join(Registry(), name, kind, str(queue), capacity,
-                                           auto_ack, float(expiry))
+                                           auto_ack, float(expiry), history)
         except BusNotFound as exc:
             if deadline is not None and time.monotonic() >= deadline:
                 if wait:
@@ -160,15 +161,20 @@ class QueueSubscription(Handle):
 
     @classmethod
     def _join(cls, registry: Registry, name: str, kind: str, queue: str,
-              capacity: int | None, auto_ack: bool, expire_after: float
-              ) -> "QueueSubscription":
+              capacity: int | None, auto_ack: bool, expire_after: float,
+              history: bool = False) -> "QueueSubscription":
         waiter = waiter_from_env()
         registry.sweep_some()
         token, control = registry.open_bus(name)
         try:
-            record = {"pid": os.getpid(), "created": time.time()}
+            # The size of the ring if this member creates it (one joining an existing
+            # queue takes it as it is, and with it whatever history it began with).
+            wanted = ring_capacity(name, control, capacity, history)
+            record: dict[str, Any] = {"pid": os.getpid(), "created": time.time()}
+            if history:
+                record["history"] = True
             joined = registry.join_queue(name, token, control, kind, queue, capacity,
-                                         record, expire_after)
+                                         record, expire_after, wanted)
         except BaseException:
             control.close()
             raise

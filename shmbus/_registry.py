@@ -371,10 +371,10 @@ class Registry:
 
     def join_queue(self, name: str, token: str, control: ControlBlock, kind: str,
                    queue: str, capacity: int | None, record: dict[str, Any],
-                   expire_after: float) -> "QueueJoin":
+                   expire_after: float, new_capacity: int | None = None) -> "QueueJoin":
         """Join group or durable subscription `queue` as a new member, creating its ring
-        if it has none; raise BusNotFound, or DurableInUse for a durable subscription
-        whose owner lives."""
+        (of `new_capacity`, else `capacity`, else the bus's) if it has none; raise
+        BusNotFound, or DurableInUse for a durable subscription whose owner lives."""
         try:
             with self.bus_mutex(token):
                 if control.closed or not is_alive(self.emitter_path(token)):
@@ -385,8 +385,8 @@ class Registry:
                     joined = self._join_existing(name, token, control, sub_id, kind, queue,
                                                  capacity, record, expire_after)
                 if joined is None:
-                    joined = self._new_queue(token, control, kind, queue, capacity, record,
-                                             expire_after)
+                    joined = self._new_queue(token, control, kind, queue,
+                                             new_capacity or capacity, record, expire_after)
                 control.bump_generation()
                 return joined
         except BusNotFound:  # (itself a FileNotFoundError)
