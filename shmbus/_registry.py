@@ -519,7 +519,7 @@ class Registry:
             with self.bus_mutex(token):
                 _unlink(self.member_path(token, sub_id, member_id))
                 life.release()
-                if self._live_members(token, sub_id):
+                if self.live_members(token, sub_id):
                     return  # the queue goes on, so the bus does
                 if keep:
                     state.mark_orphaned()
@@ -558,7 +558,7 @@ class Registry:
             control = _attach_control_quietly(token)
             try:
                 with self.bus_mutex(token):
-                    live = self._live_members(token, sub_id)
+                    live = self.live_members(token, sub_id)
                     if live:
                         raise DurableInUse(
                             f"the durable subscription {durable!r} of bus {name!r} is owned "
@@ -576,7 +576,7 @@ class Registry:
         raise ShmBusError(f"the durable subscription {durable!r} of bus {name!r} stayed "
                           "locked by another process; try again")
 
-    def _live_members(self, token: str, sub_id: int) -> list[int]:
+    def live_members(self, token: str, sub_id: int) -> list[int]:
         """The ids of queue `sub_id`'s members whose processes live."""
         live = []
         for entry in _listdir(self.bus_dir(token)):
@@ -599,7 +599,7 @@ class Registry:
             if state is not None:
                 self._requeue_dead_members(token, sub_id, state)
             with self.bus_mutex(token):
-                if self._live_members(token, sub_id):
+                if self.live_members(token, sub_id):
                     return False
                 if record.get("queue") == "durable" and state is not None:
                     state.mark_orphaned()  # the first prober to find it ownerless
