@@ -44,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import pickle
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -53,7 +54,7 @@ from typing import Any
 from . import _codec, _group, _ring
 from ._arena import ArenaReader
 from ._bell import Ringer
-from ._control import ControlBlock
+from ._control import COMMITTED_WORD, ControlBlock
 from ._errors import (
     BusNotFound,
     Closed,
@@ -435,7 +436,7 @@ class QueueSubscription(Handle):
         """Leave between 1 and `want` events, claimed and decoded, in `_parked`."""
         if self._closed or self.inherited:
             self._check_usable()
-        if not (self._lock.acquire() if deadline is None else acquire_by(self._lock, deadline)):
+        if not (self._lock.acquire(blocking=False) or acquire_by(self._lock, deadline)):
             raise Timeout(f"another thread is receiving from {self._what()}")
         try:
             if self._closed:
@@ -477,13 +478,16 @@ class QueueSubscription(Handle):
 
     def _finishable(self, start: int, through: int | None) -> list[int]:
         """Offsets handed out and not finished (none still parked), up to event `through`."""
-        if not self._out:
+        out = self._out
+        if not out:
             return []
+        if self._parked is None and self._surplus is None and through is None:
+            return out[:]  # the usual case, on every recv
         held = set()
         for parcel in (self._parked, self._surplus):
             if parcel is not None:
                 held.update(parcel.offsets)
-        return [o for o in self._out if o not in held
+        return [o for o in out if o not in held
                 and (through is None or start + o <= through)]
 
     def _finish_handed_out(self, start: int) -> None:
@@ -501,6 +505,7 @@ class QueueSubscription(Handle):
     def _claim_or_wait(self, want: int, deadline: float | None) -> int:
         """Claim events into `_pending`, waiting for some; the ring's start."""
         woke = False
+        check_life = False  # the emitter's lock is probed only after a slice without news
         while True:
             if self._closing:
                 raise Closed(f"this subscription to {self._what()} was closed")
@@ -509,40 +514,54 @@ class QueueSubscription(Handle):
                 return start
             if self._end is not None:
                 self._raise_end()
-            end = self._emitter_gone(check_life=not woke)
+            end = self._emitter_gone(check_life)
             if end is not None and (start is None or self._drained(start, deadline)):
                 self._end = end
                 self._raise_end()
-            woke = self._waiter.take(self._ring.data, slice_until(deadline))
+            if check_life and expired(deadline):
+                raise Timeout(f"no event on {self._what()} within the timeout")
+            # No spell of yielding first (`_wait.SPIN`): it pays off for a lone reader
+            # racing its emitter, but members that spin take the cores from the emitter
+            # and from each other, and one token wakes one member anyway.
+            woke = self._waiter.take(self._ring.data, slice_until(deadline), spin=False)
+            check_life = not woke
             if not woke:
                 self._next_upkeep = 0.0  # a slice without news: look for the dead
-                if expired(deadline):
-                    raise Timeout(f"no event on {self._what()} within the timeout")
 
     def _claim(self, start: int, want: int, woke: bool, deadline: float | None) -> bool:
         """Finish what is due and claim up to `want` events, in one hold of the claims
-        lock; whether any were claimed."""
-        done = self._finishable(start, None) if self._auto_ack else []
-        committed = self._control.committed
+        lock; whether any were claimed. (The path of every recv: written out flat.)"""
+        done = self._finishable(start, None) if self._auto_ack else None
+        committed = self._control.words[COMMITTED_WORD]
+        state, ring, claims = self._state, self._ring, self._claims
         freed = given = 0
-        with self._claims.held(_lock_deadline(deadline), self._what()):
+        claimed: list[int] = []
+        try:
+            if not claims.acquire(None if deadline is None else _lock_deadline(deadline)):
+                raise Timeout(f"the claims lock of {self._what()} stayed taken (is a member "
+                              "stopped, SIGSTOP?)")
             if done:
-                freed = self._state.finish(self._ring, start, self._row, done)
-                finished = set(done)
-                self._out = [o for o in self._out if o not in finished]
+                freed = state.finish(ring, start, self._row, done)
+                if len(self._out) == len(done):
+                    self._out = []
+                else:
+                    finished = set(done)
+                    self._out = [o for o in self._out if o not in finished]
             now = time.monotonic()
             if now >= self._next_upkeep:
                 self._next_upkeep = now + _group.UPKEEP_EVERY
-                given, _ = _group.requeue_dead(self._state, self._ring, start,
-                                               self._member_path, self._row)
-            claimed = self._state.claim(self._ring, start, self._row, want, committed)
-            self._pending = claimed
-        self._after_finish(freed)
-        _group.wake(self._ring.data, given)
-        if claimed:
+                given, _ = _group.requeue_dead(state, ring, start, self._member_path, self._row)
+            claimed = self._pending = state.claim(ring, start, self._row, want, committed)
+        finally:
+            claims.release()
+        if freed:
+            self._after_finish(freed)
+        if given:
+            _group.wake(ring.data, given)
+        if len(claimed) > woke:
             # One `data` token per event claimed, the one that woke this call included:
             # the rest wake other members for what is left (see `_group`).
-            take_posted(self._ring.data, len(claimed) - woke)
+            take_posted(ring.data, len(claimed) - woke)
         return bool(claimed)
 
     def _after_finish(self, freed: int) -> None:
@@ -571,16 +590,20 @@ class QueueSubscription(Handle):
         offsets: list[int] = []
         error: Exception | None = None
         large = 0
+        slot = self._ring.slot
         for offset in self._pending[:want]:
             if large >= BATCH_BYTES:
                 break
             seq = start + offset
-            kind, count, payload = self._ring.slot(seq)
+            kind, _, payload = slot(seq)
             try:
                 if raw:
-                    value: Any = self._raw(seq, kind, count, payload)
+                    value: Any = self._raw(seq, kind, payload)
                 elif kind == _ring.KIND_INLINE:
-                    value = _codec.decode(payload)
+                    try:
+                        value = pickle.loads(payload)
+                    except BaseException:
+                        value = _codec.decode(payload)  # says why, or was interrupted
                 elif kind == _ring.KIND_BATCH:
                     raise ShmBusError(  # the emitter never batches into a queue's ring
                         f"{self._what()}: event {seq} came as a batch; use one shmbus "
@@ -601,7 +624,7 @@ class QueueSubscription(Handle):
             _Parcel(offsets, values, error), self._out + offsets, self._pending[taken:])
         self._last_seq = start + offsets[-1]
 
-    def _raw(self, seq: int, kind: int, count: int, payload: bytes) -> RawEvent:
+    def _raw(self, seq: int, kind: int, payload: bytes) -> RawEvent:
         if kind == _ring.KIND_INLINE:
             return RawEvent(seq, payload, False)
         if kind == _ring.KIND_BATCH:

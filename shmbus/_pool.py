@@ -874,17 +874,13 @@ def _serve(sub: Any, spec: _WorkerSpec, conn: Any, report: _Report, sender: _Sen
                 return
             draining = draining or request == _DRAIN
         try:
-            if draining or sender.pending:
-                try:
-                    event = sub.recv(timeout=0)
-                except Timeout:
-                    if draining:
-                        return
-                    sender.flush(sub)  # nothing ready: send what waits before waiting
-                    event = sub.recv(timeout=CHECK_INTERVAL)
-            else:
-                event = sub.recv(timeout=CHECK_INTERVAL)
+            # Results waiting to be sent bound the wait: they go out within RESULT_DELAY.
+            event = sub.recv(timeout=0 if draining else
+                             RESULT_DELAY if sender.pending else CHECK_INTERVAL)
         except Timeout:
+            if draining:
+                return
+            sender.flush(sub)  # nothing came: send what waits
             continue
         except Closed:
             return
