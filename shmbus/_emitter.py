@@ -335,8 +335,9 @@ class EventEmitter(Handle):
 
     @property
     def subscriber_count(self) -> int:
-        """Live subscribers right now (dead ones are reaped on the way). Works on the
-        registry only: it never waits for an emit in another thread, and never touches
+        """Live subscribers right now (dead ones are reaped on the way); a group, or a
+        durable subscription kept for its owner, counts once: it is one ring, as `emit`
+        counts it. Works on the registry only: it never waits for an emit in another thread, and never touches
         what `close()` frees (the emitter lets go of a reaped ring at its next look)."""
         self._check_usable()
         return len(self._registry.live_subscribers(self._token, None))

@@ -49,6 +49,7 @@ stopped inside a critical section cannot stall `emit`.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import random
@@ -598,8 +599,12 @@ class Registry:
         try:
             if state is not None:
                 self._requeue_dead_members(token, sub_id, state)
-            with self.bus_mutex(token):
-                if self.live_members(token, sub_id):
+            if self.live_members(token, sub_id):
+                return False  # the usual answer, found without the bus's mutex
+            # Only tried: the emitter calls this, and must never wait on a process that
+            # is stopped inside a join or a leave (the next probe looks again).
+            with self._bus_mutex_if_free(token) as held:
+                if not held or self.live_members(token, sub_id):
                     return False
                 if record.get("queue") == "durable" and state is not None:
                     state.mark_orphaned()  # the first prober to find it ownerless
@@ -613,6 +618,20 @@ class Registry:
         finally:
             if state is not None:
                 state.close()
+
+    @contextlib.contextmanager
+    def _bus_mutex_if_free(self, token: str) -> Iterator[bool]:
+        """The bus's mutex if nobody holds it now: True inside, or False."""
+        lock = LifeLock(self.bus_dir(token), os.O_RDONLY)  # FileNotFoundError if gone
+        try:
+            try:
+                fcntl.flock(lock.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            lock.release()
 
     def _requeue_dead_members(self, token: str, sub_id: int,
                               state: _group.QueueState) -> None:
