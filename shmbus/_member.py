@@ -19,7 +19,10 @@ only what was acknowledged) and gives back the rest.
 
 The stream ends (`Closed`, or `EmitterDied`) once the bus has ended and every event has
 been finished, or is held by this member: a member does not leave while another might
-still die and give events back.
+still die and give events back. So without `auto_ack`, a member that keeps events
+unacknowledged while it waits for more makes the others wait for it at the end (two
+such members wait for each other): acknowledge, or wait with a timeout, before waiting
+for more.
 
 ## What is atomic under interruption
 
