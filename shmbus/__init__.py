@@ -19,6 +19,7 @@ from ._errors import (
     BusNotFound,
     Closed,
     DeserializationError,
+    DurableInUse,
     EmitterDied,
     EventsLost,
     ForeignObject,
@@ -33,11 +34,12 @@ from ._errors import (
     Timeout,
     WorkerError,
 )
-from ._pool import WorkerPool, WorkerResult, worker_index
+from ._pool import HandlerResult, WorkerPool, WorkerResult, worker_index
 from ._registry import Cleaned, cleanup
 from ._stats import BusStats, SubscriberStats, buses, stats
 from ._arena import DEFAULT_LARGE_BYTES
 from ._facade import subscribe
+from ._member import DEFAULT_EXPIRE_AFTER, QueueSubscription, unsubscribe
 from ._subscription import (
     MAX_VIEWED_EVENTS,
     EndReason,
@@ -51,6 +53,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_CAPACITY",
+    "DEFAULT_EXPIRE_AFTER",
     "DEFAULT_LARGE_BYTES",
     "BusExists",
     "BusNotFound",
@@ -58,11 +61,13 @@ __all__ = [
     "Cleaned",
     "Closed",
     "DeserializationError",
+    "DurableInUse",
     "EmitterDied",
     "EndReason",
     "EventEmitter",
     "EventsLost",
     "ForeignObject",
+    "HandlerResult",
     "IncompatibleBus",
     "LocalSubscription",
     "InvalidArgument",
@@ -71,6 +76,7 @@ __all__ = [
     "NatsUnavailable",
     "OutOfSharedMemory",
     "PlatformRuleBroken",
+    "QueueSubscription",
     "RawEvent",
     "SerializationError",
     "ShmBusError",
@@ -84,5 +90,6 @@ __all__ = [
     "cleanup",
     "stats",
     "subscribe",
+    "unsubscribe",
     "worker_index",
 ]

@@ -20,7 +20,10 @@ A small segment `/sb_<token>` that the emitter creates and every subscriber maps
                                             the arena segments that exist or may exist
     128     segment table  emitter          SEGMENT_ENTRIES x the same: segments of events
                                             larger than the arena
-    640     -              -                reserved
+    640     history        emitter          events kept for late joiners (EventEmitter
+                                            history=K): K
+    648     history_held   emitter          how many it holds now (at most K)
+    656     -              -                reserved
 
 `committed` is the bus's linearization point: an event exists for subscribers exactly
 when `committed` has moved past its sequence number, and it moves in one 8-byte store.
@@ -74,6 +77,9 @@ _BYTES = 48
 _LARGE_BYTES = 56
 _ARENA_TABLE = 64
 _SEGMENT_TABLE = _ARENA_TABLE + ARENA_ENTRIES * _ENTRY.size
+_HISTORY = 640
+_HISTORY_HELD = 648
+HISTORY_HELD_WORD = _HISTORY_HELD // 8
 COMMITTED_WORD = _COMMITTED // 8
 GENERATION_WORD = _GENERATION // 8
 BYTES_WORD = _BYTES // 8
@@ -151,6 +157,18 @@ class ControlBlock:
     @property
     def large_bytes(self) -> int:
         return int(_U64.unpack_from(self.buf, _LARGE_BYTES)[0])
+
+    @property
+    def history(self) -> int:
+        """How many of the last events the emitter keeps for late joiners (0: none)."""
+        return self.words[_HISTORY // 8]
+
+    def set_history(self, depth: int) -> None:
+        self.words[_HISTORY // 8] = depth
+
+    @property
+    def history_held(self) -> int:
+        return self.words[HISTORY_HELD_WORD]
 
     @property
     def generation(self) -> int:

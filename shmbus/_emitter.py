@@ -34,6 +34,7 @@ writer, and every wait is on a semaphore that can only make a waiter wake early.
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
 import math
@@ -42,12 +43,12 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import posix_ipc
 
 from . import _codec, _liveness, _platform, _ring
-from ._control import GENERATION_WORD
+from ._control import GENERATION_WORD, HISTORY_HELD_WORD
 from ._core import Fanout
 from ._bell import Bell, Ringer
 from ._arena import DEFAULT_LARGE_BYTES, Arena, validate_large_bytes
@@ -61,7 +62,9 @@ from ._wait import (
     deadline_after,
     expired,
     fence,
+    post_each,
     slice_until,
+    take_posted,
     waiter_from_env,
 )
 
@@ -100,6 +103,7 @@ for a look at the registry: well under a millisecond), whatever its timeout: a c
 `timeout=0` must not fail because the upkeep happened to be looking."""
 
 if TYPE_CHECKING:
+    from ._member import QueueSubscription
     from ._subscription import LocalSubscription
 
 _open_emitters: "weakref.WeakSet[EventEmitter]" = weakref.WeakSet()
@@ -109,16 +113,23 @@ log = logging.getLogger("shmbus")
 class _Outlet:
     """What the emitter keeps about one adopted ring besides what `Fanout` writes."""
 
-    __slots__ = ("ring", "sub_id", "capacity", "bell", "pid")
+    __slots__ = ("ring", "sub_id", "capacity", "bell", "pid", "queue")
 
-    def __init__(self, ring: _ring.Ring, bell: str, pid: int | None) -> None:
+    def __init__(self, ring: _ring.Ring, bell: str, record: dict[str, Any]) -> None:
         self.ring = ring  # for waiting on its `space` doorbell, and its flags
         self.sub_id = ring.sub_id
         self.capacity = ring.capacity
         self.bell = bell  # rung when its subscriber waits from asyncio
-        self.pid = pid  # for messages only: never to decide anything
+        pid = record.get("pid")
+        self.pid = pid if isinstance(pid, int) and pid > 0 else None  # for messages only
+        queue = record.get("queue")
+        # A group's or a durable subscription's ring (`_group`): its events are claimed
+        # one by one, so they never travel as a batch slot.
+        self.queue = f"{queue} {record.get('queue_name')!r}" if queue else None
 
     def who(self) -> str:
+        if self.queue is not None:
+            return f"the {self.queue} (ring {self.sub_id})"
         return f"subscriber {self.sub_id} (pid {self.pid if self.pid else '?'})"
 
 
@@ -132,8 +143,9 @@ class EventEmitter(Handle):
 
     def __init__(self, name: str | None = None, *, capacity: int = DEFAULT_CAPACITY,
                  large_bytes: int = DEFAULT_LARGE_BYTES,
-                 warn_after: float | None = WARN_AFTER) -> None:
+                 warn_after: float | None = WARN_AFTER, history: int = 0) -> None:
         self._capacity = _ring.validate_capacity(capacity)
+        depth = _validate_history(history)
         large_bytes = validate_large_bytes(large_bytes)
         self._warn_after = _validate_warn_after(warn_after)
         self._name = validate_name(name) if name is not None else _generated_name()
@@ -144,6 +156,12 @@ class EventEmitter(Handle):
         self._token, self._life, self._control = self._registry.create_bus(
             self._name, record, _ring.SLOT_SIZE, self._capacity, large_bytes
         )
+        self._control.set_history(depth)
+        self._history: "collections.deque[tuple[int, bytes]] | None" = (
+            collections.deque(maxlen=depth) if depth else None)
+        """The slots of the last `history` events, oldest first, for late joiners who
+        ask for them (`subscribe(name, history=True)`): kept in this process only, and
+        copied into a joiner's ring when it is adopted."""
         self._lock = threading.RLock()
         self._outlets: dict[int, _Outlet] = {}
         self._fanout = Fanout(self._control)  # the rings, as the ring protocol writes them
@@ -274,12 +292,38 @@ class EventEmitter(Handle):
                 )
             await self._await_room_async(outcome, deadline)
 
-    def subscribe(self, *, capacity: int | None = None) -> "LocalSubscription":
-        """A new subscription to this bus, owned by the calling process."""
+    @overload
+    def subscribe(self, *, capacity: int | None = None, history: bool = False
+                  ) -> "LocalSubscription": ...
+
+    @overload
+    def subscribe(self, *, capacity: int | None = None, history: bool = False,
+                  group: str, auto_ack: bool = True) -> "QueueSubscription": ...
+
+    @overload
+    def subscribe(self, *, capacity: int | None = None, history: bool = False,
+                  durable: str, auto_ack: bool = True, expire_after: float | None = None
+                  ) -> "QueueSubscription": ...
+
+    def subscribe(self, *, capacity: int | None = None, history: bool = False,
+                  group: str | None = None, durable: str | None = None,
+                  auto_ack: bool = True, expire_after: float | None = None
+                  ) -> "LocalSubscription | QueueSubscription":
+        """A new subscription to this bus, owned by the calling process: as
+        `shmbus.subscribe`, a `LocalSubscription`, or with `group` or `durable` a
+        `QueueSubscription`."""
         from ._subscription import LocalSubscription
 
         self._check_usable()
-        return LocalSubscription._join(self._registry, self._name, capacity)
+        if group is None and durable is None:
+            if not auto_ack or expire_after is not None:
+                raise InvalidArgument("auto_ack= and expire_after= apply to a group or a "
+                                      "durable subscription only")
+            return LocalSubscription._join(self._registry, self._name, capacity, history)
+        from ._member import subscribe_queue
+
+        return subscribe_queue(self._name, group=group, durable=durable, capacity=capacity,
+                               auto_ack=auto_ack, expire_after=expire_after, history=history)
 
     def wait_for_subscribers(self, count: int = 1, *, timeout: float | None = None) -> int:
         """Wait until at least `count` subscribers are live; how many there are then.
@@ -326,11 +370,12 @@ class EventEmitter(Handle):
 
     @property
     def subscriber_count(self) -> int:
-        """Live subscribers right now (dead ones are reaped on the way). Works on the
-        registry only: it never waits for an emit in another thread, and never touches
-        what `close()` frees (the emitter lets go of a reaped ring at its next look).
-        It counts a subscriber still joining, which the next `emit` may miss: to emit
-        once they are there, use `wait_for_subscribers`."""
+        """Live subscribers right now (dead ones are reaped on the way); a group, or a
+        durable subscription kept for its owner, counts once: it is one ring, as `emit`
+        counts it. Works on the registry only: it never waits for an emit in another
+        thread, and never touches what `close()` frees (the emitter lets go of a reaped
+        ring at its next look). It counts a subscriber still joining, which the next
+        `emit` may miss: to emit once they are there, use `wait_for_subscribers`."""
         self._check_usable()
         return len(self._registry.live_subscribers(self._token, None))
 
@@ -431,8 +476,39 @@ class EventEmitter(Handle):
                                     wait)
         except BaseException:
             self._abort(seq + count, count, slots)
+            if self._fanout.committed == seq + count:
+                self._remember(seq, slots)  # committed all the same
             raise
+        self._remember(seq, slots)
         return count, reached
+
+    def _remember(self, seq: int, slots: list[bytes]) -> None:
+        """Keep the slots of events `seq`... just committed, for late joiners."""
+        history = self._history
+        if history is not None:
+            history.extend(zip(range(seq, seq + len(slots)), slots))
+            self._control.words[HISTORY_HELD_WORD] = len(history)
+
+    def _history_for(self, end: int, capacity: int) -> list[bytes]:
+        """The kept slots of the events just before `end`, as many as a ring of
+        `capacity` takes; only an unbroken run (an emit interrupted at the wrong moment
+        may have left one out: then what came before it is not offered)."""
+        history = self._history or ()
+        run: list[bytes] = []
+        for seq, slot in reversed(history):
+            if seq != end - len(run) - 1 or len(run) >= capacity:
+                break
+            run.append(slot)
+        run.reverse()
+        return run
+
+    def _forget_history_through(self, seq: int) -> None:
+        """Drop kept events up to `seq`: their large-event memory is needed for new ones."""
+        history = self._history
+        if history is not None:
+            while history and history[0][0] <= seq:
+                history.popleft()
+            self._control.words[HISTORY_HELD_WORD] = len(history)
 
     def _send_batch(self, count: int, batch: bytes, deadline: float | None
                     ) -> tuple[int, int]:
@@ -457,9 +533,12 @@ class EventEmitter(Handle):
 
     def _batch_of(self, events: list[Any]) -> bytes | None:
         """`events` pickled as one list, if that is worth it and safe (`_codec`)."""
-        if len(events) < 2 or self._expect_large or self._batch_misses:
+        if len(events) < 2 or self._expect_large or self._batch_misses \
+                or self._history is not None:  # the history keeps events one by one
             self._batch_misses = max(0, self._batch_misses - 1)
             return None
+        if any(o.queue is not None for o in self._outlets.values()):
+            return None  # a queue's members claim events one by one (see `_Outlet`)
         batch = _codec.encode_batch(events)
         if batch is None or not _ring.batch_fits(len(events), batch):
             self._batch_misses = BATCH_RETRY_AFTER  # events like these: one by one a while
@@ -510,7 +589,11 @@ class EventEmitter(Handle):
             slowest = min(self._outlets.values(), default=None,
                           key=lambda o: self._fanout.oldest_unread(o.sub_id))
             if slowest is None or self._fanout.oldest_unread(slowest.sub_id) > oldest:
-                self._reclaim(seq)  # read by everyone meanwhile, or nobody left to read it
+                # Read by everyone meanwhile, or nobody left to read it; if the history
+                # still holds it, the history gives it up (it keeps fewer large events
+                # than `history` rather than make emit wait for ever).
+                self._forget_history_through(oldest)
+                self._reclaim(seq)
                 continue
             if not wait:
                 raise _RingsFull([slowest], lambda: self._fanout.oldest_unread(
@@ -528,8 +611,11 @@ class EventEmitter(Handle):
                 self._arena.discard_newest()
 
     def _reclaim(self, seq: int) -> None:
-        self._arena.reclaim(min((self._fanout.oldest_unread(sub_id) for sub_id in self._outlets),
-                                default=seq))
+        oldest = min((self._fanout.oldest_unread(sub_id) for sub_id in self._outlets),
+                     default=seq)
+        if self._history:
+            oldest = min(oldest, self._history[0][0])  # late joiners may still get it
+        self._arena.reclaim(oldest)
 
     def _abort(self, end: int, count: int, slots: list[bytes]) -> None:
         if self._fanout.committed == end:
@@ -701,10 +787,20 @@ class EventEmitter(Handle):
         except (posix_ipc.ExistentialError, ShmBusError):
             return  # left already, or unreadable: it cannot be delivered to
         start = self._fanout.committed
+        record = self._registry.record_of(self._token, sub_id)
+        kept = self._history_for(start, ring.capacity) if record.get("history") else []
+        if kept:
+            # A late joiner that asked for the history: its ring starts with the last
+            # events before `start`, written before the ring says where it starts.
+            start -= len(kept)
+            ring.write_slots(start, _ring.slot_block(kept))
+            take_posted(ring.space, len(kept))
         ring.adopt(start)
         self._fanout.add(ring, start)
+        if kept:
+            post_each([ring.data], len(kept))
         self._outlets[sub_id] = _Outlet(ring, self._registry.bell_path(self._token, sub_id),
-                                        self._registry.pid_of(self._token, sub_id))
+                                        record)
 
     def _drop_departed(self) -> None:
         # Every record is probed, not only adopted rings: a subscriber that died halfway
@@ -782,6 +878,15 @@ def _validate_warn_after(warn_after: object) -> float | None:
         raise InvalidArgument(
             f"warn_after must be None or a number of seconds > 0, got {shown(warn_after)}")
     return float(warn_after)
+
+
+def _validate_history(history: object) -> int:
+    if isinstance(history, bool) or not isinstance(history, int) \
+            or not 0 <= history <= _ring.MAX_CAPACITY:
+        raise InvalidArgument(
+            f"history must be an int from 0 to {_ring.MAX_CAPACITY} (events kept for late "
+            f"joiners), got {shown(history)}")
+    return history
 
 
 def _iterate(events: Iterable[Any]) -> Iterator[Any]:

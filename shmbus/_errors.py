@@ -58,6 +58,10 @@ class SerializationError(ShmBusError):
     emitted: int | None = None
 
 
+class DurableInUse(ShmBusError):
+    """A durable subscription is owned by a live process: it has one owner at a time."""
+
+
 class DeserializationError(ShmBusError):
     """An event arrived but could not be unpickled here. It is consumed; the next one is not."""
 

@@ -8,6 +8,8 @@ the emitter creates it), never from the user's bus name:
     /sb_<token>               the control block (one per bus)
     /sb_<token>_r<id>         subscriber <id>'s ring, with semaphores ..._r<id>d (data)
                               and ..._r<id>s (space)
+    /sb_<token>_q<id>         the claims of queue <id>: a group's or a durable
+                              subscription's ring, read by its members (see `_group`)
     /sb_<token>_a<nonce>      an arena of large events (see `_arena`)
     /sb_<token>_x<nonce>      one event too large for the arena
 
@@ -37,6 +39,10 @@ def data_sem_name(token: str, sub_id: int) -> str:
 
 def space_sem_name(token: str, sub_id: int) -> str:
     return ring_name(token, sub_id) + "s"
+
+
+def queue_name(token: str, sub_id: int) -> str:
+    return f"{PREFIX}{token}_q{sub_id:x}"
 
 
 def large_name(token: str, kind: str, nonce: int) -> str:

@@ -1,37 +1,49 @@
-"""A pool of worker processes, each subscribed to one bus and calling a handler per event.
+"""A pool of worker processes on one bus, each calling a handler per event.
 
 ## Shape
 
-    def handle(event):                      # any callable: lambdas and closures too
-        ...
+    def handle(job):                        # any callable: lambdas and closures too
+        return job["n"] ** 2
 
     with shmbus.EventEmitter("jobs") as em:
-        with shmbus.WorkerPool("jobs", handle, workers=4) as pool:  # all 4 subscribed
-            for job in jobs:
-                em.emit(job)
-        # here every worker has handled every event emitted above, and left the bus
+        pool = shmbus.WorkerPool("jobs", handle, workers=4, results=True).start()
+        em.emit_many({"n": n} for n in range(1000))
+    # the emitter closed: the workers finish what is left and leave
+    for seq, value in pool.results():       # in completion order, as they come
+        ...
     pool.check()                            # raises the first handler failure, if any
 
-or, to run until the bus closes: `pool = WorkerPool(...).start()`, emit, close the
-emitter, then `results = pool.join()`.
+or, as a `with` block that drains the workers at its end:
+`with shmbus.WorkerPool("jobs", handle) as pool: ...`.
 
+- **`mode="share"`** (the default) makes the workers one group (`subscribe(name,
+  group=...)`): **each event goes to one worker**, the fastest taking more, and an event
+  whose worker dies before its handler returned goes to another (so a handler may, in
+  that case only, run twice for one event). **`mode="fanout"`** subscribes each worker
+  on its own: every worker receives every event, in order, as any subscriber does;
+  sharding is then the handler's business (`shmbus.worker_index()`).
+- With `results=True`, each handler's return value comes back to this process with the
+  event's number, in the order the handlers finished: `pool.results()` yields
+  `HandlerResult(seq, value)` until every worker has ended. They are collected by a
+  thread as they come, so the workers never wait for the caller to read them; an event
+  is finished (acknowledged, in "share" mode) only once its result was sent, so a worker
+  killed in between makes its event run again rather than lose its result.
 - `start()` returns once every worker has subscribed, so every event emitted after it
-  returns reaches every worker. A worker that cannot subscribe (say `BusNotFound`) makes
+  returns reaches the pool. A worker that cannot subscribe (say `BusNotFound`) makes
   `start()` stop the others and raise that worker's exception.
-- **Every worker receives every event**: a bus fans out, it does not deal events out.
-  Sharding is the handler's business: `if event["id"] % n != shmbus.worker_index():
-  return`.
-- A worker ends when the stream does (the emitter closed or died), when its handler
-  raises (it leaves the bus at once, so it never blocks the emitter), or when the pool
-  stops it. `join()` waits for the stream to end; `stop()` asks the workers to leave now,
-  or with `drain=True` after handling every event already in their rings (which includes
-  every event whose `emit` returned before `stop()` was called). Leaving a `with` block
-  normally is `stop(drain=True, timeout=None)`; leaving it by an exception is `stop()`.
+- A worker ends when the stream does (the emitter closed or died, and in "share" mode
+  every event is finished), when its handler raises (it reports the failure and leaves
+  the bus at once, so it never blocks the emitter; the failed event is finished, not
+  handed to the next worker to fail again), or when the pool stops it. `join()` waits
+  for the stream to end; `stop()` asks the workers to leave now, or with `drain=True`
+  after handling every event already there (which includes every event whose `emit`
+  returned before `stop()` was called). Leaving a `with` block normally is
+  `stop(drain=True, timeout=None)`; leaving it by an exception is `stop()`.
 - Each worker reports a `WorkerResult`: exit code, events handled, how its stream ended,
   and its handler's exception, re-created here with the worker's traceback attached as
   `__cause__` (a `WorkerError`). A worker that died without reporting (SIGKILL, the OOM
   killer) is reported too, with a `WorkerError` saying so. `check()` raises the first
-  failure.
+  failure; `worker_results` lists those so far.
 - Workers die with the pool's process, even when it is SIGKILLed: they leave the bus and
   exit at once on Linux (a signal interrupts even a busy handler); on macOS within
   `CHECK_INTERVAL` of their handler returning.
@@ -40,18 +52,24 @@ emitter, then `results = pool.join()`.
 
 ## Why this shape
 
-- Not `multiprocessing.Pool` or `ProcessPoolExecutor`: those deal tasks from one shared
-  queue, each to one worker. Here each worker is a subscriber with a ring of its own,
-  which is what gives the bus its ordering, backpressure and no-loss guarantees.
-- Reports come back through one pipe per worker, not a shared `multiprocess.Queue`: a
-  queue's writers share a lock, and a worker SIGKILLed while holding it would wedge every
-  other worker's report (the hang the bus itself is built to avoid). A pipe has one
-  writer; a killed worker's pipe reads as end-of-file, and its exit is seen on the
+- Not `multiprocessing.Pool` or `ProcessPoolExecutor`: their task queue is a pipe
+  guarded by a lock that a worker killed at the wrong moment keeps forever, and a task
+  a dead worker held is lost (Pool) or breaks the whole executor. Here the work queue is
+  the bus's own (`_group`): bounded, so a fast producer is paced by the workers, and a
+  dead worker's events go to the others.
+- Reports and results come back through pipes, one writer each, not a shared
+  `multiprocess.Queue`: a queue's writers share a lock, and a worker SIGKILLed while
+  holding it would wedge every other worker's report (the hang the bus itself is built
+  to avoid). A killed worker's pipe reads as end-of-file, and its exit is seen on the
   process sentinel in the same `connection.wait`.
+- Results travel in small batches (`RESULT_BATCH` results, or `RESULT_DELAY` seconds,
+  or whenever the worker would wait for an event): one pickle and one write per batch,
+  not per event.
 - Stopping is a message before it is a signal. A worker reads stop requests between
   events, so a handler is never interrupted mid-event unless it outstays the grace; then
   SIGTERM raises an exception in the worker (not the default death) so that it still
-  leaves the bus, and SIGKILL comes last. A sweep removes whatever a killed worker left.
+  leaves the bus (giving back, in "share" mode, the event it was handling), and SIGKILL
+  comes last. A sweep removes whatever a killed worker left.
 - Parent death: where the kernel offers it (Linux's `PR_SET_PDEATHSIG`; see `_platform`)
   each worker asks for SIGHUP when its parent dies. Not SIGTERM: the kernel sends that
   signal when the *thread* that started the worker exits, not the process, so the
@@ -74,8 +92,10 @@ emitter, then `results = pool.join()`.
 from __future__ import annotations
 
 import atexit
+import collections
 import contextlib
 import os
+import secrets
 import signal
 import sys
 import threading
@@ -83,7 +103,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import multiprocess
 import multiprocess.reduction
@@ -100,12 +120,21 @@ from ._errors import (
     WorkerError,
     shown,
 )
-from ._registry import cleanup
+from ._member import subscribe_queue
+from ._registry import cleanup, validate_queue_name
 from ._subscription import EndReason, subscribe_local
 
 Handler = Callable[[Any], object]
 
 START_METHODS = ("fork", "spawn")
+MODES = ("share", "fanout")
+
+RESULT_BATCH = 16
+"""A worker sends its handlers' results at the latest once it has this many..."""
+RESULT_DELAY = 0.002
+"""...or once the oldest has waited this many seconds, or when it would wait for an
+event. In "share" mode their events are finished only then, so this also bounds how many
+events a killed worker makes run again."""
 
 START_TIMEOUT = 30.0
 """How long `start()` waits for every worker to subscribe. A "spawn" worker needs a fresh
@@ -138,6 +167,14 @@ def worker_index() -> int:
     return _worker_index
 
 
+class HandlerResult(NamedTuple):
+    """What `WorkerPool.results()` yields: a handler's return value and the number of
+    the event it handled (its number on the bus)."""
+
+    seq: int
+    value: Any
+
+
 @dataclass(frozen=True)
 class WorkerResult:
     """How one worker ended.
@@ -162,21 +199,36 @@ class WorkerResult:
 
 
 class WorkerPool:
-    """Worker processes subscribed to one bus, each calling `handler` on every event.
+    """Worker processes on one bus, calling `handler` on its events (see the module
+    docstring).
 
-    `workers` processes are started by `start_method` ("fork", the default on Linux, or
-    "spawn", the default on macOS); each subscribes with ring `capacity` (default: the
-    bus's). The handler runs in the workers; `shmbus.worker_index()` tells it which one
-    it is in.
+    `mode="share"` (default) deals each event to one worker, `"fanout"` gives every
+    worker every event. `workers` processes are started by `start_method` ("fork", the
+    default on Linux, or "spawn", the default on macOS). In "share" mode they form the
+    group `group` (default: one of the pool's own), whose ring holds `capacity` events
+    (default: the bus's); in "fanout" mode each has a ring of `capacity`. With
+    `results=True`, `results()` streams the handlers' return values back. The handler
+    runs in the workers; `shmbus.worker_index()` tells it which one it is in.
     """
 
     def __init__(self, bus_name: str, handler: Handler, *, workers: int = 4,
+                 mode: str = "share", results: bool = False, group: str | None = None,
                  capacity: int | None = None, start_method: str | None = None,
                  start_timeout: float = START_TIMEOUT) -> None:
         if not callable(handler):
             raise InvalidArgument(f"handler must be callable, got {shown(handler)}")
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise InvalidArgument(f"workers must be an int >= 1, got {shown(workers)}")
+        if mode not in MODES:
+            raise InvalidArgument(
+                f"mode must be 'share' (each event to one worker) or 'fanout' (every event "
+                f"to every worker), got {shown(mode)}")
+        if not isinstance(results, bool):
+            raise InvalidArgument(f"results must be True or False, got {shown(results)}")
+        if group is not None:
+            if mode != "share":
+                raise InvalidArgument("group= names the workers' group: mode='share' only")
+            validate_queue_name("group", group)
         if capacity is not None:
             _ring.validate_capacity(capacity)
         method = _platform.DEFAULT_START_METHOD if start_method is None else start_method
@@ -189,7 +241,11 @@ class WorkerPool:
         self._bus_name = bus_name
         self._handler = handler
         self._size = workers
+        self._mode = mode
+        self._group = group if group is not None or mode != "share" else \
+            f"pool.{os.getpid()}.{secrets.token_hex(4)}"
         self._capacity = capacity
+        self._collector: _Collector | None = _Collector() if results else None
         self._context = multiprocess.get_context(method)
         self._start_timeout = start_timeout
         self._workers: list[_WorkerHandle] = []
@@ -208,9 +264,34 @@ class WorkerPool:
         return [worker.pid for worker in self._workers]
 
     @property
-    def results(self) -> list[WorkerResult]:
-        """The results of the workers that have finished so far, by index; never waits."""
+    def mode(self) -> str:
+        return self._mode
+
+    @property
+    def group(self) -> str | None:
+        """The workers' group in "share" mode (None in "fanout" mode)."""
+        return self._group
+
+    @property
+    def worker_results(self) -> list[WorkerResult]:
+        """How the workers that have finished so far ended, by index; never waits."""
         return [w.result for w in self._workers if w.finished() and w.result is not None]
+
+    def results(self, timeout: float | None = None) -> Iterator[HandlerResult]:
+        """The handlers' results as they come, in the order the handlers finished, each
+        with its event's number; the iteration ends once every worker has ended and
+        every result was yielded (close the emitter, or `stop()` the pool, to end it).
+
+        Needs `WorkerPool(..., results=True)`. Raises `Timeout` if no result came for
+        `timeout` seconds while workers still ran. A failed handler yields nothing: its
+        failure is the worker's (`check()`, `join()`).
+        """
+        collector = self._collector
+        if collector is None:
+            raise ShmBusError("this WorkerPool does not collect results: make it with "
+                              "WorkerPool(..., results=True)")
+        self._check_started()
+        return collector.stream(timeout, self._bus_name)
 
     def start(self) -> "WorkerPool":
         """Start the workers; return once every one has subscribed.
@@ -275,7 +356,7 @@ class WorkerPool:
 
     def check(self) -> None:
         """Raise the error of the first worker (by index) that failed so far, if any."""
-        for result in self.results:
+        for result in self.worker_results:
             if result.error is not None:
                 raise result.error
 
@@ -290,8 +371,8 @@ class WorkerPool:
 
     def __repr__(self) -> str:
         running = sum(not w.finished() for w in self._workers)
-        return (f"<shmbus.WorkerPool bus={self._bus_name!r} workers={self._size} "
-                f"running={running}>")
+        return (f"<shmbus.WorkerPool bus={self._bus_name!r} mode={self._mode} "
+                f"workers={self._size} running={running}>")
 
     # -- starting -----------------------------------------------------------------------
 
@@ -309,10 +390,13 @@ class WorkerPool:
 
     def _launch(self, index: int) -> "_WorkerHandle":
         ours, theirs = self._context.Pipe(duplex=True)
+        results_in = results_out = None
+        if self._collector is not None:
+            results_in, results_out = self._context.Pipe(duplex=False)
         spec = _WorkerSpec(self._bus_name, self._handler, index, self._capacity,
-                           parent_pid=os.getpid())
+                           parent_pid=os.getpid(), group=self._group)
         process = self._context.Process(
-            target=_worker_main, args=(spec, theirs),
+            target=_worker_main, args=(spec, theirs, results_out),
             name=f"shmbus-worker-{index}", daemon=False,
         )
         try:
@@ -321,6 +405,10 @@ class WorkerPool:
             # Only the worker may hold its end: once it exits, ours reads end-of-file.
             # Closed before the next fork, so no sibling inherits it either.
             theirs.close()
+            if results_out is not None:
+                results_out.close()
+        if results_in is not None and self._collector is not None:
+            self._collector.add(results_in)
         return _WorkerHandle(index, process, ours, self._bus_name)
 
     def _await_subscriptions(self, deadline: float) -> None:
@@ -406,6 +494,64 @@ class _WorkerSpec:
     index: int
     capacity: int | None
     parent_pid: int
+    group: str | None
+    """The workers' group ("share" mode), or None ("fanout")."""
+
+
+class _Collector:
+    """The parent's side of the results: a thread reads every worker's results pipe
+    as soon as something is there (so a worker never waits on a caller who is busy
+    emitting), into a deque that `stream` yields from."""
+
+    def __init__(self) -> None:
+        self._conns: list[Any] = []
+        self._ready: collections.deque[HandlerResult] = collections.deque()
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._open = 0
+
+    def add(self, conn: Any) -> None:
+        with self._changed:
+            self._conns.append(conn)
+            self._open += 1
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="shmbus-pool-results",
+                                            daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                conns = list(self._conns)
+            if not conns:
+                return
+            for conn in wait_for_any(conns, 0.1):
+                try:
+                    batch = _codec.decode(conn.recv_bytes())
+                except (EOFError, OSError, DeserializationError):
+                    with self._changed:  # the worker is gone: it sends no more
+                        self._conns.remove(conn)
+                        self._open -= 1
+                        self._changed.notify_all()
+                    conn.close()
+                    continue
+                with self._changed:
+                    self._ready.extend(HandlerResult(seq, value) for seq, value in batch)
+                    self._changed.notify_all()
+
+    def stream(self, timeout: float | None, bus_name: str) -> Iterator[HandlerResult]:
+        while True:
+            with self._changed:
+                if not self._ready and self._open:
+                    if not self._changed.wait_for(lambda: self._ready or not self._open,
+                                                  timeout):
+                        raise Timeout(f"no handler result from the pool on bus "
+                                      f"{bus_name!r} within {timeout} s")
+                if not self._ready:
+                    return
+                batch = list(self._ready)
+                self._ready.clear()
+            yield from batch
 
 
 @dataclass(frozen=True)
@@ -578,7 +724,7 @@ class _Stopped(BaseException):
         self.signum = signum
 
 
-def _worker_main(spec: _WorkerSpec, conn: Any) -> None:
+def _worker_main(spec: _WorkerSpec, conn: Any, results: Any = None) -> None:
     global _worker_index
     _worker_index = spec.index
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group
@@ -589,7 +735,7 @@ def _worker_main(spec: _WorkerSpec, conn: Any) -> None:
     try:
         try:
             if os.getppid() == spec.parent_pid:  # it may have died before the line above
-                _subscribe_and_serve(spec, conn, report)
+                _subscribe_and_serve(spec, conn, report, _Sender(results))
         finally:
             _default_stop_signals()
     except _Stopped as stopped:  # at most one: its handler restored the defaults
@@ -630,9 +776,14 @@ def _stop_if_orphaned(parent_pid: int) -> Callable[[int, Any], None]:
     return handler
 
 
-def _subscribe_and_serve(spec: _WorkerSpec, conn: Any, report: _Report) -> None:
+def _subscribe_and_serve(spec: _WorkerSpec, conn: Any, report: _Report,
+                         sender: "_Sender") -> None:
     try:
-        sub = subscribe_local(spec.bus_name, capacity=spec.capacity)
+        if spec.group is not None:
+            sub: Any = subscribe_queue(spec.bus_name, group=spec.group,
+                                       capacity=spec.capacity, auto_ack=False)
+        else:
+            sub = subscribe_local(spec.bus_name, capacity=spec.capacity)
     except Exception as exc:
         report.error = _RemoteError.capture(exc)
         return
@@ -640,14 +791,62 @@ def _subscribe_and_serve(spec: _WorkerSpec, conn: Any, report: _Report) -> None:
         with sub:
             with _signals_deferred():  # a stop must not cut the message in half
                 conn.send(_SUBSCRIBED)
-            _serve(sub, spec, conn, report)
+            try:
+                _serve(sub, spec, conn, report, sender)
+            finally:
+                sender.flush(sub)  # what was handled is finished and reported
     except Exception as exc:  # from the bus, e.g. an event that cannot be unpickled here
-        report.error = _RemoteError.capture(exc)
+        if report.error is None:
+            report.error = _RemoteError.capture(exc)
     finally:
         report.end_reason = sub.end_reason
+        sender.close()
 
 
-def _serve(sub: Any, spec: _WorkerSpec, conn: Any, report: _Report) -> None:
+class _Sender:
+    """A worker's side of the results: batches (see `RESULT_BATCH`), sent before the
+    events they are for are finished. Without a pipe it only finishes them."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+        self._batch: list[tuple[int, Any]] = []
+        self._since = 0.0
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._batch)
+
+    def add(self, sub: Any, value: Any) -> None:
+        if self._conn is None:
+            if hasattr(sub, "ack"):
+                sub.ack()
+            return
+        if not self._batch:
+            self._since = time.monotonic()
+        self._batch.append((sub.last_seq, value))
+        if len(self._batch) >= RESULT_BATCH or time.monotonic() - self._since >= RESULT_DELAY:
+            self.flush(sub)
+
+    def flush(self, sub: Any) -> None:
+        """Send what is batched, then finish its events. A result that cannot be pickled
+        fails the worker (SerializationError); its events are finished all the same."""
+        batch, self._batch = self._batch, []
+        try:
+            if batch and self._conn is not None:
+                data = _codec.encode(batch)
+                with _signals_deferred():  # a stop must not cut the message in half
+                    self._conn.send_bytes(data)
+        finally:
+            if batch and hasattr(sub, "ack") and not sub.closed:
+                sub.ack()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(OSError):
+                self._conn.close()
+
+
+def _serve(sub: Any, spec: _WorkerSpec, conn: Any, report: _Report, sender: _Sender) -> None:
     """Call the handler on every event until the stream ends, it fails, or we are told."""
     draining = False
     next_look = 0.0
@@ -662,21 +861,28 @@ def _serve(sub: Any, spec: _WorkerSpec, conn: Any, report: _Report) -> None:
                 return
             draining = draining or request == _DRAIN
         try:
-            event = sub.recv(timeout=0 if draining else CHECK_INTERVAL)
+            # Results waiting to be sent bound the wait: they go out within RESULT_DELAY.
+            event = sub.recv(timeout=0 if draining else
+                             RESULT_DELAY if sender.pending else CHECK_INTERVAL)
         except Timeout:
             if draining:
                 return
+            sender.flush(sub)  # nothing came: send what waits
             continue
         except Closed:
             return
         try:
-            spec.handler(event)
+            value = spec.handler(event)
         except _Stopped:
             raise
         except BaseException as exc:
             report.error = _RemoteError.capture(exc)
+            sender.flush(sub)
+            if hasattr(sub, "ack"):
+                sub.ack()  # finished, failed: not handed to the next worker to fail again
             return
         report.handled += 1
+        sender.add(sub, value)
 
 
 def _stop_request(conn: Any) -> str | None:

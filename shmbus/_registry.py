@@ -8,7 +8,13 @@ else `/tmp/shmbus-<uid>`):
     names/<name>           symlink to ../buses/<token>, the bus now holding that name
     buses/<token>/         one bus instance; flock on this directory = its mutex
         emitter            JSON about the emitter; flock-held while the emitter lives
-        sub.<id>           JSON about subscriber <id>; flock-held while it lives
+        sub.<id>           JSON about subscriber <id>; flock-held while it lives (a
+                           queue's record is held by nobody: its members' records are)
+        sub.<id>.m<n>      JSON about member <n> of queue <id> (`_group`); flock-held
+                           while that member lives
+        sub.<id>.claims    the flock every change of queue <id>'s claims is made under
+        group.<g>          symlink to sub.<id>: the ring of group <g>
+        durable.<d>        symlink to sub.<id>: the ring of durable subscription <d>
 
 The registry is the authoritative list of what a bus created: every shared object is
 named from the token and a subscriber id (see `_names`), and a record is written
@@ -20,6 +26,11 @@ memory or semaphores.
 
 - A subscriber owns its ring, its two semaphores and its `sub.<id>` file, and removes
   them when it closes.
+- A queue (a group's ring, or a durable subscription's) belongs to its members together:
+  each owns its member record; the last member out of a group removes the queue (its
+  ring, semaphores, claims segment and files), and a durable one stays until it is
+  unsubscribed (`remove_durable`), or until it has had no owner for its `expire_after`
+  (then whoever probes it removes it), or until the bus goes.
 - The emitter owns the control block, the large-event segments, the `emitter` file, the
   name link and the instance directory. If subscribers are still draining when it
   closes, those outlive it: the last subscriber out removes them.
@@ -38,6 +49,7 @@ stopped inside a critical section cannot stall `emit`.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import random
@@ -52,13 +64,14 @@ from typing import Any
 
 import posix_ipc
 
-from . import _arena, _names, _platform, _ring
+from . import _arena, _group, _names, _platform, _ring
 from ._platform import files_checked
 from ._control import SIZE as CONTROL_SIZE
 from ._control import ControlBlock
 from ._errors import (
     BusExists,
     BusNotFound,
+    DurableInUse,
     ForeignObject,
     IncompatibleBus,
     InvalidArgument,
@@ -80,6 +93,10 @@ DIR_ENV = "SHMBUS_DIR"
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}")
 _TOKEN = re.compile(r"[0-9a-f]{8}")
 _SUB_FILE = re.compile(r"sub\.([0-9]{1,19})")
+_LIFE_FILE = re.compile(r"sub\.[0-9]{1,19}(\.m[0-9]{1,19})?")
+"""A file whose flock says a process lives: a subscriber's record, or a queue member's."""
+_MEMBER_FILE = re.compile(r"sub\.([0-9]{1,19})\.m([0-9]{1,19})")
+QUEUE_KINDS = ("group", "durable")
 
 
 def validate_name(name: object) -> str:
@@ -91,6 +108,32 @@ def validate_name(name: object) -> str:
             "_ . -, not starting with '.' or '-'"
         )
     return name
+
+
+def validate_queue_name(kind: str, queue: object) -> str:
+    """A group's or a durable subscription's name: the rules of a bus name."""
+    if not isinstance(queue, str):
+        raise InvalidArgument(f"{kind} must be a str, got {type(queue).__name__}")
+    if not _NAME.fullmatch(queue):
+        raise InvalidArgument(
+            f"invalid {kind} name {shown(queue)}: use 1 to 128 characters from A-Z a-z 0-9 "
+            "_ . -, not starting with '.' or '-'"
+        )
+    return queue
+
+
+@dataclass
+class QueueJoin:
+    """What joining a queue gives its new member (`Registry.join_queue`)."""
+
+    sub_id: int
+    ring: _ring.Ring
+    state: _group.QueueState
+    lock: _group.ClaimsLock
+    member_id: int
+    row: int
+    life: LifeLock
+    record: dict[str, Any]
 
 
 def default_root() -> str:
@@ -304,9 +347,7 @@ class Registry:
         """Remove a closing subscriber's objects; the last one out removes the bus."""
         try:
             with self.bus_mutex(token):
-                _ring.unlink_ring(token, sub_id)
-                _unlink(self.bell_path(token, sub_id))
-                _unlink(self.sub_path(token, sub_id))
+                self._remove_subscriber_objects(token, sub_id, queue=False)
                 life.release()
                 if control is not None:
                     control.bump_generation()
@@ -314,6 +355,355 @@ class Registry:
             life.release()
             return
         self.remove_bus_if_abandoned(token)
+
+    # -- queues: groups and durable subscriptions (see `_group`) ---------------------
+
+    def member_path(self, token: str, sub_id: int, member_id: int) -> str:
+        return os.path.join(self.buses_dir, token, f"sub.{sub_id}.m{member_id}")
+
+    def claims_path(self, token: str, sub_id: int) -> str:
+        return os.path.join(self.buses_dir, token, f"sub.{sub_id}.claims")
+
+    def queue_link(self, token: str, kind: str, queue: str) -> str:
+        """The symlink naming the ring of group or durable subscription `queue`."""
+        return os.path.join(self.buses_dir, token, f"{kind}.{queue}")
+
+    def queue_id(self, token: str, kind: str, queue: str) -> int | None:
+        """The subscriber id of the ring of `queue`, if it has one."""
+        try:
+            target = os.readlink(self.queue_link(token, kind, queue))
+        except OSError:
+            return None
+        match = _SUB_FILE.fullmatch(target)
+        return int(match.group(1)) if match else None
+
+    def queues(self, token: str) -> dict[int, tuple[str, str]]:
+        """{subscriber id: (kind, name)} of every queue of the bus."""
+        found = {}
+        for entry in _listdir(self.bus_dir(token)):
+            kind, _, queue = entry.partition(".")
+            if kind in QUEUE_KINDS:
+                sub_id = self.queue_id(token, kind, queue)
+                if sub_id is not None:
+                    found[sub_id] = (kind, queue)
+        return found
+
+    def join_queue(self, name: str, token: str, control: ControlBlock, kind: str,
+                   queue: str, capacity: int | None, record: dict[str, Any],
+                   expire_after: float, new_capacity: int | None = None) -> "QueueJoin":
+        """Join group or durable subscription `queue` as a new member, creating its ring
+        (of `new_capacity`, else `capacity`, else the bus's) if it has none; raise
+        BusNotFound, or DurableInUse for a durable subscription whose owner lives."""
+        try:
+            with self.bus_mutex(token):
+                if control.closed or not is_alive(self.emitter_path(token)):
+                    raise BusNotFound(f"bus {name!r} is closed (its emitter closed or died)")
+                joined = None
+                sub_id = self.queue_id(token, kind, queue)
+                if sub_id is not None:
+                    joined = self._join_existing(name, token, control, sub_id, kind, queue,
+                                                 capacity, record, expire_after)
+                if joined is None:
+                    joined = self._new_queue(token, control, kind, queue,
+                                             new_capacity or capacity, record, expire_after)
+                control.bump_generation()
+                return joined
+        except BusNotFound:  # (itself a FileNotFoundError)
+            self._sweep_bus(token, Cleaned())
+            raise
+        except FileNotFoundError:
+            raise BusNotFound(f"bus {name!r} is gone (its emitter closed or died)") from None
+
+    def _join_existing(self, name: str, token: str, control: ControlBlock, sub_id: int,
+                       kind: str, queue: str, capacity: int | None, record: dict[str, Any],
+                       expire_after: float) -> "QueueJoin | None":
+        """Under the bus mutex: a new member of the queue there is; None if what the link
+        names is gone (a leftover of a crash: the link is removed)."""
+        found = self._record_quietly(self.sub_path(token, sub_id))
+        ring = state = lock = None
+        try:
+            if found.get("queue") == kind:
+                ring = _ring.Ring.attach(token, sub_id, control.slot_size)
+                state = _group.QueueState.open(token, sub_id)
+                lock = _group.ClaimsLock(self.claims_path(token, sub_id))
+        except (posix_ipc.ExistentialError, FileNotFoundError, IncompatibleBus,
+                ForeignObject):
+            pass
+        if ring is None or state is None or lock is None:
+            if lock is not None:
+                lock.close()
+            if state is not None:
+                state.close()
+            if ring is not None:
+                ring.detach()
+            self._remove_subscriber_objects(token, sub_id, queue=True)
+            return None
+        try:
+            if capacity is not None and capacity != ring.capacity:
+                raise InvalidArgument(
+                    f"the {kind} {queue!r} of bus {name!r} has a ring of {ring.capacity} "
+                    f"slots; subscribe to it without capacity=, or with {ring.capacity}")
+            member = self._add_member(token, sub_id, ring, state, lock, kind, queue, record,
+                                      expire_after)
+        except BaseException:
+            lock.close()
+            state.close()
+            ring.detach()
+            raise
+        return QueueJoin(sub_id, ring, state, lock, *member, found)
+
+    def _new_queue(self, token: str, control: ControlBlock, kind: str, queue: str,
+                   capacity: int | None, record: dict[str, Any], expire_after: float
+                   ) -> "QueueJoin":
+        """Under the bus mutex: a queue's record, ring, claims file, segment and link,
+        in that order (a record names what may exist before it exists), and a member."""
+        wanted = capacity if capacity is not None else control.default_capacity
+        entry = {**record, "queue": kind, "queue_name": queue}
+        for _ in range(_SQUAT_RETRIES):
+            sub_id, life, ring = self._new_subscriber(token, control, wanted, entry)
+            state = lock = None
+            try:
+                with open(self.claims_path(token, sub_id), "xb"):
+                    pass
+                state = _group.QueueState.create(token, sub_id, ring.capacity,
+                                                 _group.KINDS[kind], expire_after)
+                lock = _group.ClaimsLock(self.claims_path(token, sub_id))
+                os.symlink(f"sub.{sub_id}", self.queue_link(token, kind, queue))
+                member = self._add_member(token, sub_id, ring, state, lock, kind, queue,
+                                          record, expire_after)
+                return QueueJoin(sub_id, ring, state, lock, *member,
+                                 self._record_quietly(self.sub_path(token, sub_id)))
+            except BaseException as exc:
+                for held in (lock, state):
+                    if held is not None:
+                        held.close()
+                ring.detach()
+                self._remove_subscriber_objects(token, sub_id, queue=True)
+                if not isinstance(exc, posix_ipc.ExistentialError):
+                    raise
+                # Someone created the queue segment's name first: try the next id.
+            finally:
+                life.release()  # a queue's record is held by nobody (see `_group`)
+        raise ShmBusError(
+            f"the shared-memory names for new queues of bus {token} are already taken by "
+            "objects shmbus did not create; list /dev/shm for 'sb_" + token + "_q*'")
+
+    def _add_member(self, token: str, sub_id: int, ring: _ring.Ring,
+                    state: _group.QueueState, lock: _group.ClaimsLock, kind: str,
+                    queue: str, record: dict[str, Any], expire_after: float
+                    ) -> tuple[int, int, LifeLock]:
+        """Under the bus mutex: (member id, row, life lock) of a new member. The dead
+        members' claims are given back first, which is how a durable subscription's new
+        owner resumes with what its predecessor had not finished."""
+        deadline = time.monotonic() + _group.LOCK_TIMEOUT
+        given = 0
+        with lock.held(deadline, f"the {kind} {queue!r}"):
+            start = ring.start_seq if ring.adopted else None
+            given, live = _group.requeue_dead(state, ring, start,
+                                              self._member_path_of(token, sub_id))
+            if kind == "durable" and live:
+                owner = next((pid for _, _, pid in state.member_rows()), "?")
+                raise DurableInUse(
+                    f"the durable subscription {queue!r} is owned by a live process (pid "
+                    f"{owner}); it has one owner at a time. Close it there, or use a "
+                    "group to share its events")
+            member_id = state.next_member_id()
+            entry = {**record, "version": REGISTRY_VERSION, "queue": kind,
+                     "queue_name": queue, "member": member_id}
+            life = LifeLock.create(self.member_path(token, sub_id, member_id), _json(entry))
+            try:
+                row = state.add_member(member_id, os.getpid())
+            except BaseException:
+                _unlink(self.member_path(token, sub_id, member_id))
+                life.release()
+                raise
+            state.mark_owned()
+            if kind == "durable":
+                state.set_expire_after(expire_after)
+        _group.wake(ring.data, given)
+        return member_id, row, life
+
+    def _member_path_of(self, token: str, sub_id: int) -> _group.MemberPath:
+        def path(member_id: int) -> str:
+            return self.member_path(token, sub_id, member_id)
+        return path
+
+    def leave_queue(self, token: str, sub_id: int, member_id: int, life: LifeLock,
+                    ring: _ring.Ring, state: _group.QueueState, control: ControlBlock | None,
+                    keep: bool) -> None:
+        """A member that has given back or finished its claims and left its row goes.
+        If it was the last one, the queue goes too, unless `keep` (a durable one: its
+        expiry clock starts)."""
+        try:
+            with self.bus_mutex(token):
+                _unlink(self.member_path(token, sub_id, member_id))
+                life.release()
+                if self.live_members(token, sub_id):
+                    return  # the queue goes on, so the bus does
+                if keep:
+                    state.mark_orphaned()
+                else:
+                    ring.mark_sub_closed()
+                    with contextlib.suppress(posix_ipc.Error):
+                        ring.space.release()  # an emitter blocked on this ring moves on
+                    self._remove_subscriber_objects(token, sub_id, queue=True)
+                    if control is not None:
+                        control.bump_generation()
+        except FileNotFoundError:
+            life.release()
+            return
+        self.remove_bus_if_abandoned(token)
+
+    def remove_durable(self, name: str, durable: str) -> None:
+        """Remove durable subscription `durable` of bus `name` and what it holds.
+
+        Raises `BusNotFound`, `InvalidArgument` if the bus has no such durable
+        subscription, and `DurableInUse` if its owner lives.
+        """
+        validate_name(name)
+        validate_queue_name("durable", durable)
+        token = self.resolve(name)
+        if token is None:
+            raise self.no_such_bus(name)
+        for _ in range(100):
+            sub_id = self.queue_id(token, "durable", durable)
+            if sub_id is None:
+                raise InvalidArgument(f"bus {name!r} has no durable subscription {durable!r} "
+                                      "(`shmbus ls` lists them)")
+            life = LifeLock.take_if_dead(self.sub_path(token, sub_id))
+            if life is None:
+                time.sleep(0.01)  # another process is probing it: a moment
+                continue
+            control = _attach_control_quietly(token)
+            try:
+                with self.bus_mutex(token):
+                    live = self.live_members(token, sub_id)
+                    if live:
+                        raise DurableInUse(
+                            f"the durable subscription {durable!r} of bus {name!r} is owned "
+                            "by a live process; close it there first")
+                    self._remove_subscriber_objects(token, sub_id, queue=True)
+                    if control is not None:
+                        control.bump_generation()
+                return
+            except FileNotFoundError:
+                raise self.no_such_bus(name) from None
+            finally:
+                life.release()
+                if control is not None:
+                    control.close()
+        raise ShmBusError(f"the durable subscription {durable!r} of bus {name!r} stayed "
+                          "locked by another process; try again")
+
+    def live_members(self, token: str, sub_id: int) -> list[int]:
+        """The ids of queue `sub_id`'s members whose processes live."""
+        live = []
+        for entry in _listdir(self.bus_dir(token)):
+            match = _MEMBER_FILE.fullmatch(entry)
+            if match and int(match.group(1)) == sub_id and is_alive(
+                    os.path.join(self.bus_dir(token), entry)):
+                live.append(int(match.group(2)))
+        return live
+
+    def _reap_queue_if_dead(self, token: str, sub_id: int, record: dict[str, Any],
+                            control: ControlBlock | None) -> bool:
+        """With the queue's record lock held: give back what its dead members held, and
+        remove the queue if it has no live member (and, if durable, has had none for
+        its `expire_after`); True if it is gone."""
+        try:
+            state: _group.QueueState | None = _group.QueueState.open(token, sub_id)
+        except (posix_ipc.ExistentialError, ShmBusError):
+            state = None  # half made or half removed: it goes below, unless a member lives
+        try:
+            if state is not None:
+                self._requeue_dead_members(token, sub_id, state)
+            if self.live_members(token, sub_id):
+                return False  # the usual answer, found without the bus's mutex
+            # Only tried: the emitter calls this, and must never wait on a process that
+            # is stopped inside a join or a leave (the next probe looks again).
+            with self._bus_mutex_if_free(token) as held:
+                if not held or self.live_members(token, sub_id):
+                    return False
+                if record.get("queue") == "durable" and state is not None:
+                    state.mark_orphaned()  # the first prober to find it ownerless
+                    since = state.orphaned_since
+                    if since is not None and time.time() < since + state.expire_after:
+                        return False
+                self._remove_subscriber_objects(token, sub_id, queue=True)
+                if control is not None:
+                    control.bump_generation()
+                return True
+        finally:
+            if state is not None:
+                state.close()
+
+    @contextlib.contextmanager
+    def _bus_mutex_if_free(self, token: str) -> Iterator[bool]:
+        """The bus's mutex if nobody holds it now: True inside, or False."""
+        lock = LifeLock(self.bus_dir(token), os.O_RDONLY)  # FileNotFoundError if gone
+        try:
+            try:
+                fcntl.flock(lock.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            lock.release()
+
+    def _requeue_dead_members(self, token: str, sub_id: int,
+                              state: _group.QueueState) -> None:
+        """Give back the claims of the queue's dead members, if any died, unless a member
+        holds the claims lock (then it looks after them itself)."""
+        if all(is_alive(self.member_path(token, sub_id, member))
+               for _, member, _ in state.member_rows()):
+            return
+        lock = _group.try_claims_lock(self.claims_path(token, sub_id))
+        if lock is None:
+            return
+        try:
+            try:
+                ring = _ring.Ring.attach(token, sub_id, _ring.SLOT_SIZE)
+            except (posix_ipc.ExistentialError, ShmBusError):
+                return
+            try:
+                start = ring.start_seq if ring.adopted else None
+                given, _ = _group.requeue_dead(state, ring, start,
+                                               self._member_path_of(token, sub_id))
+                lock.release()
+                _group.wake(ring.data, given)
+            finally:
+                ring.detach()
+        finally:
+            lock.close()
+
+    def _remove_subscriber_objects(self, token: str, sub_id: int, queue: bool) -> None:
+        """Under the bus mutex: everything of subscriber (or queue) `sub_id`, its record
+        last."""
+        _ring.unlink_ring(token, sub_id)
+        _unlink(self.bell_path(token, sub_id))
+        if queue:
+            _group.remove(token, sub_id)
+            target = f"sub.{sub_id}"
+            for entry in _listdir(self.bus_dir(token)):
+                path = os.path.join(self.bus_dir(token), entry)
+                if entry.startswith(target + "."):
+                    _unlink(path)  # member records, the claims file
+                elif entry.partition(".")[0] in QUEUE_KINDS:
+                    with contextlib.suppress(OSError):
+                        if os.readlink(path) == target:
+                            _unlink(path)
+        _unlink(self.sub_path(token, sub_id))
+
+    def record_of(self, token: str, sub_id: int) -> dict[str, Any]:
+        """Subscriber `sub_id`'s record, or {} if it is gone or unreadable."""
+        return self._record_quietly(self.sub_path(token, sub_id))
+
+    def _record_quietly(self, path: str) -> dict[str, Any]:
+        try:
+            return self.read_record(path)
+        except (ShmBusError, OSError):
+            return {}
 
     # -- membership and reaping -----------------------------------------------------
 
@@ -336,10 +726,12 @@ class Registry:
         if life is None:
             return not os.path.exists(path)
         try:
+            record = self._record_quietly(path)
+            if record.get("queue") in QUEUE_KINDS:
+                # Nobody holds a queue's record: whether it lives is its members' say.
+                return self._reap_queue_if_dead(token, sub_id, record, control)
             with self.bus_mutex(token):
-                _ring.unlink_ring(token, sub_id)
-                _unlink(self.bell_path(token, sub_id))
-                _unlink(path)
+                self._remove_subscriber_objects(token, sub_id, queue=False)
                 if control is not None:
                     control.bump_generation()
         except FileNotFoundError:
@@ -373,8 +765,10 @@ class Registry:
     def _remove_abandoned_locked(self, token: str, cleaned: Cleaned | None) -> bool:
         if is_alive(self.emitter_path(token)):
             return False
-        for sub_id in self.subscriber_ids(token):
-            if is_alive(self.sub_path(token, sub_id)):
+        for entry in _listdir(self.bus_dir(token)):
+            # Subscribers, and members of queues (whose own records nobody holds).
+            if _LIFE_FILE.fullmatch(entry) and is_alive(os.path.join(self.bus_dir(token),
+                                                                       entry)):
                 return False
         name = self._name_of(token)
         if name is not None and self.resolve(name) == token:
@@ -383,6 +777,7 @@ class Registry:
                 cleaned.names.append(name)
         for sub_id in self.subscriber_ids(token):
             _ring.unlink_ring(token, sub_id)
+            _group.remove(token, sub_id)
             _unlink(self.sub_path(token, sub_id))
         _remove_shared_objects(token)
         _remove_tree_quietly(self.bus_dir(token))

@@ -23,10 +23,14 @@ The bus's own words are always there and always true.
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from dataclasses import dataclass
 
-from . import _ring
-from ._errors import IncompatibleBus
+import posix_ipc
+
+from . import _group, _ring
+from ._errors import IncompatibleBus, ShmBusError
 from ._liveness import is_alive
 from ._registry import Registry, _attach_control_quietly, validate_name
 
@@ -46,6 +50,19 @@ class SubscriberStats:
     """Events it has consumed."""
     blocked_seconds: float
     """Total time the emitter has spent waiting for room in its ring."""
+    kind: str = "subscriber"
+    """"subscriber", or "group" or "durable" for a queue's ring (`shmbus.subscribe(name,
+    group=...)`, `durable=...`), which its members read together."""
+    queue: str | None = None
+    """The group's or the durable subscription's name."""
+    member_pids: tuple[int, ...] = ()
+    """A queue's live members (a durable one has one owner at most)."""
+    in_flight: int = 0
+    """A queue's events taken by a member and not yet finished."""
+    redelivered: int = 0
+    """A queue's events given to another member because the one that had them died."""
+    expires_in: float | None = None
+    """A durable subscription without an owner: seconds until it is removed."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +86,10 @@ class BusStats:
     large_bytes_held: int
     """Shared memory the bus's large events hold now, oversized ones included."""
     subscribers: tuple[SubscriberStats, ...]
+    history: int = 0
+    """How many of the last events the emitter keeps for late joiners (`EventEmitter(
+    history=K)`); `history_held` is how many it has now."""
+    history_held: int = 0
 
     @property
     def blocked_seconds(self) -> float:
@@ -113,6 +134,8 @@ def _read_bus(registry: Registry, name: str, token: str) -> BusStats | None:
             large_bytes_held=sum(size for _, size in [*control.arena_entries(),
                                                       *control.segment_entries()]),
             subscribers=tuple(_read_subscribers(registry, token, emitted)),
+            history=control.history,
+            history_held=control.history_held,
         )
     finally:
         control.close()
@@ -121,13 +144,14 @@ def _read_bus(registry: Registry, name: str, token: str) -> BusStats | None:
 
 def _read_subscribers(registry: Registry, token: str, emitted: int) -> list[SubscriberStats]:
     found = []
+    queues = registry.queues(token)
     for sub_id in registry.subscriber_ids(token):
         ring = _ring.read_figures(token, sub_id)
         if ring is None:
             continue  # joining or just gone
         path = registry.sub_path(token, sub_id)
         consumed_up_to = ring.start_seq + ring.tail
-        found.append(SubscriberStats(
+        figures = SubscriberStats(
             id=sub_id,
             pid=_pid(registry, path),
             alive=is_alive(path),
@@ -135,8 +159,36 @@ def _read_subscribers(registry: Registry, token: str, emitted: int) -> list[Subs
             fill=max(0, emitted - consumed_up_to) if ring.adopted else 0,
             delivered=ring.tail,
             blocked_seconds=ring.blocked_ns / 1e9,
-        ))
+        )
+        queue = queues.get(sub_id)
+        if queue is not None:
+            figures = _queue_figures(registry, token, figures, queue, ring.tail)
+        found.append(figures)
     return found
+
+
+def _queue_figures(registry: Registry, token: str, figures: SubscriberStats,
+                   queue: tuple[str, str], tail: int) -> SubscriberStats:
+    """A queue's ring's figures, with its members' (read from its segment, `_group`)."""
+    kind, name = queue
+    try:
+        state = _group.QueueState.open(token, figures.id)
+    except (posix_ipc.ExistentialError, ShmBusError):
+        return dataclasses.replace(figures, kind=kind, queue=name, alive=False)
+    try:
+        live = set(registry.live_members(token, figures.id))
+        pids = tuple(pid for _, member, pid in state.member_rows() if member in live)
+        expires_in = None
+        if kind == "durable" and not live:
+            since = state.orphaned_since
+            left = state.expire_after - (time.time() - since if since else 0.0)
+            expires_in = max(0.0, left)
+        return dataclasses.replace(
+            figures, kind=kind, queue=name, alive=bool(live), member_pids=pids,
+            pid=pids[0] if pids else None, in_flight=max(0, state.claimed - tail),
+            redelivered=state.redelivered, expires_in=expires_in)
+    finally:
+        state.close()
 
 
 def _pid(registry: Registry, path: str) -> int | None:

@@ -193,15 +193,34 @@ WAIT_STEP = 0.05
 """The longest `subscribe(wait=)` sleeps between two looks for its bus."""
 
 
+def ring_capacity(name: str, control: ControlBlock, capacity: int | None,
+                  history: bool) -> int:
+    """The capacity of a new ring: `capacity`, or the bus's default; with `history`, at
+    least the bus's history (`EventEmitter(history=K)`), which it must hold whole."""
+    if not isinstance(history, bool):
+        raise InvalidArgument(f"history must be True or False, got {shown(history)}")
+    depth = control.history
+    if history and not depth:
+        raise InvalidArgument(f"bus {name!r} keeps no history for late joiners; its emitter "
+                              "would have to be made with EventEmitter(name, history=K)")
+    if capacity is not None:
+        if history and capacity < depth:
+            raise InvalidArgument(
+                f"a ring of {capacity} slots cannot hold the {depth} events of history bus "
+                f"{name!r} keeps; pass capacity={depth} or more, or leave it out")
+        return capacity
+    return max(control.default_capacity, depth) if history else control.default_capacity
+
+
 def subscribe_local(name: str, *, capacity: int | None = None,
-                    wait: float = 0.0) -> "LocalSubscription":
+                    wait: float = 0.0, history: bool = False) -> "LocalSubscription":
     """Subscribe to the bus called `name` on this host; see `shmbus.subscribe`."""
     validate_name(name)
     deadline = deadline_after(wait)
     pause = 0.002
     while True:
         try:
-            return LocalSubscription._join(Registry(), name, capacity)
+            return LocalSubscription._join(Registry(), name, capacity, history)
         except BusNotFound as exc:
             if deadline is not None and time.monotonic() >= deadline:
                 if wait:
@@ -220,7 +239,8 @@ class LocalSubscription(Handle):
         raise TypeError("use shmbus.subscribe(name) or EventEmitter.subscribe()")
 
     @classmethod
-    def _join(cls, registry: Registry, name: str, capacity: int | None) -> "LocalSubscription":
+    def _join(cls, registry: Registry, name: str, capacity: int | None,
+              history: bool = False) -> "LocalSubscription":
         validate_name(name)
         if capacity is not None:
             _ring.validate_capacity(capacity)
@@ -228,8 +248,10 @@ class LocalSubscription(Handle):
         registry.sweep_some()
         token, control = registry.open_bus(name)
         try:
-            wanted = capacity if capacity is not None else control.default_capacity
-            record = {"pid": os.getpid(), "created": time.time()}
+            wanted = ring_capacity(name, control, capacity, history)
+            record: dict[str, Any] = {"pid": os.getpid(), "created": time.time()}
+            if history:
+                record["history"] = True  # the emitter copies its history in (`_adopt`)
             sub_id, life, ring = registry.join(name, token, control, wanted, record)
         except BaseException:
             control.close()

@@ -66,8 +66,9 @@ class Waiter(ABC):
 
     name: str
 
-    def take(self, sem: posix_ipc.Semaphore, timeout: float) -> bool:
-        """True if a token was taken within `timeout` seconds, False if not."""
+    def take(self, sem: posix_ipc.Semaphore, timeout: float, spin: bool = True) -> bool:
+        """True if a token was taken within `timeout` seconds, False if not. Without
+        `spin`, it sleeps at once (see `SPIN`)."""
         try:
             sem.acquire(0)
             return True
@@ -75,9 +76,9 @@ class Waiter(ABC):
             pass
         if timeout <= 0:
             return False
-        if _yield_until_posted(sem, min(timeout, SPIN)):
+        if spin and _yield_until_posted(sem, min(timeout, SPIN)):
             return True
-        return self._take_blocking(sem, max(0.0, timeout - SPIN))
+        return self._take_blocking(sem, max(0.0, timeout - SPIN) if spin else timeout)
 
     @abstractmethod
     def _take_blocking(self, sem: posix_ipc.Semaphore, timeout: float) -> bool: ...

@@ -262,3 +262,18 @@ def test_unknown_names_and_missing_libraries_are_reported() -> None:
 
     assert Missing.unavailable() == (
         "no-such-dist is not installed: pip install -e '.[bench]'")
+
+
+@pytest.mark.timeout(120)
+def test_the_work_queue_benchmark_runs_every_system() -> None:
+    from benchmarks import workqueue
+
+    systems = [s for s in workqueue.SYSTEMS
+               if s != "faster-fifo" or importlib.util.find_spec("faster_fifo")]
+    figures = workqueue.measure(systems, ["10us"], {"10us": 300}, runs=1)
+    assert figures["failures"] == []
+    assert [row["system"] for row in figures["medians"]] == systems
+    for row in figures["medians"]:
+        assert row["jobs"] == 300 and row["jobs_per_second"] > 0
+        # Too few jobs for the clock ticks CPU times come in: only their sum is checked.
+        assert row["cpu_us_per_job"] >= row["workers_cpu_us_per_job"] >= 0

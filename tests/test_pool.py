@@ -79,13 +79,16 @@ def pools() -> Iterator[Callable[..., WorkerPool]]:
     made: list[WorkerPool] = []
 
     def make(*args: Any, **kwargs: Any) -> WorkerPool:
+        # These tests are about every worker getting every event; "share" mode has its
+        # own file (test_pool_share.py).
+        kwargs.setdefault("mode", "fanout")
         pool = WorkerPool(*args, **kwargs)
         made.append(pool)
         return pool
 
     yield make
     for pool in made:
-        if pool.pids and len(pool.results) < len(pool.pids):
+        if pool.pids and len(pool.worker_results) < len(pool.pids):
             pool.stop(timeout=1.0)
         kill_all(pool.pids)
 
@@ -346,7 +349,7 @@ def test_leaving_the_with_block_first_handles_every_event_emitted_in_it(
         with pools(em.name, slow, workers=2) as pool:
             emit_all(em, list(range(100)))  # returns long before the workers are done
         assert em.subscriber_count == 0
-        for result in pool.results:
+        for result in pool.worker_results:
             assert_clean(result, 100, shmbus.EndReason.UNSUBSCRIBED)
             assert recorded(tmp_path, result.index) == list(range(100))
 
@@ -358,7 +361,7 @@ def test_leaving_the_with_block_by_an_exception_stops_the_workers_at_once(
             with pools(em.name, lambda event: time.sleep(0.05), workers=2) as pool:
                 emit_all(em, list(range(100)))  # 5 s of work each
                 raise RuntimeError("the caller's own failure")
-        for result in pool.results:
+        for result in pool.worker_results:
             assert result.ok and result.end_reason is shmbus.EndReason.UNSUBSCRIBED
             assert result.handled is not None and result.handled < 20
 
@@ -445,7 +448,7 @@ def handle(event):
     if event == "hold" and worker_index() == 1:
         ctypes.CDLL(None).prctl(1, ctypes.c_ulong(0))  # no signal: the polling must do
 
-pool = WorkerPool(sys.argv[1], handle, workers=2).start()
+pool = WorkerPool(sys.argv[1], handle, workers=2, mode="fanout").start()
 print(json.dumps(pool.pids), flush=True)
 time.sleep(60)
 """

@@ -5,7 +5,10 @@
 It runs a `shmbus.nats.Bridge` in the foreground. It prints one line once events reach
 the stream and one when the bus ends. The bridge takes the first Ctrl-C itself, stores
 what it already read and returns; the bus still being open is how this command tells
-that from the bus's end, and exits 130.
+that from the bus's end, and exits 130. The bridge reads through its durable
+subscription (`bridge.<stream>`) unless `--no-durable`: stopped or killed, it leaves the
+bus keeping what is emitted meanwhile for the next bridge, for `--expire-after` seconds
+at most, and says so when it stops.
 
 ## Why the NATS layer is imported inside the command
 
@@ -40,6 +43,14 @@ def add_command(commands: Any) -> None:
                         help="the NATS server, e.g. nats://127.0.0.1:4222")
     bridge.add_argument("--stream", default=None, metavar="S",
                         help="the JetStream stream to publish to (default: the bridge's)")
+    bridge.add_argument("--no-durable", dest="durable", action="store_false",
+                        help="read the bus through a plain subscription: what is emitted "
+                        "while no bridge runs is lost (and reported lost to remote "
+                        "subscribers)")
+    bridge.add_argument("--expire-after", type=float, default=None, metavar="SECONDS",
+                        help="how long the bus keeps events for a bridge that stopped or "
+                        "died before it gives up on it (default: "
+                        f"{shmbus.DEFAULT_EXPIRE_AFTER:g})")
     bridge.set_defaults(command=run_bridge)
 
 
@@ -47,7 +58,8 @@ def run_bridge(args: argparse.Namespace) -> int:
     from shmbus.nats import Bridge  # the optional layer: see the module's docstring
 
     out = Console(highlight=False)
-    bridge = Bridge(args.name, args.nats, stream=args.stream)
+    bridge = Bridge(args.name, args.nats, stream=args.stream, durable=args.durable,
+                    expire_after=args.expire_after)
     where = f"{bridge.url} (stream {bridge.stream})"  # the password redacted
 
     def ready() -> None:
@@ -59,6 +71,11 @@ def run_bridge(args: argparse.Namespace) -> int:
     summary = f"published {plural(published, 'event', 'events')} to {where}"
     if _bus_is_open(args.name):
         notice_line(f"stopped: {summary}")  # only Ctrl-C ends a bridge before its bus
+        if bridge.durable is not None:
+            expiry = args.expire_after or shmbus.DEFAULT_EXPIRE_AFTER
+            notice_line(f"bus {args.name!r} keeps what is emitted now for the next bridge "
+                        f"for {expiry:g} s (shmbus unsubscribe {args.name} "
+                        f"{bridge.durable} lets go of it)")
         return EXIT_INTERRUPTED
     out.print(f"bus {args.name!r} ended: {summary}", markup=False)
     return EXIT_OK

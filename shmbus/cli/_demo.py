@@ -22,9 +22,10 @@ exception here, and says how a worker that died without reporting died; it stops
 workers with a message, then SIGTERM, then SIGKILL, and sweeps what a killed one left;
 and its workers die with this process even if it is SIGKILLed.
 
-What the pool does not give is a value back from the handler. The demo does without:
-the count is the pool's own `handled`, and the order check is an exception, which the
-pool reports like any other failure.
+The pool runs in "fanout" mode, every worker receiving every event (its default,
+"share", deals each event to one worker). The demo needs no value back from the handler
+(`results=True`): the count is the pool's own `handled`, and the order check is an
+exception, which the pool reports like any other failure.
 
 ## Ctrl-C
 
@@ -167,8 +168,9 @@ def run_demo(args: argparse.Namespace) -> int:
     settings = DemoSettings.from_args(args)
     out = Console(highlight=False)
     with shmbus.EventEmitter(capacity=settings.capacity) as emitter:
+        # "fanout": every worker gets every event, which is what the demo checks.
         pool = shmbus.WorkerPool(emitter.name, CheckOrder(settings.slow_ms / 1000),
-                                 workers=settings.subscribers,
+                                 workers=settings.subscribers, mode="fanout",
                                  start_method=settings.start_method)
         # Returns once every worker has subscribed; if one cannot, the others are
         # stopped and its exception (the library's words) is raised here.

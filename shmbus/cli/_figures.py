@@ -10,7 +10,10 @@ the emitter spent waiting for room in its ring. The subscriber with a full ring,
 the largest share, is the one holding everyone back, and a line under the table names it.
 
 A table has one row for the emitter of each bus, one for the shared memory its large
-events take, then one per subscriber, so that the emitter's figures (events emitted,
+events take, one for the events it keeps for late joiners if it keeps any (`history`,
+its fill column what it holds of how many), then one per subscriber (a group's or a
+durable subscription's ring is one row: `group NAME (N members)`, `durable NAME`, or
+`durable NAME (expires in S s)` when it has no owner, with its first member's pid), so that the emitter's figures (events emitted,
 emit rate, total time blocked) sit in the same columns as each subscriber's (events
 delivered, receive rate, time the emitter was blocked on it). In the `large` row, the
 fill column is what the bus's large events hold now against their bound
@@ -61,8 +64,10 @@ def add_commands(commands: Any) -> None:
         "ls", help="list buses and their subscribers, with live figures",
         description="List every bus of this user (or one, by name) with its emitter and "
         "subscribers: pid, ring capacity and fill, events delivered, how long the "
-        "emitter has waited on each subscriber, and the shared memory the bus's large "
-        "events hold against their bound.",
+        "emitter has waited on each subscriber, the shared memory the bus's large "
+        "events hold against their bound, and the events it keeps for late joiners. "
+        "Groups and durable subscriptions are one row each: their members, or whether "
+        "a durable one has an owner and, if not, when it expires.",
     )
     ls.add_argument("name", nargs="?", metavar="NAME", help="show only this bus")
     ls.add_argument("--json", action="store_true", help="print the figures as JSON")
@@ -205,6 +210,8 @@ def figures_table(buses: list[shmbus.BusStats], previous: list[shmbus.BusStats] 
         old = before.get(bus.token)
         table.add_row(*_emitter_cells(bus, old, elapsed, rates), style="bold")
         table.add_row(*_large_events_cells(bus, rates))
+        if bus.history:
+            table.add_row(*_history_cells(bus, rates))
         old_subs = {s.id: s for s in old.subscribers} if old is not None else {}
         for sub in bus.subscribers:
             table.add_row(*_subscriber_cells(sub, old_subs.get(sub.id), elapsed, rates))
@@ -239,12 +246,35 @@ def _large_events_cells(bus: shmbus.BusStats, rates: bool) -> list[RenderableTyp
     return cells + [""] * (3 if rates else 1)  # no events, rates or blocked time of its own
 
 
+def _history_cells(bus: shmbus.BusStats, rates: bool) -> list[RenderableType]:
+    cells: list[RenderableType] = ["", "history", "", f"{bus.history_held:,}/{bus.history:,}",
+                                   ""]
+    return cells + [""] * (3 if rates else 1)
+
+
+def subscriber_label(sub: shmbus.SubscriberStats) -> Text:
+    """`sub 3`, `group workers (4 members)`, `durable bridge1 (expires in 42 s)` (one
+    without an owner)."""
+    if sub.kind == "group":
+        members = len(sub.member_pids)
+        return Text(f"group {sub.queue} ({plural(members, 'member', 'members')})",
+                    style="" if members else "red")
+    if sub.kind == "durable":
+        if sub.alive:
+            return Text(f"durable {sub.queue}")
+        # Only one without an owner expires: "expires" says both, in few columns.
+        expiry = (f"expires in {sub.expires_in:.0f} s" if sub.expires_in is not None
+                  else "no owner")
+        return Text(f"durable {sub.queue} ({expiry})", style="yellow")
+    return Text(f"sub {sub.id}" if sub.alive else f"sub {sub.id} (dead)",
+                style="" if sub.alive else "red")
+
+
 def _subscriber_cells(sub: shmbus.SubscriberStats, old: shmbus.SubscriberStats | None,
                       elapsed: float | None, rates: bool) -> list[RenderableType]:
-    who = f"sub {sub.id}" if sub.alive else f"sub {sub.id} (dead)"
     cells: list[RenderableType] = [
         "",
-        Text(who, style="" if sub.alive else "red"),
+        subscriber_label(sub),
         _pid(sub.pid),
         fill_bar(sub.fill, sub.capacity),
         f"{sub.delivered:,}",
@@ -320,7 +350,9 @@ def _culprit(bus: shmbus.BusStats, previous: list[shmbus.BusStats],
     """A line naming the subscriber that holds the emitter of `bus` back, if one does."""
     old = next((b for b in previous if b.token == bus.token), None)
     before = {s.id: s for s in old.subscribers} if old is not None else {}
-    full = [s for s in bus.subscribers if s.alive and s.capacity and s.fill >= s.capacity]
+    # A durable subscription without an owner holds the emitter back too, until it expires.
+    full = [s for s in bus.subscribers if (s.alive or s.kind == "durable")
+            and s.capacity and s.fill >= s.capacity]
     if full:
         return Text(_full_ring_verdict(bus.name, full, before, elapsed), style="bold red")
     if not before or not elapsed:
@@ -344,7 +376,8 @@ def _full_ring_verdict(bus_name: str, full: list[shmbus.SubscriberStats],
                        before: dict[int, shmbus.SubscriberStats],
                        elapsed: float | None) -> str:
     sub = full[0]
-    verdict = f"{bus_name}: sub {sub.id} (pid {_pid(sub.pid)}) has a full ring: emit waits for it"
+    who = subscriber_label(sub).plain if sub.kind != "subscriber" else f"sub {sub.id}"
+    verdict = f"{bus_name}: {who} (pid {_pid(sub.pid)}) has a full ring: emit waits for it"
     old = before.get(sub.id)
     if old is not None and elapsed:
         read = sub.delivered - old.delivered

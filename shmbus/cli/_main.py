@@ -25,7 +25,7 @@ import sys
 
 import shmbus
 
-from . import _bench, _bridge, _demo, _figures, _gc, _tail
+from . import _bench, _bridge, _demo, _figures, _gc, _tail, _unsubscribe
 from ._common import (
     EXIT_BROKEN_PIPE,
     EXIT_FAILED,
@@ -72,6 +72,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _figures.add_commands(commands)
     _tail.add_command(commands)
     _gc.add_command(commands)
+    _unsubscribe.add_command(commands)
     _demo.add_command(commands)
     _bench.add_command(commands)
     _bridge.add_command(commands)

@@ -3,9 +3,11 @@
 ## Shape
 
 `tail` is an ordinary subscriber (`shmbus.subscribe`): it sees the events emitted after
-it subscribed, and while it runs the emitter waits for it like for any other. It prints a
-str event as it is (unless it holds control characters) and anything else as its repr,
-one per line; `--json` prints one JSON document per line, and the repr as a JSON string for an object JSON cannot represent.
+it subscribed (with `--history`, first the last ones the bus keeps for late joiners,
+`EventEmitter(history=K)`), and while it runs the emitter waits for it like for any
+other. It prints a str event as it is (unless it holds control characters) and anything
+else as its repr, one per line; `--json` prints one JSON document per line, and the repr
+as a JSON string for an object JSON cannot represent.
 NAME may be `nats://host:port/NAME`, a bridged bus read back from NATS: the library's
 `subscribe` picks the layer, so this module never imports the NATS one.
 
@@ -54,6 +56,9 @@ def add_command(commands: Any) -> None:
                       "event JSON cannot represent)")
     tail.add_argument("--capacity", type=int, default=None, metavar="C",
                       help="ring slots for this subscriber (default: the bus's)")
+    tail.add_argument("--history", action="store_true",
+                      help="first print the last events emitted before this started, as "
+                      "many as the bus keeps (EventEmitter(name, history=K))")
     tail.set_defaults(command=run_tail)
 
 
@@ -64,7 +69,7 @@ def run_tail(args: argparse.Namespace) -> int:
         # An event's text may hold characters the terminal's encoding lacks; one event
         # must not end the stream.
         sys.stdout.reconfigure(errors="backslashreplace")
-    with shmbus.subscribe(args.name, capacity=args.capacity) as sub:
+    with shmbus.subscribe(args.name, capacity=args.capacity, history=args.history) as sub:
         printed = follow(sub, line_of, limit, sys.stdout)
         end = sub.end_reason
     if limit is not None and printed >= limit:

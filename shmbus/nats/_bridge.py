@@ -33,7 +33,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from .._errors import InvalidArgument, NatsError, shown
+from .._errors import BusNotFound, DurableInUse, InvalidArgument, NatsError, shown
+from .._member import QueueSubscription, subscribe_queue
 from .._registry import validate_name
 from .._subscription import subscribe_local
 from ._jetstream import (
@@ -58,11 +59,20 @@ class Bridge:
     `stop()` ends it, storing what it already took from the bus. `stream` defaults to
     `SHMBUS_<name>`; `max_msgs` and `max_bytes` bound it (a full stream blocks the
     bridge, then the emitter); `capacity` is the bridge's ring on the local bus.
+
+    With `durable` (the default) the bridge reads the bus through the durable
+    subscription `bridge.<stream>`: a bridge killed or stopped and started again loses
+    nothing, since the bus keeps what is emitted meanwhile, for up to `expire_after`
+    seconds (default `shmbus.DEFAULT_EXPIRE_AFTER`; `shmbus unsubscribe NAME
+    bridge.<stream>` lets go sooner). A second bridge, started beside it for fast
+    failover, stands by on a subscription of its own and takes the durable one over
+    when it takes the lead.
     """
 
     def __init__(self, name: str, nats_url: str, *, stream: str | None = None,
                  max_msgs: int = DEFAULT_MAX_MSGS, max_bytes: int = DEFAULT_MAX_BYTES,
-                 capacity: int | None = None) -> None:
+                 capacity: int | None = None, durable: bool = True,
+                 expire_after: float | None = None) -> None:
         self.name = validate_name(name)
         self._servers = parse_servers(nats_url)
         self.url = redact(nats_url)
@@ -74,6 +84,11 @@ class Bridge:
         self.max_msgs = max_msgs
         self.max_bytes = max_bytes
         self.capacity = capacity
+        if not isinstance(durable, bool):
+            raise InvalidArgument(f"durable must be True or False, got {shown(durable)}")
+        self.durable = f"bridge.{self.stream}" if durable else None
+        """The durable subscription the bridge reads the bus through, if it is durable."""
+        self.expire_after = expire_after
         self._status = Status()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -157,12 +172,16 @@ class Bridge:
                 await require_jetstream(js, self.url)
                 await ensure_stream(js, self.url, self.name, self.stream,
                                     max_msgs=self.max_msgs, max_bytes=self.max_bytes)
-                sub = subscribe_local(self.name, capacity=self.capacity)
+                sub = self._take_durable() or subscribe_local(self.name,
+                                                              capacity=self.capacity)
                 try:
                     self._pump = Pump(self.name, self.url, self.stream, nc, js, sub,
-                                      self._status)
+                                      self._status,
+                                      self._take_durable if self.durable else None)
                     await self._pump.run()
                 finally:
+                    if self._pump is not None:
+                        self._pump.sub.close()
                     self._pump = None
                     sub.close()
             finally:
@@ -172,6 +191,17 @@ class Bridge:
             interrupt.restore()
         return self.published
 
+    def _take_durable(self) -> QueueSubscription | None:
+        """The bridge's durable subscription, or None if it has none or another bridge
+        owns it (then this one stands by, see `_pump`)."""
+        if self.durable is None:
+            return None
+        try:
+            return subscribe_queue(self.name, durable=self.durable, capacity=self.capacity,
+                                   auto_ack=False, expire_after=self.expire_after)
+        except (DurableInUse, BusNotFound):  # the bus ended: what this one read will do
+            return None
+
     async def _on_disconnect(self) -> None:
         if self._pump is not None:
             self._pump.on_disconnect()
@@ -179,7 +209,8 @@ class Bridge:
 
 def run_bridge(name: str, nats_url: str, *, stream: str | None = None,
                max_msgs: int = DEFAULT_MAX_MSGS, max_bytes: int = DEFAULT_MAX_BYTES,
-               on_ready: Callable[[], None] | None = None, capacity: int | None = None) -> int:
+               on_ready: Callable[[], None] | None = None, capacity: int | None = None,
+               durable: bool = True, expire_after: float | None = None) -> int:
     """Carry bus `name` into NATS JetStream until the bus ends or Ctrl-C.
 
     Returns the number of events published. Raises `NatsUnavailable` if no server
@@ -188,7 +219,7 @@ def run_bridge(name: str, nats_url: str, *, stream: str | None = None,
     emitted from then on will reach the stream. See `Bridge`.
     """
     bridge = Bridge(name, nats_url, stream=stream, max_msgs=max_msgs, max_bytes=max_bytes,
-                    capacity=capacity)
+                    capacity=capacity, durable=durable, expire_after=expire_after)
     try:
         return bridge.run(on_ready)
     except KeyboardInterrupt:  # the second Ctrl-C

@@ -16,7 +16,15 @@ recover those; the local bus keeps no events for subscribers that are gone. The
 restarted bridge's events carry the bus's numbers, so remote subscribers see the jump
 and raise `EventsLost` for exactly those events: the loss is reported, never silent.
 
-To lose nothing when a bridge dies, run two on the same host: every bridge subscribes
+So by default a bridge reads the bus through a durable subscription,
+`bridge.<stream>` (see `shmbus.subscribe(name, durable=...)`): the bus keeps its ring
+while no bridge runs, and the leader acknowledges each event only once the stream has
+stored it. A bridge restarted after a SIGKILL takes the durable subscription over and
+resumes at the first event the stream may lack; the publisher's probe and the message
+ids make the overlap exact. The bridge's own `expire_after` (see `Bridge`) bounds how
+long the bus keeps events for a bridge that never comes back.
+
+For fast failover, run two on the same host: every bridge subscribes
 and reads the whole bus, but only the holder of a `flock` on `bridge.<stream>.lock` in
 the registry directory publishes; the kernel hands the lock to a standby the moment the
 leader dies. The leader announces on core NATS how far the stream has stored, and a
@@ -52,6 +60,7 @@ from nats.js import JetStreamContext
 
 from .._errors import Closed, Timeout
 from .._liveness import LifeLock
+from .._member import QueueSubscription
 from .._registry import Registry
 from .._subscription import EndReason, LocalSubscription
 from ._publisher import WINDOW, Publisher
@@ -105,11 +114,22 @@ class Leadership:
         self._lock.release()
 
 
+Reader = LocalSubscription | QueueSubscription
+
+
 class Pump:
-    """Reads the bus and, while it leads, publishes; while it stands by, keeps up."""
+    """Reads the bus and, while it leads, publishes; while it stands by, keeps up.
+
+    `take_durable` (None: the bridge is not durable) takes the bridge's durable
+    subscription, or says None while another bridge owns it. A standby reads through a
+    subscription of its own; once it leads, it takes the durable one over (the dead or
+    stopped leader's: it holds everything not yet stored) and reads from there.
+    """
 
     def __init__(self, bus: str, url: str, stream: str, nc: NatsClient,
-                 js: JetStreamContext, sub: LocalSubscription, status: Status) -> None:
+                 js: JetStreamContext, sub: Reader, status: Status,
+                 take_durable: "Callable[[], QueueSubscription | None] | None" = None
+                 ) -> None:
         self._bus = bus
         self._url = url
         self._stream = stream
@@ -127,6 +147,14 @@ class Pump:
         self._standby_limit = 2 * (sub.capacity + WINDOW)
         self._give_up_at: float | None = None
         self._last_announced = 0.0
+        self._take_durable = take_durable
+        self._acked: int | None = None
+        self._durable_tried = 0.0
+
+    @property
+    def sub(self) -> Reader:
+        """The subscription it reads now (the bridge closes it after `run`)."""
+        return self._sub
 
     def on_disconnect(self) -> None:
         self._publisher.abandon()
@@ -140,17 +168,26 @@ class Pump:
             while True:
                 if not status.leading and leadership.try_take():
                     self._lead()
+                if status.leading and not isinstance(self._sub, QueueSubscription):
+                    self._switch_to_durable()
                 if status.stop.is_set() and not self._has_more_to_store():
                     return
                 await self._read()
                 if status.leading:
-                    if await self._publish():
+                    done = await self._publish()
+                    self._acknowledge()
+                    if done:
                         return
                 else:
                     self._keep_up()
         finally:
             with contextlib.suppress(Exception):
                 await progress.unsubscribe()
+            # What was stored is acknowledged, and the durable subscription let go of,
+            # before the leadership: a standby that takes over can take it at once.
+            with contextlib.suppress(Exception):
+                self._acknowledge()
+            self._sub.close()
             leadership.release()
 
     def _lead(self) -> None:
@@ -158,6 +195,33 @@ class Pump:
         self._publisher.lose_place()  # where the last leader stopped is unknown
         log.info("bridge of %r to %s now publishes", self._bus, self._url)
         self._status.mark_ready()
+
+    def _switch_to_durable(self) -> None:
+        """Leading through a subscription of its own: take the durable one over, if the
+        bridge is durable and it is free (tried at most once a second)."""
+        now = time.monotonic()
+        if self._take_durable is None or now < self._durable_tried + 1.0:
+            return
+        self._durable_tried = now
+        taken = self._take_durable()
+        if taken is None:
+            return
+        log.info("bridge of %r to %s took over its durable subscription", self._bus,
+                 self._url)
+        old, self._sub = self._sub, taken
+        old.close()
+        # The durable subscription holds every event the stream may lack, from the
+        # first one not known stored; what this one read on its own is not needed.
+        self._pending.clear()
+        self._first_seq = None
+
+    def _acknowledge(self) -> None:
+        """Finish, on a durable subscription, every event the stream has stored."""
+        through = self._publisher.through
+        if (isinstance(self._sub, QueueSubscription) and through is not None
+                and (self._acked is None or through > self._acked)):
+            self._sub.ack(through)
+            self._acked = through
 
     def _has_more_to_store(self) -> bool:
         return self._status.leading and bool(self._pending)
@@ -246,7 +310,7 @@ class Pump:
             self._status.mark_ready()
 
 
-def _take(sub: LocalSubscription, max_n: int, wait: float,
+def _take(sub: Reader, max_n: int, wait: float,
           max_payload: int) -> tuple[list[Message], EndReason | None]:
     """Up to `max_n` events from the bus as messages, and why the bus ended if it did.
 

@@ -11,6 +11,13 @@ failure can be replayed with `--seed`:
   once each, in order; the emitter must never have spent more than 1 s blocked on a
   dead subscriber (read from that ring's `blocked_ns`, which it mapped before the kill);
   and nothing of the bus may remain in /dev/shm or the registry.
+- **A group under fire** (`group_chaos`): this process emits a numbered stream to a
+  group of about four member processes, which record each event they handle (to a file
+  of their own) and then acknowledge it, while a chaos loop SIGKILLs members (never the
+  last), SIGSTOPs them and starts new ones. Afterwards every event must have been
+  handled at least once and finished exactly once, a duplicate only where a member that
+  handled it was killed before finishing it, every killed member's unfinished events
+  handled again within a second of the kill, and nothing of the bus may remain.
 - **The emitter dies** (`emitter_chaos`): a child emits (small and large events, often
   blocked on a slow subscriber) until it is SIGKILLed at a random moment; every
   subscriber must then have received every event whose `emit` had returned, with no gap
@@ -26,6 +33,7 @@ import contextlib
 import dataclasses
 import os
 import random
+import shutil
 import signal
 import struct
 import sys
@@ -54,6 +62,8 @@ class Figures:
     worst_blocked_on_dead: float = 0.0
     worst_reap: float = 0.0
     worst_death_detection: float = 0.0
+    worst_redelivery: float = 0.0
+    duplicates: int = 0
 
     def add(self, other: "Figures") -> None:
         for f in dataclasses.fields(self):
@@ -63,10 +73,12 @@ class Figures:
 
     def __str__(self) -> str:
         return (f"{self.events:,} events, {self.kills} kills, {self.stops} stops, "
-                f"{self.joins} joins, {self.clean_closes} clean closes; worst: blocked "
+                f"{self.joins} joins, {self.clean_closes} clean closes, "
+                f"{self.duplicates} handled twice; worst: blocked "
                 f"on a dead subscriber {self.worst_blocked_on_dead * 1e3:.0f} ms, reap "
                 f"{self.worst_reap * 1e3:.0f} ms, emitter-death detection "
-                f"{self.worst_death_detection * 1e3:.0f} ms")
+                f"{self.worst_death_detection * 1e3:.0f} ms, redelivery after a kill "
+                f"{self.worst_redelivery * 1e3:.0f} ms")
 
 
 # -- subscriber processes -------------------------------------------------------------
@@ -276,6 +288,168 @@ def _check_subscribers(seed: int, emits: list[tuple[float, float]],
                 f"seed {seed}: subscriber {key} ended at {last} of {len(emits) - 1}")
 
 
+# -- scenario 3: a group under fire ---------------------------------------------------
+
+def _group_member(name: str, path: str, rng_seed: int, ready: Any) -> None:
+    """Take events from group "workers" and, per event: record "h <n> <time>", work a
+    moment, acknowledge, record "a <n>". A line cut short by a kill is ignored."""
+    rng = random.Random(rng_seed)
+    delay = rng.choice([0.0, 0.0, 0.0002, 0.001])
+    batch = rng.choice([1, 1, 3, 8])
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    sub = shmbus.subscribe(name, group="workers", auto_ack=False)
+    ready.put(os.getpid())
+    try:
+        while True:
+            try:
+                events = sub.recv_many(batch) if batch > 1 else [sub.recv()]
+            except shmbus.Closed:
+                break
+            for event in events:
+                os.write(fd, f"h {event[0]} {time.monotonic():.6f}\n".encode())
+                if len(event) > 1 and event[1] != _payload(event[0], len(event[1])):
+                    os.write(fd, f"torn {event[0]}\n".encode())
+                if delay:
+                    time.sleep(delay)
+            sub.ack()
+            os.write(fd, "".join(f"a {e[0]}\n" for e in events).encode())
+    finally:
+        sub.close()
+        os.write(fd, b"end\n")
+        os.close(fd)
+
+
+def group_chaos(seed: int, seconds: float) -> Figures:
+    rng = random.Random(seed)
+    name = f"group-chaos-{seed}"
+    figures = Figures()
+    records = tempfile.mkdtemp(prefix="sbgroup-")
+    procs: dict[int, Any] = {}
+    killed: dict[int, float] = {}  # key: when
+    ready = CTX.Queue()
+    emitted = 0
+    with shmbus.EventEmitter(name, capacity=rng.choice([4, 16, 64, 256])) as em:
+        token = em._token
+
+        def start(key: int) -> None:
+            proc = CTX.Process(target=_group_member, daemon=True,
+                               args=(name, os.path.join(records, str(key)),
+                                     rng.randrange(1 << 30), ready))
+            proc.start()
+            procs[key] = proc
+            ready.get(timeout=30)
+
+        for key in range(4):
+            start(key)
+        stop_emitting = threading.Event()
+        counts = [0]
+
+        def emit_loop() -> None:
+            n = 0
+            while not stop_emitting.is_set():
+                em.emit((n, _payload(n, 2000)) if n % 50 == 0 else (n,))
+                n += 1
+                counts[0] = n
+
+        emitter = threading.Thread(target=emit_loop)
+        emitter.start()
+        deadline = time.monotonic() + seconds
+        next_key = 4
+        try:
+            while time.monotonic() < deadline:
+                time.sleep(rng.uniform(0.01, 0.15))
+                alive = [k for k, p in procs.items() if k not in killed and p.is_alive()]
+                action = rng.choice(["kill", "kill", "stop", "join"])
+                if len(alive) < 4 or action == "join" and len(alive) < 6:
+                    start(next_key)
+                    next_key += 1
+                    figures.joins += 1
+                elif action == "kill" and len(alive) >= 2:
+                    key = rng.choice(alive)
+                    os.kill(procs[key].pid, signal.SIGKILL)
+                    killed[key] = time.monotonic()
+                    procs[key].join(5)
+                    figures.kills += 1
+                elif action == "stop":
+                    key = rng.choice(alive)
+                    os.kill(procs[key].pid, signal.SIGSTOP)
+                    time.sleep(rng.uniform(0.01, 0.3))
+                    os.kill(procs[key].pid, signal.SIGCONT)
+                    figures.stops += 1
+        finally:
+            stop_emitting.set()
+            emitter.join(30)
+        emitted = counts[0]
+    for proc in procs.values():
+        proc.join(60)
+    try:
+        figures.events = emitted
+        figures.worst_redelivery, figures.duplicates = _check_group(seed, records, emitted,
+                                                                    procs, killed)
+        assert all(p.exitcode == 0 for k, p in procs.items() if k not in killed), (
+            f"seed {seed}: a member failed: {[p.exitcode for p in procs.values()]}")
+        assert figures.worst_redelivery < 1.0, (
+            f"seed {seed}: a killed member's events came again only "
+            f"{figures.worst_redelivery:.3f} s after the kill")
+        leftovers = [n for n in os.listdir(SHM) if token in n]
+        assert not leftovers, f"seed {seed}: left in /dev/shm: {leftovers}"
+        assert not os.path.exists(em._registry.bus_dir(token)), f"seed {seed}: registry"
+    finally:
+        for proc in procs.values():
+            if proc.is_alive():
+                proc.kill()
+        shutil.rmtree(records, ignore_errors=True)
+    return figures
+
+
+def _check_group(seed: int, records: str, emitted: int, procs: dict[int, Any],
+                 killed: dict[int, float]) -> tuple[float, int]:
+    """Check what the members recorded; the longest a killed member's unfinished event
+    waited after the kill to be handled again, and how many events were handled twice."""
+    handled: dict[int, list[tuple[int, float]]] = {}  # n: [(member, when)]
+    finished: dict[int, list[int]] = {}
+    for key in procs:
+        path = os.path.join(records, str(key))
+        if not os.path.exists(path):
+            continue
+        with open(path) as f:
+            lines = f.read().split("\n")
+        assert key in killed or "end" in lines, f"seed {seed}: member {key} never ended"
+        for line in lines[:-1]:  # the last is empty, or cut short by a kill
+            kind, *rest = line.split()
+            if kind == "h":
+                handled.setdefault(int(rest[0]), []).append((key, float(rest[1])))
+            elif kind == "a":
+                finished.setdefault(int(rest[0]), []).append(key)
+            elif kind == "torn":
+                raise AssertionError(f"seed {seed}: member {key} read event {rest[0]} torn")
+    lost = [n for n in range(emitted) if n not in handled]
+    assert not lost, f"seed {seed}: {len(lost)} events never handled, first {lost[:5]}"
+    extra = set(handled) - set(range(emitted))
+    assert not extra, f"seed {seed}: events handled that were never emitted: {extra}"
+    worst = 0.0
+    for n, by in handled.items():
+        done = finished.get(n, [])
+        assert len(done) <= 1, f"seed {seed}: event {n} finished by {done}"
+        for key, when in by:
+            if key in done:
+                continue
+            # Handled without being finished: only a member killed before finishing.
+            assert key in killed, (
+                f"seed {seed}: member {key} handled event {n} and never finished it")
+        if len(by) > 1:
+            unfinished = [(key, when) for key, when in by if key not in done]
+            assert len(unfinished) >= len(by) - 1, (
+                f"seed {seed}: event {n} handled {len(by)} times: {by}, finished by {done}")
+            for key, _ in unfinished:
+                later = [w for k, w in by if w > killed[key]]
+                if later:
+                    worst = max(worst, min(later) - killed[key])
+        elif not done:
+            assert by[0][0] in killed, f"seed {seed}: event {n} was never finished"
+    return worst, sum(1 for by in handled.values() if len(by) > 1)
+
+
 # -- scenario 2: the emitter dies ------------------------------------------------------
 
 def _doomed_emitter(name: str, subscribers: int, capacity: int, progress: Any) -> None:
@@ -361,6 +535,7 @@ def main() -> None:
         print(f"seed {seed}", flush=True)
         total.add(subscriber_chaos(seed, seconds=20))
         total.add(emitter_chaos(seed, rounds=10))
+        total.add(group_chaos(seed, seconds=20))
         print(f"  so far: {total}", flush=True)
         seed += 1
     print(f"soak done: {total}")

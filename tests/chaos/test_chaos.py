@@ -30,6 +30,14 @@ def test_subscribers_killed_stopped_and_joining_lose_nothing(seed, capsys):
 
 
 @pytest.mark.timeout(120)
+def test_a_group_with_members_killed_at_random_loses_nothing(seed, capsys):
+    figures = driver.group_chaos(seed, seconds=12)
+    with capsys.disabled():
+        print(f"\n  group chaos, seed {seed}: {figures}")
+    assert figures.kills > 0 and figures.events > 0
+
+
+@pytest.mark.timeout(120)
 def test_a_killed_emitter_loses_no_returned_event(seed, capsys):
     figures = driver.emitter_chaos(seed, rounds=8)
     with capsys.disabled():

@@ -37,7 +37,7 @@ def test_bridge_publishes_the_bus_to_nats_and_sums_up_when_the_bus_closes(
 
 
 @pytest.mark.timeout(60)
-def test_bridge_ctrl_c_exits_130_quietly_and_unsubscribes(
+def test_bridge_ctrl_c_exits_130_quietly_and_leaves_its_durable_subscription(
         registry: Path, nats_server: NatsServer) -> None:
     with shmbus.EventEmitter("news") as em, cli_process(
             registry, "bridge", "news", "--nats", nats_server.url, "--stream", "NEWS") as proc:
@@ -51,7 +51,27 @@ def test_bridge_ctrl_c_exits_130_quietly_and_unsubscribes(
     assert proc.returncode == 130, out + err
     assert "Traceback" not in err
     assert err.startswith("shmbus: stopped: published ")
+    # Its durable subscription stays, without an owner, for the next bridge.
+    assert [s.alive for s in left] == [False]
+    assert ("shmbus: bus 'news' keeps what is emitted now for the next bridge for 60 s "
+            "(shmbus unsubscribe news bridge.NEWS lets go of it)") in err
+
+
+@pytest.mark.timeout(60)
+def test_bridge_without_durable_leaves_nothing_when_stopped(
+        registry: Path, nats_server: NatsServer) -> None:
+    with shmbus.EventEmitter("news") as em, cli_process(
+            registry, "bridge", "news", "--nats", nats_server.url, "--no-durable") as proc:
+        assert proc.stdout is not None
+        proc.stdout.readline()
+        em.emit("one")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=RUN_TIMEOUT)
+        left = shmbus.stats("news").subscribers
+
+    assert proc.returncode == 130, out + err
     assert left == ()
+    assert "keeps what is emitted" not in err
 
 
 @pytest.mark.timeout(60)

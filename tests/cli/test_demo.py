@@ -130,7 +130,7 @@ def test_demo_runs_its_subscribers_on_a_worker_pool(
 
     assert status == 0, capsys.readouterr()
     assert len(made) == 1 and len(made[0].pids) == 2
-    results = made[0].results
+    results = made[0].worker_results
     assert [(r.index, r.handled, r.end_reason) for r in results] == [
         (0, 50, shmbus.EndReason.CLOSED), (1, 50, shmbus.EndReason.CLOSED)]
     assert capsys.readouterr().out.count("received 50 of 50, in order") == 2

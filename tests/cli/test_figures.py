@@ -227,3 +227,52 @@ def test_ls_json_gives_the_large_events_figures_in_bytes(
 ])
 def test_sizes_are_shown_in_binary_units(count: int, shown: str) -> None:
     assert human_bytes(count) == shown
+
+
+# -- groups, durable subscriptions, history --------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_ls_shows_groups_durable_subscriptions_and_the_history(registry: Path) -> None:
+    with shmbus.EventEmitter("queues", history=5) as em, \
+            em.subscribe(group="workers") as one, em.subscribe(group="workers"), \
+            em.subscribe(durable="kept") as kept:
+        shmbus.subscribe("queues", durable="orphan", expire_after=300).close()
+        for seq in range(7):
+            em.emit(seq)
+        assert one.recv_many(2, timeout=1) == [0, 1]  # taken, not finished
+        assert kept.recv(timeout=1) == 0
+
+        table = run_cli(registry, "ls", "queues")
+        as_json = run_cli(registry, "ls", "--json")
+
+    assert table.returncode == 0, table.stderr
+    assert row(table.stdout, "history")[:2] == ["history", "5/5"]
+    me = str(os.getpid())
+    workers = row(table.stdout, "group", "workers")
+    assert workers[:5] == ["group", "workers", "(2", "members)", me]
+    assert row(table.stdout, "durable", "kept")[:3] == ["durable", "kept", me]
+    orphan = row(table.stdout, "durable", "orphan")
+    assert orphan[:4] == ["durable", "orphan", "(expires", "in"]
+    assert 290 <= int(orphan[4]) <= 300 and orphan[5:7] == ["s)", "?"]
+    [bus] = json.loads(as_json.stdout)["buses"]
+    assert (bus["history"], bus["history_held"]) == (5, 5)
+    subs = {s["queue"]: s for s in bus["subscribers"]}
+    assert subs["workers"]["kind"] == "group" and subs["workers"]["in_flight"] == 2
+    assert subs["workers"]["member_pids"] == [os.getpid()] * 2
+    assert subs["kept"]["alive"] and subs["kept"]["expires_in"] is None
+    assert not subs["orphan"]["alive"] and subs["orphan"]["member_pids"] == []
+    assert 290 <= subs["orphan"]["expires_in"] <= 300
+
+
+@pytest.mark.timeout(60)
+def test_top_names_an_ownerless_durable_subscription_that_holds_the_emitter_back(
+        registry: Path) -> None:
+    with shmbus.EventEmitter("held", capacity=4) as em:
+        shmbus.subscribe("held", durable="gone").close()
+        for seq in range(4):
+            em.emit(seq)
+        result = run_cli(registry, "top", "--once", "--interval", "0.1")
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"held: durable gone \(expires in \d+ s\) \(pid \?\) has a "
+                     r"full ring: emit waits for it", result.stdout), result.stdout

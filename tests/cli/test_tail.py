@@ -143,3 +143,26 @@ def test_tail_of_a_bus_that_does_not_exist_is_one_error_line(registry: Path) -> 
 
     assert_one_error_line(result, "no bus named 'nope'")
     assert result.stdout == ""
+
+
+@pytest.mark.timeout(60)
+def test_tail_history_prints_the_kept_events_first_then_the_stream(registry: Path) -> None:
+    with shmbus.EventEmitter("news", history=3) as em:
+        for seq in range(10):
+            em.emit(seq)
+        with cli_process(registry, "tail", "news", "--history") as proc:
+            wait_for_subscribers(em, 1, proc)
+            em.emit(10)
+            em.close()
+            out, err = proc.communicate(timeout=RUN_TIMEOUT)
+
+    assert proc.returncode == 0, err
+    assert out.splitlines() == ["7", "8", "9", "10"]
+    assert err.strip() == "shmbus: bus 'news' closed after 4 events"
+
+
+@pytest.mark.timeout(60)
+def test_tail_history_on_a_bus_without_one_is_one_error_line(registry: Path) -> None:
+    with shmbus.EventEmitter("news"):
+        assert_one_error_line(run_cli(registry, "tail", "news", "--history"),
+                              "bus 'news' keeps no history for late joiners")
