@@ -311,15 +311,16 @@ class EventEmitter(Handle):
             # next call, or by the one at interpreter exit.
             if self._closed:
                 return
-            if not self._control.unmapped:
+            if not self._control.unmapped and not self._fanout.closed:
                 self._control.mark_closed()
                 self._refresh()  # rings that joined since the last emit hear the end too
                 self._drop_departed()  # the dead are removed now, not by the last one out
-                self._fanout.repost(1)  # every subscriber looks, and sees `closed`
+                self._fanout.repost()  # every sleeping subscriber looks, sees `closed`
                 self._ring_bells()
                 for outlet in self._outlets.values():
                     self._fanout.remove(outlet.sub_id)
                     outlet.ring.detach()
+                self._fanout.close()  # before the control block it writes goes
             self._ringer.close()
             self._arena.close()
             if self._bell is not None:
@@ -495,7 +496,7 @@ class EventEmitter(Handle):
 
     def _abort(self, end: int, count: int, slots: list[bytes]) -> None:
         if self._fanout.committed == end:
-            self._fanout.repost(count)  # may ring a bell twice: one spurious wake-up
+            self._fanout.repost()  # may ring a bell twice: one spurious wake-up
             self._ring_bells()
         else:
             self._discard_large(slots)
@@ -592,7 +593,7 @@ class EventEmitter(Handle):
             while True:
                 if self._closing:
                     raise Closed(f"bus {self._name!r} was closed while emit was blocked")
-                got = self._waiter.take(outlet.ring.space, slice_until(deadline))
+                got = self._sleep_on(outlet, ready, deadline)
                 if outlet.ring.sub_closed:
                     self._drop(outlet)
                     return False
@@ -616,6 +617,19 @@ class EventEmitter(Handle):
         finally:
             if outlet.sub_id in self._outlets:
                 outlet.ring.add_blocked_ns(time.monotonic_ns() - began)
+
+    def _sleep_on(self, outlet: _Outlet, ready: Callable[[], bool],
+                  deadline: float | None) -> bool:
+        """One slice of waiting on `outlet`'s `space` doorbell, with the emitter's sleeping
+        flag up in that ring so that its subscriber rings it (see `_ring`): True if rung,
+        or if `ready()` already once the flag was up."""
+        self._fanout.before_wait(outlet.sub_id)
+        try:
+            if ready() or outlet.ring.sub_closed:
+                return True
+            return self._waiter.take(outlet.ring.space, slice_until(deadline))
+        finally:
+            self._fanout.after_wait(outlet.sub_id)
 
     # -- membership ---------------------------------------------------------------------
 

@@ -419,6 +419,7 @@ class LocalSubscription(Handle):
                     self._ring_emitter_bell()
                 if self._ringer is not None:
                     self._ringer.close()
+                self._reader.close()  # before the memory it reads goes
                 self._ring.detach()
             if not self._left:
                 # Even if a mapping is gone already (a dropped handle is finalized with
@@ -588,7 +589,7 @@ class LocalSubscription(Handle):
         if self._end is not None:
             self._raise_end()
         while True:
-            got = self._waiter.take(self._ring.data, slice_until(deadline))
+            got = self._sleep(deadline)
             if self._closing:
                 raise Closed(f"this subscription to {self._name!r} was closed")
             seq = self._reader.ready()
@@ -603,6 +604,18 @@ class LocalSubscription(Handle):
                 self._raise_end()
             if not got and expired(deadline):
                 raise Timeout(f"no event on bus {self._name!r} within the timeout")
+
+    def _sleep(self, deadline: float | None) -> bool:
+        """One slice of waiting on the `data` doorbell, with the sleeping flag up so that
+        the emitter rings it (see `_ring`): True if rung, or if there is something to
+        look at already once the flag was up."""
+        ready = self._reader.before_wait()
+        try:
+            if ready is not None or self._control.closed:
+                return True
+            return self._waiter.take(self._ring.data, slice_until(deadline))
+        finally:
+            self._reader.after_wait()
 
     def _emitter_gone(self, check_life: bool) -> EndReason | None:
         if self._control.closed:
