@@ -71,11 +71,11 @@ _Static_assert(sizeof(unsigned long long) == 8, "a counter is 8 bytes");
 #define RING_ADOPTED 20
 #define RING_START 24
 #define RING_TAIL 32
-#define RING_SUB_WAITING 56  /* the bell flags (asyncio waiters) */
-#define RING_EMITTER_WAITING 60
 #define RING_PINNED 64
 #define RING_SUB_SLEEPING 72 /* the sleeping flags (waiters on a semaphore) */
 #define RING_EMITTER_SLEEPING 76
+#define RING_SUB_WAITING 80  /* the bell flags (asyncio waiters) */
+#define RING_EMITTER_WAITING 84
 #define CONTROL_COMMITTED 16
 #define CONTROL_BYTES 48
 #define CONTROL_MIN_SIZE 64
