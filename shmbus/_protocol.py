@@ -7,14 +7,17 @@ Two halves, one per side, and nothing else in shmbus reads or writes the counter
 - `Fanout`, the emitter's side of every ring it writes. `publish` puts the next events
   (slots already made) into every ring, all or none: it checks that every ring has room
   (`tail` against `committed`), copies the slots into each, stores `committed` past them
-  (the one store that makes them exist), and rings each ring's `data` doorbell. If a
-  ring is full it writes nothing and says which; waiting for room is the emitter's
-  business (`_emitter`), and so is everything that is not per event.
+  (the one store that makes them exist), and rings the `data` doorbell of each
+  subscriber that sleeps. If a ring is full it writes nothing and says which; waiting
+  for room is the emitter's business (`_emitter`), and so is everything that is not per
+  event. `publish_inline` is the same for one small event, without its slot made first:
+  the usual `emit`, in one call.
 - `Reader`, a subscriber's side of its ring. `ready` says whether the next event has
   been committed; `take` decodes the ready events into a list the subscription owns
   (those in their slots itself, large ones through a callback into `_arena`), then
-  moves `tail` past them and rings the `space` doorbell; `slot` and `advance` serve the
-  one caller that does not decode (raw reads for a bridge).
+  moves `tail` past them and rings the `space` doorbell if the emitter sleeps on it;
+  `slot` and `advance` serve the one caller that does not decode (raw reads for a
+  bridge).
 
 Each half also raises and lowers its own side's sleeping flag around a wait
 (`before_wait`, `after_wait`): the waits themselves are the caller's (`_wait`), but who
@@ -73,6 +76,7 @@ from ._ring import (
     SUB_WAITING,
     TAIL_WORD,
     Ring,
+    inline_slot,
     large_length,
 )
 from ._wait import fence
@@ -180,6 +184,10 @@ class Fanout:
         words[BYTES_WORD] += nbytes
         self._ring_doorbells(False)
         return len(targets)
+
+    def publish_inline(self, pickle: bytes) -> int:
+        """`publish` of one event whose pickle fits in a slot: the usual emit."""
+        return self.publish(inline_slot(self._words[COMMITTED_WORD], pickle), 1, len(pickle))
 
     def repost(self) -> None:
         """Ring the doorbell of every subscriber that sleeps, even if it was rung for

@@ -687,6 +687,41 @@ ring_doorbells(FanoutObject *self, int again)
     return 0;
 }
 
+/* Whether every ring has room for events up to `last` and for `length` bytes of slots:
+   1; 0 and *full (the first ring without room); -1 with an exception. */
+static int
+room_everywhere(FanoutObject *self, uint64_t last, size_t length, long long *full)
+{
+    for (Py_ssize_t i = 0; i < self->count; i++) {
+        Target *target = &self->targets[i];
+        if (length > target->slots_bytes) {
+            PyErr_SetString(PyExc_ValueError, "the events' slots are larger than a ring");
+            return -1;
+        }
+        if (!has_room_for(target, last)) {
+            *full = target->sub_id;
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* Make events up to `end` exist (their slots are written) and ring the doorbells: how
+   many rings got them, or NULL. */
+static PyObject *
+commit(FanoutObject *self, uint64_t end, uint64_t nbytes)
+{
+    /* The one store that makes the events exist, after their slots. */
+    atomic_store_explicit(word64(self->control, CONTROL_COMMITTED), end, memory_order_release);
+    shared64 *bytes = word64(self->control, CONTROL_BYTES);
+    atomic_store_explicit(bytes, atomic_load_explicit(bytes, memory_order_relaxed) + nbytes,
+                          memory_order_relaxed);
+    if (ring_doorbells(self, 0) < 0) {
+        return NULL;
+    }
+    return PyLong_FromSsize_t(self->count);
+}
+
 static PyObject *
 Fanout_publish(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -704,34 +739,58 @@ Fanout_publish(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
     if (PyObject_GetBuffer(args[0], &block, PyBUF_SIMPLE) < 0) {
         return NULL;
     }
-    shared64 *committed = word64(self->control, CONTROL_COMMITTED);
-    uint64_t seq = atomic_load_explicit(committed, memory_order_relaxed);
-    uint64_t last = seq + count - 1;
-    for (Py_ssize_t i = 0; i < self->count; i++) {
-        Target *target = &self->targets[i];
-        if ((size_t)block.len > target->slots_bytes) {
-            PyBuffer_Release(&block);
-            PyErr_SetString(PyExc_ValueError, "the events' slots are larger than a ring");
-            return NULL;
-        }
-        if (!has_room_for(target, last)) {
-            PyBuffer_Release(&block);
-            return PyLong_FromLongLong(-1 - target->sub_id);
-        }
+    uint64_t seq = atomic_load_explicit(word64(self->control, CONTROL_COMMITTED),
+                                        memory_order_relaxed);
+    long long full = 0;
+    int room = room_everywhere(self, seq + count - 1, (size_t)block.len, &full);
+    if (room <= 0) {
+        PyBuffer_Release(&block);
+        return room < 0 ? NULL : PyLong_FromLongLong(-1 - full);
     }
     for (Py_ssize_t i = 0; i < self->count; i++) {
         write_slots(&self->targets[i], seq, block.buf, (size_t)block.len);
     }
     PyBuffer_Release(&block);
-    /* The one store that makes the events exist, after their slots. */
-    atomic_store_explicit(committed, seq + count, memory_order_release);
-    shared64 *bytes = word64(self->control, CONTROL_BYTES);
-    atomic_store_explicit(bytes, atomic_load_explicit(bytes, memory_order_relaxed) + nbytes,
-                          memory_order_relaxed);
-    if (ring_doorbells(self, 0) < 0) {
+    return commit(self, seq + count, nbytes);
+}
+
+static PyObject *
+Fanout_publish_inline(PyObject *op, PyObject *payload)
+{
+    FanoutObject *self = (FanoutObject *)op;
+    if (!fanout_usable(self)) {
         return NULL;
     }
-    return PyLong_FromSsize_t(self->count);
+    Py_buffer pickle;
+    if (PyObject_GetBuffer(payload, &pickle, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    uint64_t seq = atomic_load_explicit(word64(self->control, CONTROL_COMMITTED),
+                                        memory_order_relaxed);
+    long long full = 0;
+    size_t length = SLOT_HEADER + (size_t)pickle.len;
+    int room = room_everywhere(self, seq, length, &full);
+    for (Py_ssize_t i = 0; room > 0 && i < self->count; i++) {
+        if (length > self->targets[i].slot_size) {
+            PyErr_SetString(PyExc_ValueError, "the pickle does not fit in a slot");
+            room = -1;
+        }
+    }
+    if (room <= 0) {
+        PyBuffer_Release(&pickle);
+        return room < 0 ? NULL : PyLong_FromLongLong(-1 - full);
+    }
+    uint32_t header[2] = {KIND_INLINE, (uint32_t)pickle.len}; /* after the u64 seq */
+    for (Py_ssize_t i = 0; i < self->count; i++) {
+        Target *target = &self->targets[i];
+        uint8_t *slot = target->base + RING_HEADER
+                        + (size_t)(seq % target->capacity) * target->slot_size;
+        memcpy(slot, &seq, 8);
+        memcpy(slot + 8, header, 8);
+        memcpy(slot + SLOT_HEADER, pickle.buf, (size_t)pickle.len);
+    }
+    PyBuffer_Release(&pickle);
+    return commit(self, seq + 1, (uint64_t)pickle.len);
 }
 
 static PyObject *
@@ -803,6 +862,9 @@ static PyMethodDef Fanout_methods[] = {
     {"publish", (PyCFunction)(void (*)(void))Fanout_publish, METH_FASTCALL,
      "publish(block, count, nbytes): put `count` events into every ring, all or none;\n"
      "how many rings got them, or -1 - sub_id of the first ring without room."},
+    {"publish_inline", Fanout_publish_inline, METH_O,
+     "publish_inline(pickle): publish(inline_slot(committed, pickle), 1, len(pickle))\n"
+     "without making the slot first: the usual emit, in one call."},
     {"repost", Fanout_repost, METH_NOARGS,
      "repost(): ring every sleeping subscriber's doorbell again."},
     {"before_wait", Fanout_before_wait, METH_O,
