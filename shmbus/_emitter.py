@@ -187,6 +187,29 @@ class EventEmitter(Handle):
         """
         payload = self._encode(event)
         deadline = None if timeout is None else deadline_after(timeout)
+        if type(payload) is bytes and self._lock.acquire(False):
+            # The usual emit, flat (every call costs here): a small event, no other thread
+            # in the emitter, no large event in flight, every ring with room. Anything
+            # else goes the general way below, which waits as it must.
+            try:
+                if not (self._closed or self._epoch != _liveness.fork_epoch
+                        or self._arena.in_flight):
+                    if (self._control.words[GENERATION_WORD] != self._generation
+                            or time.monotonic() >= self._next_sweep):
+                        self._refresh()  # `_look`, inline
+                    try:
+                        reached = self._fanout.publish_inline(payload)
+                    except BaseException:
+                        # Committed and then interrupted, or not: either way every
+                        # sleeper is rung (once more at worst: a spurious wake-up).
+                        self._fanout.repost()
+                        raise
+                    if reached >= 0:
+                        if self._fanout.wanting:
+                            self._ring_bells()
+                        return reached
+            finally:
+                self._lock.release()
         self._enter(deadline)
         try:
             self._look()
@@ -346,7 +369,13 @@ class EventEmitter(Handle):
         """The event's pickle: bytes if it fits in a slot, else `Parts` for the arena."""
         # In parts while the events are large: see `_codec`. Threads may race on the
         # flag; it only picks the cheaper of two correct encodings.
-        payload = _codec.encode_in_parts(event) if self._expect_large else _codec.encode(event)
+        payload: bytes | _codec.Parts
+        if not self._expect_large:
+            payload = _codec.encode(event)
+            if len(payload) <= self._inline_max:
+                return payload  # the usual case, first
+        else:
+            payload = _codec.encode_in_parts(event)
         large = len(payload) > self._inline_max
         self._expect_large = large
         if large:
