@@ -56,11 +56,13 @@ from ._registry import Registry, validate_name
 from ._ring import EMITTER_WAITING, SUB_WAITING
 from ._wait import (
     POLL_MAX_SLEEP,
+    SPIN,
     acquire_by,
     deadline_after,
     expired,
     fence,
     slice_until,
+    spin,
     waiter_from_env,
 )
 
@@ -649,14 +651,17 @@ class EventEmitter(Handle):
 
     def _sleep_on(self, outlet: _Outlet, ready: Callable[[], bool],
                   deadline: float | None) -> bool:
-        """One slice of waiting on `outlet`'s `space` doorbell, with the emitter's sleeping
-        flag up in that ring so that its subscriber rings it (see `_ring`): True if rung,
-        or if `ready()` already once the flag was up."""
+        """One slice of waiting for room in `outlet`: a spell of spinning on `ready()`,
+        then sleeping on its `space` doorbell with the emitter's sleeping flag up in that
+        ring so that its subscriber rings it (see `_ring`): True if rung, or if `ready()`
+        already."""
+        if spin(ready, min(SPIN, slice_until(deadline))):
+            return True
         self._fanout.before_wait(outlet.sub_id)
         try:
             if ready() or outlet.ring.sub_closed:
                 return True
-            return self._waiter.take(outlet.ring.space, slice_until(deadline))
+            return self._waiter.sleep(outlet.ring.space, slice_until(deadline))
         finally:
             self._fanout.after_wait(outlet.sub_id)
 

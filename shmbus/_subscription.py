@@ -64,6 +64,7 @@ from ._protocol import Undecodable
 from ._ring import EMITTER_WAITING, SUB_WAITING
 from ._wait import (
     POLL_MAX_SLEEP,
+    SPIN,
     Waiter,
     acquire_by,
     deadline_after,
@@ -71,9 +72,13 @@ from ._wait import (
     fence,
     post_each,
     slice_until,
+    spin,
     take_posted,
     waiter_from_env,
 )
+
+_loads = pickle.loads
+_decode = _codec.decode
 
 MAX_VIEWED_EVENTS = 16
 """How many events' views (`recv(view=True)`) may be in use at once: each keeps shared
@@ -606,14 +611,16 @@ class LocalSubscription(Handle):
                 raise Timeout(f"no event on bus {self._name!r} within the timeout")
 
     def _sleep(self, deadline: float | None) -> bool:
-        """One slice of waiting on the `data` doorbell, with the sleeping flag up so that
-        the emitter rings it (see `_ring`): True if rung, or if there is something to
-        look at already once the flag was up."""
+        """One slice of waiting for an event: a spell of spinning on the counter, then
+        sleeping on the `data` doorbell with the sleeping flag up so that the emitter
+        rings it (see `_ring`). True if rung, or if there is something to look at."""
+        if spin(self._reader.ready, min(SPIN, slice_until(deadline))):
+            return True
         ready = self._reader.before_wait()
         try:
             if ready is not None or self._control.closed:
                 return True
-            return self._waiter.take(self._ring.data, slice_until(deadline))
+            return self._waiter.sleep(self._ring.data, slice_until(deadline))
         finally:
             self._reader.after_wait()
 
