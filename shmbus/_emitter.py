@@ -47,7 +47,7 @@ import posix_ipc
 
 from . import _codec, _liveness, _ring
 from ._control import GENERATION_WORD
-from ._core import Fanout
+from . import _core
 from ._bell import Bell, Ringer
 from ._arena import DEFAULT_LARGE_BYTES, Arena, validate_large_bytes
 from ._errors import Closed, InvalidArgument, SerializationError, ShmBusError, Timeout, shown
@@ -147,7 +147,7 @@ class EventEmitter(Handle):
         )
         self._lock = threading.RLock()
         self._outlets: dict[int, _Outlet] = {}
-        self._fanout = Fanout(self._control)  # the rings, as the ring protocol writes them
+        self._fanout = _core.Fanout(self._control)  # the rings, as the ring protocol writes them
         self._generation = -1
         self._next_sweep = 0.0
         self._inline_max = _ring.SLOT_SIZE - _ring.SLOT_HEADER_SIZE
