@@ -11,8 +11,13 @@ events, and a dead one is reaped. See docs/design.md for the whole design.
 
     for event in shmbus.subscribe("jobs"):      # in any other process of the same user
         ...
+
+`CORE` says which implementation of the per-event steps this process runs: "c", the
+compiled core built at install time where a C compiler was found, or "python"
+(`SHMBUS_CORE=python` asks for it; processes with either share a bus).
 """
 
+from ._core import NAME as CORE
 from ._emitter import DEFAULT_CAPACITY, EventEmitter
 from ._errors import (
     BusExists,
@@ -52,6 +57,7 @@ from ._subscription import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "CORE",
     "DEFAULT_CAPACITY",
     "DEFAULT_EXPIRE_AFTER",
     "DEFAULT_LARGE_BYTES",

@@ -128,6 +128,9 @@ class Arena:
         self._outstanding: deque[tuple[int, _Segment | int, int]] = deque()
         """(seq, arena segment or oversized entry, head after it) of every large event
         not yet read by everyone, seq ascending."""
+        self.in_flight = self._outstanding
+        """The same deque, read-only: truthy while a large event is not read by everyone
+        (for the emitter's hot path, where the `outstanding` property costs a call)."""
 
     # -- what the emitter asks ----------------------------------------------------------
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 from types import ModuleType
 from typing import TYPE_CHECKING
 
@@ -26,8 +27,8 @@ from ._errors import InvalidArgument, shown
 
 CORE_ENV = "SHMBUS_CORE"
 
-def _implementation() -> ModuleType:
-    wanted = os.environ.get(CORE_ENV, "").strip().lower()
+def _implementation(wanted: str) -> ModuleType:
+    wanted = wanted.strip().lower()
     if wanted not in ("", "c", "python"):
         raise InvalidArgument(f"{CORE_ENV}={shown(wanted)} is not a core; use 'c' or 'python'")
     if wanted != "python":
@@ -43,10 +44,25 @@ def _implementation() -> ModuleType:
     return importlib.import_module("shmbus._protocol")
 
 
+def use(name: str) -> None:
+    """Run core `name` ("c" or "python") in this process from now on, in every emitter
+    and subscription opened after this call (package-internal).
+
+    For a process that could not choose with `SHMBUS_CORE` before it imported shmbus:
+    a child that the benchmark suite forks from its own process, say.
+    """
+    chosen = _implementation(name)
+    # Rebound, as the import bound them (for the type checker they are `_protocol`'s).
+    globals().update(NAME=chosen.NAME, Fanout=chosen.Fanout, Reader=chosen.Reader)
+    package = sys.modules.get(__package__)
+    if package is not None:
+        package.CORE = chosen.NAME  # type: ignore[attr-defined]
+
+
 if TYPE_CHECKING:
     from ._protocol import NAME, Fanout, Reader
 else:
-    _chosen = _implementation()
+    _chosen = _implementation(os.environ.get(CORE_ENV, ""))
     NAME, Fanout, Reader = _chosen.NAME, _chosen.Fanout, _chosen.Reader
 
-__all__ = ["NAME", "Fanout", "Reader"]
+__all__ = ["NAME", "Fanout", "Reader", "use"]

@@ -47,9 +47,8 @@ from typing import TYPE_CHECKING, Any, overload
 
 import posix_ipc
 
-from . import _codec, _liveness, _platform, _ring
+from . import _codec, _core, _liveness, _platform, _ring
 from ._control import GENERATION_WORD, HISTORY_HELD_WORD
-from ._core import Fanout
 from ._bell import Bell, Ringer
 from ._arena import DEFAULT_LARGE_BYTES, Arena, validate_large_bytes
 from ._errors import Closed, InvalidArgument, SerializationError, ShmBusError, Timeout, shown
@@ -58,13 +57,13 @@ from ._registry import Registry, validate_name
 from ._ring import EMITTER_WAITING, SUB_WAITING
 from ._wait import (
     POLL_MAX_SLEEP,
+    SPIN,
     acquire_by,
     deadline_after,
     expired,
     fence,
-    post_each,
     slice_until,
-    take_posted,
+    spin,
     waiter_from_env,
 )
 
@@ -164,7 +163,7 @@ class EventEmitter(Handle):
         copied into a joiner's ring when it is adopted."""
         self._lock = threading.RLock()
         self._outlets: dict[int, _Outlet] = {}
-        self._fanout = Fanout(self._control)  # the rings, as the ring protocol writes them
+        self._fanout = _core.Fanout(self._control)  # the rings, as the ring protocol writes them
         self._generation = -1
         self._next_sweep = 0.0
         self._inline_max = _ring.SLOT_SIZE - _ring.SLOT_HEADER_SIZE
@@ -206,6 +205,29 @@ class EventEmitter(Handle):
         """
         payload = self._encode(event)
         deadline = None if timeout is None else deadline_after(timeout)
+        if type(payload) is bytes and self._lock.acquire(False):
+            # The usual emit, flat (every call costs here): a small event, no other thread
+            # in the emitter, no large event in flight, every ring with room. Anything
+            # else goes the general way below, which waits as it must.
+            try:
+                if not (self._closed or self._epoch != _liveness.fork_epoch
+                        or self._arena.in_flight):
+                    if (self._control.words[GENERATION_WORD] != self._generation
+                            or time.monotonic() >= self._next_sweep):
+                        self._refresh()  # `_look`, inline
+                    try:
+                        reached = self._fanout.publish_inline(payload)
+                    except BaseException:
+                        # Committed and then interrupted, or not: either way every
+                        # sleeper is rung (once more at worst: a spurious wake-up).
+                        self._fanout.repost()
+                        raise
+                    if reached >= 0:
+                        if self._fanout.wanting:
+                            self._ring_bells()
+                        return reached
+            finally:
+                self._lock.release()
         self._enter(deadline)
         try:
             self._look()
@@ -393,15 +415,16 @@ class EventEmitter(Handle):
             # next call, or by the one at interpreter exit.
             if self._closed:
                 return
-            if not self._control.unmapped:
+            if not self._control.unmapped and not self._fanout.closed:
                 self._control.mark_closed()
                 self._refresh()  # rings that joined since the last emit hear the end too
                 self._drop_departed()  # the dead are removed now, not by the last one out
-                self._fanout.repost(1)  # every subscriber looks, and sees `closed`
+                self._fanout.repost()  # every sleeping subscriber looks, sees `closed`
                 self._ring_bells()
                 for outlet in self._outlets.values():
                     self._fanout.remove(outlet.sub_id)
                     outlet.ring.detach()
+                self._fanout.close()  # before the control block it writes goes
             self._ringer.close()
             self._arena.close()
             if self._bell is not None:
@@ -427,7 +450,13 @@ class EventEmitter(Handle):
         """The event's pickle: bytes if it fits in a slot, else `Parts` for the arena."""
         # In parts while the events are large: see `_codec`. Threads may race on the
         # flag; it only picks the cheaper of two correct encodings.
-        payload = _codec.encode_in_parts(event) if self._expect_large else _codec.encode(event)
+        payload: bytes | _codec.Parts
+        if not self._expect_large:
+            payload = _codec.encode(event)
+            if len(payload) <= self._inline_max:
+                return payload  # the usual case, first
+        else:
+            payload = _codec.encode_in_parts(event)
         large = len(payload) > self._inline_max
         self._expect_large = large
         if large:
@@ -619,7 +648,7 @@ class EventEmitter(Handle):
 
     def _abort(self, end: int, count: int, slots: list[bytes]) -> None:
         if self._fanout.committed == end:
-            self._fanout.repost(count)  # may ring a bell twice: one spurious wake-up
+            self._fanout.repost()  # may ring a bell twice: one spurious wake-up
             self._ring_bells()
         else:
             self._discard_large(slots)
@@ -721,7 +750,7 @@ class EventEmitter(Handle):
             while True:
                 if self._closing:
                     raise Closed(f"bus {self._name!r} was closed while emit was blocked")
-                got = self._waiter.take(outlet.ring.space, slice_until(deadline))
+                got = self._sleep_on(outlet, ready, deadline)
                 if outlet.ring.sub_closed:
                     self._drop(outlet)
                     return False
@@ -744,6 +773,22 @@ class EventEmitter(Handle):
         finally:
             if outlet.sub_id in self._outlets:
                 outlet.ring.add_blocked_ns(time.monotonic_ns() - began)
+
+    def _sleep_on(self, outlet: _Outlet, ready: Callable[[], bool],
+                  deadline: float | None) -> bool:
+        """One slice of waiting for room in `outlet`: a spell of spinning on `ready()`,
+        then sleeping on its `space` doorbell with the emitter's sleeping flag up in that
+        ring so that its subscriber rings it (see `_ring`): True if rung, or if `ready()`
+        already."""
+        if spin(ready, min(SPIN, slice_until(deadline))):
+            return True
+        self._fanout.before_wait(outlet.sub_id)
+        try:
+            if ready() or outlet.ring.sub_closed:
+                return True
+            return self._waiter.sleep(outlet.ring.space, slice_until(deadline))
+        finally:
+            self._fanout.after_wait(outlet.sub_id)
 
     # -- membership ---------------------------------------------------------------------
 
@@ -794,11 +839,10 @@ class EventEmitter(Handle):
             # events before `start`, written before the ring says where it starts.
             start -= len(kept)
             ring.write_slots(start, _ring.slot_block(kept))
-            take_posted(ring.space, len(kept))
         ring.adopt(start)
         self._fanout.add(ring, start)
         if kept:
-            post_each([ring.data], len(kept))
+            ring.data.release()  # it may sleep already: one spurious wake-up at worst
         self._outlets[sub_id] = _Outlet(ring, self._registry.bell_path(self._token, sub_id),
                                         record)
 

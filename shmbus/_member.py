@@ -48,6 +48,7 @@ import asyncio
 import functools
 import os
 import pickle
+import random
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -71,15 +72,15 @@ from ._errors import (
 from ._handle import Handle
 from ._liveness import LifeLock, is_alive
 from ._registry import QueueJoin, Registry, validate_name, validate_queue_name
-from ._ring import EMITTER_WAITING
+from ._ring import EMITTER_SLEEPING, EMITTER_WAITING, SUB_SLEEPING
 from ._subscription import BATCH_BYTES, WAIT_STEP, EndReason, RawEvent, ring_capacity
 from ._wait import (
     Waiter,
     acquire_by,
     deadline_after,
     expired,
+    fence,
     slice_until,
-    take_posted,
     waiter_from_env,
 )
 
@@ -216,6 +217,7 @@ class QueueSubscription(Handle):
         self._last_seq: int | None = None
         self._large = ArenaReader(token, self._no_pin)
         self._ringer = Ringer()
+        self._space_rung = 0  # the emitter's last wait this member posted `space` for
         self._end: EndReason | None = None
         self._lock = threading.RLock()
         self._closing = False
@@ -526,10 +528,30 @@ class QueueSubscription(Handle):
             # No spell of yielding first (`_wait.SPIN`): it pays off for a lone reader
             # racing its emitter, but members that spin take the cores from the emitter
             # and from each other, and one token wakes one member anyway.
-            woke = self._waiter.take(self._ring.data, slice_until(deadline), spin=False)
+            woke = self._sleep(start, deadline)
             check_life = not woke
             if not woke:
                 self._next_upkeep = 0.0  # a slice without news: look for the dead
+
+    def _sleep(self, start: int | None, deadline: float | None) -> bool:
+        """Sleep on `data` for a slice, by the ring's doorbell rules (see `_ring`): raise
+        the sleeping flag with a number no other wait uses (the members share the flag;
+        the emitter posts once per number it sees), look once more, then sleep. True if
+        there is news: a token, or events found on that last look."""
+        ring = self._ring
+        number = random.getrandbits(31) + 1
+        ring.sleeping[SUB_SLEEPING] = number
+        try:
+            fence(ring.data)  # the flag before the look
+            if start is not None and self._unclaimed(start):
+                return True
+            return self._waiter.sleep(ring.data, slice_until(deadline))
+        finally:
+            if ring.sleeping[SUB_SLEEPING] == number:  # another member may sleep on it now
+                ring.sleeping[SUB_SLEEPING] = 0
+
+    def _unclaimed(self, start: int) -> bool:
+        return self._control.words[COMMITTED_WORD] - start > self._state.claimed
 
     def _claim(self, start: int, want: int, woke: bool, deadline: float | None) -> bool:
         """Finish what is due and claim up to `want` events, in one hold of the claims
@@ -561,17 +583,20 @@ class QueueSubscription(Handle):
             self._after_finish(freed)
         if given:
             _group.wake(ring.data, given)
-        if len(claimed) > woke:
-            # One `data` token per event claimed, the one that woke this call included:
-            # the rest wake other members for what is left (see `_group`).
-            take_posted(ring.data, len(claimed) - woke)
+        if claimed and self._unclaimed(start):
+            ring.data.release()  # more than this member took: wake another for the rest
         return bool(claimed)
 
     def _after_finish(self, freed: int) -> None:
         """Slots were freed: room for the emitter (`space` tokens, and its bell)."""
         if freed:
-            _group.wake(self._ring.space, freed)
-            if self._ring.flags[EMITTER_WAITING]:
+            ring = self._ring
+            fence(ring.space)  # `tail` before the emitter's flag (see `_ring`)
+            sleeping = ring.sleeping[EMITTER_SLEEPING]
+            if sleeping and sleeping != self._space_rung:
+                ring.space.release()
+                self._space_rung = sleeping
+            if ring.flags[EMITTER_WAITING]:
                 self._ringer.ring(self._registry.bell_path(self._token, "emitter"))
 
     def _drained(self, start: int, deadline: float | None) -> bool:

@@ -246,7 +246,8 @@ class Mapping:
     `view` is a writable `memoryview` of its bytes. `close()` unmaps it, and refuses
     (`BufferError`) while a view made from `view` is still alive, as `mmap.mmap` does.
     `lend()` hands out read-only views that outlive even `close()`: the unmapping waits
-    until the last of them, and the last thing made from them, is gone.
+    until the last of them, and the last thing made from them, is gone. `borrow()` does
+    the same for the compiled ring core, which works on the raw address.
     """
 
     __slots__ = ("view", "size", "_address", "_array", "_lent", "_returned", "_closing",
@@ -292,6 +293,23 @@ class Mapping:
         weakref.finalize(array, self._given_back, on_return)
         return memoryview(array).toreadonly()
 
+    def borrow(self) -> "tuple[int, int, object]":
+        """For the compiled ring core (package-internal): the mapping's address and size,
+        and a token that keeps them mapped for as long as it lives.
+
+        The token counts as a lent view: `close()` still returns at once, and the
+        unmapping waits until the token is dropped. So code that holds the address in C
+        cannot write to memory that was unmapped under it, whatever order the Python
+        objects are closed in.
+        """
+        if self._address is None or self._closing:
+            raise ValueError("cannot borrow the memory of a closed mapping")
+        token = _Borrowed()
+        self._lent += 1
+        # Not run at interpreter exit: the core may still hold the address then.
+        weakref.finalize(token, self._given_back, _nothing).atexit = False
+        return self._address, self.size, token
+
     def close(self) -> None:
         """Unmap, now or once every lent view is gone. Idempotent; `BufferError` while a
         view made from `view` is still in use."""
@@ -332,6 +350,16 @@ class Mapping:
                 self.close()
             except BufferError:
                 pass
+
+
+class _Borrowed:
+    """What `Mapping.borrow` hands out: its lifetime is all that matters."""
+
+    __slots__ = ("__weakref__",)
+
+
+def _nothing() -> None:
+    pass
 
 
 def too_many_files() -> ShmBusError:

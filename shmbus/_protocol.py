@@ -7,19 +7,30 @@ Two halves, one per side, and nothing else in shmbus reads or writes the counter
 - `Fanout`, the emitter's side of every ring it writes. `publish` puts the next events
   (slots already made) into every ring, all or none: it checks that every ring has room
   (`tail` against `committed`), copies the slots into each, stores `committed` past them
-  (the one store that makes them exist), and rings each ring's `data` doorbell. If a
-  ring is full it writes nothing and says which; waiting for room is the emitter's
-  business (`_emitter`), and so is everything that is not per event.
+  (the one store that makes them exist), and rings the `data` doorbell of each
+  subscriber that sleeps. If a ring is full it writes nothing and says which; waiting
+  for room is the emitter's business (`_emitter`), and so is everything that is not per
+  event. `publish_inline` is the same for one small event, without its slot made first:
+  the usual `emit`, in one call.
 - `Reader`, a subscriber's side of its ring. `ready` says whether the next event has
   been committed; `take` decodes the ready events into a list the subscription owns
   (those in their slots itself, large ones through a callback into `_arena`), then
-  moves `tail` past them and rings the `space` doorbell; `slot` and `advance` serve the
-  one caller that does not decode (raw reads for a bridge).
+  moves `tail` past them and rings the `space` doorbell if the emitter sleeps on it;
+  `slot` and `advance` serve the one caller that does not decode (raw reads for a
+  bridge).
+
+Each half also raises and lowers its own side's sleeping flag around a wait
+(`before_wait`, `after_wait`): the waits themselves are the caller's (`_wait`), but who
+posts a doorbell when is the protocol's (see `_ring` on doorbells).
 
 The compiled core (`_ringcore`, C) implements the same two classes on the same memory
 layout and the same doorbell rules, so a compiled emitter and a pure-Python subscriber
 (or the reverse) share one bus; `_core` picks one. Doorbells and counters follow `_ring`'s
-rules: counters are the truth, a doorbell only says "look".
+rules: counters are the truth, a doorbell only says "look", and it is rung only for a
+side whose sleeping flag says it sleeps.
+
+`close()` lets go of the memory and semaphores; the owner calls it before it closes
+them (the compiled core holds the memory by address: see `_platform.Mapping.borrow`).
 
 ## What is atomic
 
@@ -38,6 +49,12 @@ over. x86-64 keeps plain loads and stores in that order. ARM64 does not, and Pyt
 no fences, so there (`_platform.NEEDS_FENCES`) each half puts a semaphore operation, a
 full barrier, between the two: a post and a take of the ring's own doorbell, net zero.
 The compiled core uses C11 acquire and release instead.
+
+A store followed by a load of another word is reordered even on x86, so between a
+counter stored and the other side's sleeping flag read (and between a flag raised and
+the counter read again) both cores put a full barrier on every platform: here that
+post-and-take, once per `publish` or `take` whatever the number of rings, and in C an
+`atomic_thread_fence`.
 """
 
 from __future__ import annotations
@@ -51,12 +68,15 @@ from . import _platform
 from ._control import BYTES_WORD, COMMITTED_WORD, ControlBlock
 from ._errors import DeserializationError
 from ._ring import (
+    EMITTER_SLEEPING,
     EMITTER_WAITING,
     KIND_BATCH,
     KIND_INLINE,
+    SUB_SLEEPING,
     SUB_WAITING,
     TAIL_WORD,
     Ring,
+    inline_slot,
     large_length,
 )
 from ._wait import fence
@@ -70,7 +90,8 @@ LoadLarge = Callable[[int, int, bytes], Any]
 class _Target:
     """One ring as `Fanout` writes it."""
 
-    __slots__ = ("ring", "start", "known_tail", "capacity", "data", "space", "words", "flags")
+    __slots__ = ("ring", "start", "known_tail", "capacity", "data", "space", "words", "flags",
+                 "sleeping", "rung")
 
     def __init__(self, ring: Ring, start: int) -> None:
         self.ring = ring
@@ -81,6 +102,13 @@ class _Target:
         self.space = ring.space
         self.words = ring.words
         self.flags = ring.flags
+        self.sleeping = ring.sleeping
+        self.rung = 0  # the subscriber's wait (number) last rung for
+
+
+def _next_number(number: int) -> int:
+    """A sleeping flag's next value: nonzero, and not the last one."""
+    return number % 0xFFFFFFFF + 1
 
 
 class Fanout:
@@ -90,6 +118,8 @@ class Fanout:
         self._words = control.words
         self._targets: dict[int, _Target] = {}
         self._all: list[_Target] = []  # self._targets' values, for the hot path
+        self._waits = 0  # the number of the emitter's last wait
+        self._closed = False
         self.wanting: list[int] = []
         """After `publish`: the subscribers (ids) waiting on their bell, to be rung."""
 
@@ -147,26 +177,65 @@ class Fanout:
                 if last - target.start - target.known_tail >= target.capacity:
                     return -1 - target.ring.sub_id
         for target in targets:
-            _take_tokens(target.space, count)
             target.ring.write_slots(seq, block)
         if targets and _platform.NEEDS_FENCES:
             fence(targets[0].data)  # the slots before `committed`
         words[COMMITTED_WORD] = seq + count
         words[BYTES_WORD] += nbytes
-        self._ring_doorbells(count)
+        self._ring_doorbells(False)
         return len(targets)
 
-    def repost(self, count: int) -> None:
-        """Ring every doorbell again for the last `count` events: after an interrupted
-        `publish` that had committed them."""
-        self._ring_doorbells(count)
+    def publish_inline(self, pickle: bytes) -> int:
+        """`publish` of one event whose pickle fits in a slot: the usual emit."""
+        return self.publish(inline_slot(self._words[COMMITTED_WORD], pickle), 1, len(pickle))
 
-    def _ring_doorbells(self, count: int) -> None:
+    def repost(self) -> None:
+        """Ring the doorbell of every subscriber that sleeps, even if it was rung for
+        this wait: after an interrupted `publish` that had committed, and at the end."""
+        self._ring_doorbells(True)
+
+    def before_wait(self, sub_id: int) -> None:
+        """Raise the emitter's sleeping flag in ring `sub_id`: it is about to look at
+        that ring once more and then wait on its `space` (see `_ring` on doorbells)."""
+        target = self._targets[sub_id]
+        self._waits = _next_number(self._waits)
+        target.sleeping[EMITTER_SLEEPING] = self._waits
+        fence(target.space)  # the flag before the look that follows
+
+    def after_wait(self, sub_id: int) -> None:
+        """Lower the flag `before_wait` raised (nothing if the ring was removed)."""
+        target = self._targets.get(sub_id)
+        if target is not None:
+            target.sleeping[EMITTER_SLEEPING] = 0
+
+    def close(self) -> None:
+        """Let go of every ring and of the control block (see the module docstring);
+        `closed` says it ran."""
+        self._targets.clear()
+        self._all = []
+        self._closed = True
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _ring_doorbells(self, again: bool) -> None:
         targets = self._all
-        # One C-level loop: an interruption cannot land between two posts.
-        any(map(_post, [t.data for t in targets] * count))
-        # Read after the posts (see `_bell`): a subscriber that raised its flag before
-        # our post either sees the counter or is rung.
+        if not targets:
+            self.wanting = []
+            return
+        # `committed` before the flags (see `_ring` on doorbells): a subscriber that
+        # raised its flag before this either sees the counter or is rung.
+        fence(targets[0].data)
+        numbers = [t.sleeping[SUB_SLEEPING] for t in targets]
+        sleepers = [(t, n) for t, n in zip(targets, numbers) if n and (again or n != t.rung)]
+        # One C-level loop: an interruption cannot land between two posts. Each wait is
+        # marked rung after its post (by the number read before it: the subscriber may
+        # be on its next wait already): an interruption in between makes one spurious
+        # wake-up, never a lost one.
+        any(map(_post, [t.data for t, _ in sleepers]))
+        for target, number in sleepers:
+            target.rung = number
         self.wanting = [t.ring.sub_id for t in targets if t.flags[SUB_WAITING]]
 
 
@@ -181,6 +250,8 @@ class Reader:
         self.tail = 0
         """Events consumed from this ring (this process's copy of the shared word)."""
         self._committed = 0
+        self._waits = 0  # the number of this subscriber's last wait
+        self._rung = 0  # the emitter's wait (number) last rung for
         self.emitter_waiting = False
         """After `take` or `advance`: the emitter waits on its bell for room here."""
 
@@ -188,6 +259,8 @@ class Reader:
     def start(self) -> int | None:
         """The first event this ring receives; None until the emitter adopted it."""
         if self._start is None and self.ring.adopted:
+            if _platform.NEEDS_FENCES:
+                fence(self.ring.space)  # the flag before `start_seq`
             self._start = self.ring.start_seq
         return self._start
 
@@ -275,25 +348,34 @@ class Reader:
         tail = self.tail + count
         self._ring_words[TAIL_WORD] = tail
         self.tail = tail
-        _take_tokens(self.ring.data, count)  # one per event: see `_ring`
-        any(map(_post, [self.ring.space] * count))
+        fence(self.ring.space)  # `tail` before the emitter's flags (see `_ring`)
+        sleeping = self.ring.sleeping[EMITTER_SLEEPING]
+        if sleeping and sleeping != self._rung:
+            self.ring.space.release()
+            self._rung = sleeping  # after: an interruption in between rings twice
         self.emitter_waiting = bool(self.ring.flags[EMITTER_WAITING])
 
     def pin(self, seq: int) -> None:
         """Keep the large-event memory of events from `seq` on (`NO_PIN`: none)."""
         self.ring.pin(seq)
 
+    def before_wait(self) -> int | None:
+        """Raise the subscriber's sleeping flag, then look once more: the next event's
+        number if it is there after all, else None. Either way, `after_wait` lowers the
+        flag (after the wait on `ring.data`, if any; see `_ring` on doorbells)."""
+        self._waits = _next_number(self._waits)
+        self.ring.sleeping[SUB_SLEEPING] = self._waits
+        fence(self.ring.data)  # the flag before the look
+        return self.ready()
+
+    def after_wait(self) -> None:
+        self.ring.sleeping[SUB_SLEEPING] = 0
+
+    def close(self) -> None:
+        """Let go of the ring and the control block (see the module docstring)."""
+
 
 _post = posix_ipc.Semaphore.release
-
-
-def _take_tokens(sem: posix_ipc.Semaphore, count: int) -> None:
-    """Take up to `count` tokens that are there now, without waiting (see `_ring`)."""
-    try:
-        for _ in range(count):
-            sem.acquire(0)
-    except posix_ipc.BusyError:
-        pass
 
 
 def _decoded(payload: bytes, loads: Decode, decode: Decode, count: int) -> list[Any]:

@@ -42,11 +42,11 @@ from typing import Any, Protocol, runtime_checkable
 
 import posix_ipc
 
-from . import _codec, _ring
+from . import _codec, _liveness, _ring
 from ._bell import Bell, Ringer
 from ._arena import ArenaReader
 from ._control import ControlBlock
-from ._core import Reader
+from . import _core
 from ._errors import (
     BusNotFound,
     Closed,
@@ -64,16 +64,19 @@ from ._protocol import Undecodable
 from ._ring import EMITTER_WAITING, SUB_WAITING
 from ._wait import (
     POLL_MAX_SLEEP,
+    SPIN,
     Waiter,
     acquire_by,
     deadline_after,
     expired,
     fence,
-    post_each,
     slice_until,
-    take_posted,
+    spin,
     waiter_from_env,
 )
+
+_loads = pickle.loads
+_decode = _codec.decode
 
 MAX_VIEWED_EVENTS = 16
 """How many events' views (`recv(view=True)`) may be in use at once: each keeps shared
@@ -97,27 +100,19 @@ class EndReason(Enum):
     """This subscription was closed by its own process."""
 
 
-def _split(parked: "_Parked", max_n: int, behind: "_Parked | None"
+_Parked = tuple[int, list[Any], "Exception | None"]
+"""Events consumed from the ring but not yet returned to the caller, in order: (seq,
+values, error). `values` are decoded events from `seq` on; or `values` is empty and
+`error` is the `DeserializationError` of event `seq`, which is reported alone. A plain
+tuple, not a class: every `recv` makes one, and a tuple costs a sixth as much."""
+
+
+def _split(parked: _Parked, max_n: int, behind: "_Parked | None"
            ) -> "tuple[_Parked, _Parked | None]":
     """The first `max_n` of `parked`, and the rest followed by `behind`."""
-    rest = parked.values[max_n:] + (behind.values if behind is not None else [])
-    head = _Parked(parked.seq, parked.values[:max_n], None)
-    return head, (_Parked(parked.seq + max_n, rest, None) if rest else None)
-
-
-class _Parked:
-    """Events consumed from the ring but not yet returned to the caller, in order.
-
-    `values` are decoded events from `seq` on; or `values` is empty and `error` is the
-    `DeserializationError` of event `seq`, which is reported alone.
-    """
-
-    __slots__ = ("seq", "values", "error")
-
-    def __init__(self, seq: int, values: list[Any], error: Exception | None) -> None:
-        self.seq = seq
-        self.values = values
-        self.error = error
+    seq, values, _ = parked
+    rest = values[max_n:] + (behind[1] if behind is not None else [])
+    return (seq, values[:max_n], None), ((seq + max_n, rest, None) if rest else None)
 
 
 @runtime_checkable
@@ -271,7 +266,7 @@ class LocalSubscription(Handle):
         self._ring = ring
         self._waiter = waiter
         self._emitter_path = registry.emitter_path(token)
-        self._reader = Reader(ring, control)  # the ring protocol's consumer side
+        self._reader = _core.Reader(ring, control)  # the ring protocol's consumer side
         self._last_seq: int | None = None
         self._parked: _Parked | None = None
         self._surplus: _Parked | None = None  # what an interrupted recv_many left over
@@ -331,7 +326,14 @@ class LocalSubscription(Handle):
         full). So keep a view only while you work on it, and `.copy()` what you keep;
         holding views of more than `MAX_VIEWED_EVENTS` events at once is refused.
         """
-        deadline = deadline_after(timeout)
+        deadline = None if timeout is None else deadline_after(timeout)
+        if not view and self._parked is None and self._surplus is None and self._take_ready():
+            # The usual case: an event was there and nothing was left over (see below).
+            parked, self._parked = self._parked, None
+            if parked is not None:  # unless another thread took it meanwhile
+                if parked[2] is None:
+                    return parked[1][0]
+                raise parked[2]
         while True:
             self._park(deadline, 1, view)
             # No call may stand between taking the parked events and returning them: an
@@ -340,9 +342,9 @@ class LocalSubscription(Handle):
             if parked is not None:
                 # The usual case falls through to the return: some Pythons check for
                 # signals on a jump taken, and `parked` lives only in this frame.
-                if parked.error is None:
-                    return parked.values[0]
-                raise parked.error
+                if parked[2] is None:
+                    return parked[1][0]
+                raise parked[2]
 
     def recv_many(self, max_n: int, *, timeout: float | None = None) -> list[Any]:
         """The next events, at least one and at most `max_n`: all that are ready now
@@ -354,14 +356,14 @@ class LocalSubscription(Handle):
         """
         if isinstance(max_n, bool) or not isinstance(max_n, int) or max_n < 1:
             raise InvalidArgument(f"max_n must be an int >= 1, got {shown(max_n)}")
-        deadline = deadline_after(timeout)
+        deadline = None if timeout is None else deadline_after(timeout)
         while True:
             self._park(deadline, max_n)
             parked, self._parked = self._parked, None  # see recv
             if parked is not None:
-                if parked.error is None:
-                    return parked.values
-                raise parked.error
+                if parked[2] is None:
+                    return parked[1]
+                raise parked[2]
 
     def recv_raw(self, max_n: int, *, timeout: float | None = None) -> list[RawEvent]:
         """As `recv_many`, the events as they lay in shared memory, not unpickled (see
@@ -373,7 +375,7 @@ class LocalSubscription(Handle):
             self._park(deadline, max_n, raw=True)
             parked, self._parked = self._parked, None  # see recv
             if parked is not None:
-                return parked.values
+                return parked[1]
 
     async def arecv(self, *, timeout: float | None = None) -> Any:
         """`recv` for asyncio: the event loop runs while this waits.
@@ -441,6 +443,7 @@ class LocalSubscription(Handle):
                     self._ring_emitter_bell()
                 if self._ringer is not None:
                     self._ringer.close()
+                self._reader.close()  # before the memory it reads goes
                 self._ring.detach()
             if not self._left:
                 # Even if a mapping is gone already (a dropped handle is finalized with
@@ -460,7 +463,7 @@ class LocalSubscription(Handle):
     def _park(self, deadline: float | None, max_n: int, view: bool = False,
               raw: bool = False) -> None:
         """Leave the next events, consumed, in `self._parked`: between 1 and `max_n`."""
-        if self._closed or self.inherited:
+        if self._closed or self._epoch != _liveness.fork_epoch:  # see `Handle.inherited`
             self._check_usable()
         if not (self._lock.acquire() if deadline is None else acquire_by(self._lock, deadline)):
             raise Timeout(f"another thread is receiving from {self._name!r}")
@@ -489,17 +492,35 @@ class LocalSubscription(Handle):
         finally:
             self._lock.release()
 
+    def _take_ready(self) -> bool:
+        """`_park` of one event, flat, if one is ready and nothing stands in the way (a
+        closed subscription, another thread receiving, events left over): True if it
+        parked what it consumed, else nothing happened."""
+        if self._closed or self._epoch != _liveness.fork_epoch or not self._lock.acquire(False):
+            return False
+        try:
+            if self._closed or self._parked is not None or self._surplus is not None:
+                return False
+            seq = self._reader.ready()
+            if seq is None:
+                return False
+            self._take(seq, 1, False)
+            return True
+        finally:
+            self._lock.release()
+
     def _take(self, seq: int, max_n: int, view: bool) -> None:
         """The ready events, taken by the ring protocol (`Reader.take`) into `_parked`."""
         # Parked before anything is consumed: `take` fills the list, then moves `tail`.
-        parked = self._parked = _Parked(seq, [], None)
-        taken = self._reader.take(parked.values, max_n, pickle.loads, _codec.decode,
+        values: list[Any] = []
+        parked = self._parked = (seq, values, None)
+        taken = self._reader.take(values, max_n, _loads, _decode,
                                   self._load_view if view else self._load_large,
                                   BATCH_BYTES)
         self._last_seq = seq + taken - 1
-        first = parked.values[0]
+        first = values[0]
         if isinstance(first, Undecodable):
-            self._parked = _Parked(seq, [], first.error)
+            self._parked = (seq, [], first.error)
         elif taken > max_n:  # a batch: the rest is kept for the next calls, in order
             self._parked, self._surplus = _split(parked, max_n, self._surplus)
         if self._reader.emitter_waiting:
@@ -523,14 +544,14 @@ class LocalSubscription(Handle):
         """
         parked = self._parked
         if parked is not None and self._parked_was_consumed(parked):
-            if len(parked.values) > max_n:
+            if len(parked[1]) > max_n:
                 head, rest = _split(parked, max_n, self._surplus)
                 if self._parked is parked:
                     self._parked, self._surplus = head, rest
             return True
         surplus = self._surplus
         if surplus is not None:
-            if surplus.error is not None:
+            if surplus[2] is not None:
                 self._parked, self._surplus = surplus, None
                 return True
             head, rest = _split(surplus, max_n, None)
@@ -542,7 +563,7 @@ class LocalSubscription(Handle):
         """After leftovers were parked: add events ready in the ring, up to `max_n` in
         all, so that `recv_many` returns all that are ready (as its docstring says)."""
         parked = self._parked
-        if (parked is None or parked.error is not None or len(parked.values) >= max_n
+        if (parked is None or parked[2] is not None or len(parked[1]) >= max_n
                 or self._surplus is not None):
             return
         seq = self._reader.ready()
@@ -550,18 +571,19 @@ class LocalSubscription(Handle):
             return
         # The new events land in `_surplus` before `tail` moves past them, and move to
         # `_parked` in one store: an interruption anywhere loses and repeats nothing.
-        more = self._surplus = _Parked(seq, [], None)
-        room = max_n - len(parked.values)
-        taken = self._reader.take(more.values, room, pickle.loads, _codec.decode,
+        more: _Parked = (seq, [], None)
+        self._surplus = more
+        room = max_n - len(parked[1])
+        taken = self._reader.take(more[1], room, pickle.loads, _codec.decode,
                                   self._load_view if view else self._load_large,
                                   BATCH_BYTES)
         if not taken:
             self._surplus = None
-        elif isinstance(more.values[0], Undecodable):
-            self._surplus = _Parked(seq, [], more.values[0].error)  # raised by the next call
+        elif isinstance(more[1][0], Undecodable):
+            self._surplus = (seq, [], more[1][0].error)  # raised by the next call
         else:
             head, rest = _split(more, room, None)
-            merged = _Parked(parked.seq, parked.values + head.values, None)
+            merged: _Parked = (parked[0], parked[1] + head[1], None)
             if self._parked is parked:
                 self._parked, self._surplus = merged, rest
         if self._reader.emitter_waiting:
@@ -571,8 +593,8 @@ class LocalSubscription(Handle):
         # Decoded before `tail` moves, parked before the caller gets it: see the module
         # docstring on interruptions.
         self._parked = parked
-        count = len(parked.values) or 1
-        self._last_seq = parked.seq + count - 1
+        count = len(parked[1]) or 1
+        self._last_seq = parked[0] + count - 1
         self._reader.advance(count)
         if self._reader.emitter_waiting:  # read after the doorbell: see `_bell`
             self._ring_emitter_bell()
@@ -644,7 +666,7 @@ class LocalSubscription(Handle):
         if self._end is not None:
             self._raise_end()
         while True:
-            got = self._waiter.take(self._ring.data, slice_until(deadline))
+            got = self._sleep(deadline)
             if self._closing:
                 raise Closed(f"this subscription to {self._name!r} was closed")
             seq = self._reader.ready()
@@ -659,6 +681,20 @@ class LocalSubscription(Handle):
                 self._raise_end()
             if not got and expired(deadline):
                 raise Timeout(f"no event on bus {self._name!r} within the timeout")
+
+    def _sleep(self, deadline: float | None) -> bool:
+        """One slice of waiting for an event: a spell of spinning on the counter, then
+        sleeping on the `data` doorbell with the sleeping flag up so that the emitter
+        rings it (see `_ring`). True if rung, or if there is something to look at."""
+        if spin(self._reader.ready, min(SPIN, slice_until(deadline))):
+            return True
+        ready = self._reader.before_wait()
+        try:
+            if ready is not None or self._control.closed:
+                return True
+            return self._waiter.sleep(self._ring.data, slice_until(deadline))
+        finally:
+            self._reader.after_wait()
 
     def _emitter_gone(self, check_life: bool) -> EndReason | None:
         if self._control.closed:
@@ -693,7 +729,7 @@ class LocalSubscription(Handle):
             else:
                 events.append(RawEvent(index, self._large.raw(kind == _ring.KIND_ARENA,
                                                               payload), True))
-        return _Parked(seq, events, None)
+        return (seq, events, None)
 
     def _set_pin(self, seq: int) -> None:
         """Write the `pinned` word (see `ArenaReader`), from any thread; not once the
@@ -704,7 +740,7 @@ class LocalSubscription(Handle):
 
     def _parked_was_consumed(self, parked: _Parked) -> bool:
         # After an interruption: did `tail` move past the parked event before it landed?
-        if self._reader.resync() > parked.seq:
+        if self._reader.resync() > parked[0]:
             return True
         self._parked = None
         return False

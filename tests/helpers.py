@@ -7,6 +7,7 @@ import os
 import random
 import shutil
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -109,7 +110,7 @@ def subscribe_and_hold(name: str, ready: Any, capacity: int | None = None) -> No
 
 def held_back(sub: Any) -> int:
     """Events `sub` took from its ring but has not returned yet (the rest of a batch)."""
-    return sum(len(part.values) for part in (sub._parked, sub._surplus)
+    return sum(len(part[1]) for part in (sub._parked, sub._surplus)
                if part is not None)
 
 
@@ -129,7 +130,9 @@ def interrupts_inside_shmbus(every: float) -> Iterator[_Interrupts]:
     every `every` seconds of wall time (CPU-time timers tick too coarsely on some
     kernels to land inside calls that take microseconds); the handler raises only when
     the interrupted frame is the library's, so the test's own bookkeeping is never the
-    thing interrupted.
+    thing interrupted. The sender needs the GIL to send, and the compiled core's calls
+    never let go of it: the interpreter's switch interval is shortened meanwhile, so
+    that the sender gets its turn as often as it asks.
     """
     seen = _Interrupts()
     target = threading.main_thread().ident
@@ -146,6 +149,8 @@ def interrupts_inside_shmbus(every: float) -> Iterator[_Interrupts]:
             signal.pthread_kill(target, signal.SIGPROF)
 
     previous = signal.signal(signal.SIGPROF, handler)
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(min(switch, every / 4))
     thread = threading.Thread(target=sender, daemon=True)
     thread.start()
     try:
@@ -153,6 +158,7 @@ def interrupts_inside_shmbus(every: float) -> Iterator[_Interrupts]:
     finally:
         stop.set()
         thread.join()
+        sys.setswitchinterval(switch)
         signal.signal(signal.SIGPROF, previous)
 
 

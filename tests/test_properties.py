@@ -356,7 +356,12 @@ def test_ring_matches_a_model_of_bounded_fifo_queues(
                 s.handle.recv_many(max_n, timeout=0)
             return
         got = s.handle.recv_many(max_n, timeout=0)
-        assert len(got) == min(max_n, len(s.queue)), f"{where}: recv_many got {len(got)}"
+        expected = min(max_n, len(s.queue))
+        if any(size > INLINE_MAX for _, _, size in list(s.queue)[:expected]):
+            # Large events stop the list once they hold about BATCH_BYTES, after one.
+            assert 1 <= len(got) <= expected, f"{where}: recv_many got {len(got)}"
+        else:
+            assert len(got) == expected, f"{where}: recv_many got {len(got)}"
         for i, event in enumerate(got):
             seq, want, _ = s.queue.popleft()
             check_event(event, want, f"{where}: recv_many #{s.handle.id} item {i} (seq {seq})")

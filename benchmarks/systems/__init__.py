@@ -115,7 +115,8 @@ def all_systems() -> dict[str, type[System]]:
     from benchmarks.systems import faster_fifo_queue, iceoryx2_pubsub, mp_queue
     from benchmarks.systems import shmbus_bus, zenoh_pubsub, zmq_pushpull
 
-    order = (shmbus_bus.Shmbus, shmbus_bus.ShmbusBatch, mp_queue.MultiprocessingQueue,
+    order = (shmbus_bus.Shmbus, shmbus_bus.ShmbusBatch, shmbus_bus.ShmbusPy,
+             shmbus_bus.ShmbusBatchPy, mp_queue.MultiprocessingQueue,
              faster_fifo_queue.FasterFifo, zmq_pushpull.ZmqPushPull,
              iceoryx2_pubsub.Iceoryx2PubSub, zenoh_pubsub.ZenohPubSub)
     return {cls.name: cls for cls in order}

@@ -1,4 +1,9 @@
-"""shmbus itself, one event per call (`emit`/`recv`, the reference) and batched.
+"""shmbus itself, one event per call (`emit`/`recv`, the reference) and batched, on
+each core.
+
+`shmbus` and `shmbus-batch` run the core a user gets by default: the compiled one where
+it was built (see `shmbus.CORE`). `shmbus-py` and `shmbus-batch-py` run the pure-Python
+core, in every process of the measurement, so that one run compares the two.
 
 The bound is exact: each subscriber's ring has `capacity` = 256 slots and `emit` blocks
 on the 257th unread event. The batched variant (`emit_many`/`recv_many`, 64 events a
@@ -66,14 +71,29 @@ class _Receiver(ReceiverPort):
 
 class Shmbus(System):
     name = "shmbus"
+    core: str | None = None
+    """The core its processes run ("c", "python"), or None for the default one."""
+
+    def bound_note(self) -> str:
+        return f"{self.bound} events; {self.core or shmbus.CORE} core"
 
     def open_emitter(self) -> tuple[EmitterPort, Any]:
+        self._use_core()
         port = _Emitter(self.bound)
         name = port.bus.name
         return port, (name, shmbus.stats(name).token)
 
     def open_receiver(self, index: int, address: Any) -> ReceiverPort:
+        self._use_core()
         return _Receiver(address[0], self.batched)
+
+    def _use_core(self) -> None:
+        # In the process forked to emit or receive: it imported shmbus with the
+        # harness, before any system was chosen, so SHMBUS_CORE cannot decide here.
+        if self.core is not None:
+            from shmbus import _core  # private: choosing after import has no public way
+
+            _core.use(self.core)
 
     def shm_prefixes(self, address: Any) -> tuple[str, ...]:
         return (f"sb_{address[1]}", f"sem.sb_{address[1]}")
@@ -96,3 +116,13 @@ class ShmbusBatch(Shmbus):
             return (f"this shmbus has no {' or '.join(missing)}: batching is not in this "
                     "checkout yet")
         return None
+
+
+class ShmbusPy(Shmbus):
+    name = "shmbus-py"
+    core = "python"
+
+
+class ShmbusBatchPy(ShmbusBatch):
+    name = "shmbus-batch-py"
+    core = "python"

@@ -4,7 +4,7 @@
 
 Both read `shmbus.buses()` (or `shmbus.stats(name)`), which maps each bus's control
 block and rings read-only: watching a bus cannot slow it down. `ls` prints one snapshot,
-as a table or as JSON. `top` takes a snapshot every `--interval` seconds and shows, per
+as a table or as JSON, and says which core (`shmbus.CORE`) shmbus runs here. `top` takes a snapshot every `--interval` seconds and shows, per
 subscriber, what changed since the previous one: events/s, and the share of that time
 the emitter spent waiting for room in its ring. The subscriber with a full ring, or with
 the largest share, is the one holding everyone back, and a line under the table names it.
@@ -97,18 +97,21 @@ def run_ls(args: argparse.Namespace) -> int:
     found = [shmbus.stats(args.name)] if args.name else shmbus.buses()
     out = Console(highlight=False)
     if args.json:
-        document = {"registry": registry_root(), "buses": [bus_as_json(b) for b in found]}
+        document = {"registry": registry_root(), "core": shmbus.CORE,
+                    "buses": [bus_as_json(b) for b in found]}
         # print(), not rich: JSON is for programs, and rich would wrap long lines.
         print(json.dumps(document, indent=2))
         return EXIT_OK
+    # The core is this process's (each process picks its own, and they share a bus):
+    # what `import shmbus` runs here, which is what a user's program run here would too.
+    where = f"(registry {registry_root()}; core: {shmbus.CORE})"
     if not found:
-        out.print(f"no buses (registry {registry_root()})", markup=False)
+        out.print(f"no buses {where}", markup=False)
         return EXIT_OK
     out.print(figures_table(found, previous=None, elapsed=None))
     subscribers = sum(len(b.subscribers) for b in found)
     out.print(f"{plural(len(found), 'bus', 'buses')}, "
-              f"{plural(subscribers, 'subscriber', 'subscribers')} "
-              f"(registry {registry_root()})", markup=False)
+              f"{plural(subscribers, 'subscriber', 'subscribers')} {where}", markup=False)
     return EXIT_OK
 
 

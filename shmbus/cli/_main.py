@@ -67,7 +67,8 @@ def _build_parser() -> argparse.ArgumentParser:
         epilog=f"Buses are found through the registry directory ${REGISTRY_ENV} "
         f"(now {registry_root()}).",
     )
-    parser.add_argument("--version", action="version", version=f"shmbus {shmbus.__version__}")
+    parser.add_argument("--version", action="version",
+                        version=f"shmbus {shmbus.__version__} (core: {shmbus.CORE})")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     _figures.add_commands(commands)
     _tail.add_command(commands)

@@ -51,9 +51,10 @@ def test_ls_on_an_empty_registry_says_there_are_no_buses(registry: Path) -> None
     as_json = run_cli(registry, "ls", "--json")
 
     assert plain.returncode == 0, plain.stderr
-    assert plain.stdout.strip() == f"no buses (registry {registry})"
+    assert plain.stdout.strip() == f"no buses (registry {registry}; core: {shmbus.CORE})"
     assert as_json.returncode == 0, as_json.stderr
-    assert json.loads(as_json.stdout) == {"registry": str(registry), "buses": []}
+    assert json.loads(as_json.stdout) == {"registry": str(registry), "core": shmbus.CORE,
+                                          "buses": []}
 
 
 @pytest.mark.timeout(60)
@@ -100,7 +101,7 @@ def test_ls_shows_each_subscriber_with_pid_fill_delivered_and_blocked(
     assert set(reader_row[3]) == {"█", "░"}
     assert row(result.stdout, "sub", str(stuck.id)) == [
         "sub", str(stuck.id), me, "█" * 12, "4/4", "0", f"{blocked[stuck.id]:.2f}", "s"]
-    assert f"1 bus, 2 subscribers (registry {registry})" in result.stdout
+    assert f"1 bus, 2 subscribers (registry {registry}; core: {shmbus.CORE})" in result.stdout
     assert one.returncode == 0 and one.stdout == result.stdout
 
 

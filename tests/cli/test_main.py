@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import importlib.metadata
+import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -288,4 +290,24 @@ def test_the_script_and_python_m_shmbus_are_the_same_command(registry: Path,
     result = subprocess.run([*argv, "--version"], env=cli_env(registry),
                             capture_output=True, encoding="utf-8", timeout=RUN_TIMEOUT)
 
-    assert (result.returncode, result.stdout) == (0, f"shmbus {shmbus.__version__}\n")
+    assert (result.returncode, result.stdout) == (
+        0, f"shmbus {shmbus.__version__} (core: {shmbus.CORE})\n")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("core", [
+    pytest.param("c", marks=pytest.mark.skipif(
+        importlib.util.find_spec("shmbus._ringcore") is None,
+        reason="shmbus._ringcore was not built")),
+    "python",
+])
+def test_the_version_and_ls_say_which_core_runs(registry: Path, core: str) -> None:
+    env = {**cli_env(registry), "SHMBUS_CORE": core}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "shmbus", *args], env=env,
+                              capture_output=True, encoding="utf-8", timeout=RUN_TIMEOUT)
+
+    assert run("--version").stdout == f"shmbus {shmbus.__version__} (core: {core})\n"
+    assert run("ls").stdout.strip() == f"no buses (registry {registry}; core: {core})"
+    assert json.loads(run("ls", "--json").stdout)["core"] == core
