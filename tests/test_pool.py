@@ -503,7 +503,7 @@ def handle(directory):
         out.write(str(asked.value))
     os.replace(path + ".new", path)
 
-pool = WorkerPool(sys.argv[1], handle, workers=2).start()  # the platform's start method
+pool = WorkerPool(sys.argv[1], handle, workers=2, mode="fanout").start()
 print(json.dumps(pool.pids), flush=True)
 sys.stdin.read()  # until killed
 """
