@@ -207,11 +207,11 @@ class EventEmitter(Handle):
         deadline = None if timeout is None else deadline_after(timeout)
         if type(payload) is bytes and self._lock.acquire(False):
             # The usual emit, flat (every call costs here): a small event, no other thread
-            # in the emitter, no large event in flight, every ring with room. Anything
-            # else goes the general way below, which waits as it must.
+            # in the emitter, no large event in flight, no history kept, every ring with
+            # room. Anything else goes the general way below, which waits as it must.
             try:
                 if not (self._closed or self._epoch != _liveness.fork_epoch
-                        or self._arena.in_flight):
+                        or self._arena.in_flight or self._history is not None):
                     if (self._control.words[GENERATION_WORD] != self._generation
                             or time.monotonic() >= self._next_sweep):
                         self._refresh()  # `_look`, inline
