@@ -185,7 +185,7 @@ def deadline_after(timeout: float | None) -> float | None:
     if timeout is None:
         return None
     kind = type(timeout)
-    if (kind is float or kind is int) and 0 <= timeout < math.inf:
+    if (kind is float or kind is int) and 0 <= timeout < _FOREVER:
         return time.monotonic() + timeout  # the usual case first: every emit asks
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise InvalidArgument(f"timeout must be None or a number of seconds, got {shown(timeout)}")
