@@ -32,3 +32,27 @@ def test_unpicklable_events_raise_serialization_error_naming_the_type():
 def test_undecodable_bytes_raise_deserialization_error():
     with pytest.raises(shmbus.DeserializationError, match="has been consumed"):
         _codec.decode(b"not a pickle")
+
+
+def test_plain_events_go_as_one_batch_whatever_bytes_their_data_holds():
+    # Nanosecond timestamps and binary payloads hold bytes that look like the opcodes
+    # naming a class (0x93, 0x82-0x84): they must not send a chunk event by event.
+    events = [{"seq": i, "ts": 0x93_82_83_84 << (i % 30), "raw": bytes([0x93, 0x82] * i),
+               "set": {i}, "pair": (i, 1.5), "none": None, "flag": True, "buf": bytearray(2)}
+              for i in range(64)]
+    data = _codec.encode_batch(events)
+    assert data is not None and pickle.loads(data) == events
+
+
+class _Named:
+    pass
+
+
+class _Text(str):
+    pass
+
+
+@pytest.mark.parametrize("odd_one", [_Named(), _Named, len, _Text("x"), complex(1, 2),
+                                     {"deep": [(_Named(),)]}])
+def test_a_chunk_with_anything_that_names_a_class_goes_event_by_event(odd_one):
+    assert _codec.encode_batch([1, "two", odd_one]) is None
