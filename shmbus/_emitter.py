@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, overload
 
 import posix_ipc
 
-from . import _codec, _core, _liveness, _platform, _ring
+from . import _codec, _core, _liveness, _names, _platform, _ring
 from ._control import GENERATION_WORD, HISTORY_HELD_WORD
 from ._bell import Bell, Ringer
 from ._arena import DEFAULT_LARGE_BYTES, Arena, validate_large_bytes
@@ -392,14 +392,24 @@ class EventEmitter(Handle):
 
     @property
     def subscriber_count(self) -> int:
-        """Live subscribers right now (dead ones are reaped on the way); a group, or a
-        durable subscription kept for its owner, counts once: it is one ring, as `emit`
-        counts it. Works on the registry only: it never waits for an emit in another
-        thread, and never touches what `close()` frees (the emitter lets go of a reaped
-        ring at its next look). It counts a subscriber still joining, which the next
-        `emit` may miss: to emit once they are there, use `wait_for_subscribers`."""
+        """Live subscribers right now (dead ones are reaped on the way), counting only
+        those whose ring is complete, whom the next emit reaches; a group, or a durable
+        subscription kept for its owner, counts once: it is one ring, as `emit` counts
+        it. Works on the registry only: it never waits for an emit in another thread,
+        and never touches what `close()` frees (the emitter lets go of a reaped ring at
+        its next look)."""
         self._check_usable()
-        return len(self._registry.live_subscribers(self._token, None))
+        live = self._registry.live_subscribers(self._token, None)
+        # A record is written before its ring (so that a crash leaves nothing unnamed):
+        # a subscriber still joining is not counted yet, or `wait_for_subscribers` could
+        # return before the next emit can reach it. Its ring's `space` semaphore is the
+        # last thing its join creates, and a ring counted here is adopted by the next
+        # emit even if the joiner has not yet told the emitter (moved `generation`).
+        ready = [i for i in live
+                 if _platform.semaphore_exists(_names.space_sem_name(self._token, i))]
+        if any(i not in self._outlets for i in ready):
+            self._generation = -1  # the next look lists the rings again
+        return len(ready)
 
     def close(self) -> None:
         """End the stream. Subscribers still read everything already emitted.
