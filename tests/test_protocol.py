@@ -27,6 +27,21 @@ from shmbus._errors import DeserializationError
 pytestmark = pytest.mark.timeout(30)
 
 
+
+def tokens(sem) -> int:
+    """How many tokens `sem` holds, counted by taking them and giving them back (its
+    `value` does not exist where macOS's rules are played)."""
+    count = 0
+    while True:
+        try:
+            sem.acquire(0)
+        except posix_ipc.BusyError:
+            break
+        count += 1
+    for _ in range(count):
+        sem.release()
+    return count
+
 def _compiled() -> ModuleType | None:
     try:
         return importlib.import_module("shmbus._ringcore")
@@ -327,21 +342,21 @@ def test_a_subscriber_is_rung_only_while_it_sleeps_and_once_per_wait(
     fanout, reader = core.Fanout(bus.control), core.Reader(ring, bus.control)
     fanout.add(ring, 0)
     publish(fanout, 0)
-    assert ring.data.value == 0  # nobody sleeps: nobody is rung
+    assert tokens(ring.data) == 0  # nobody sleeps: nobody is rung
     assert take(reader) == [0]
     assert reader.before_wait() is None  # flag up, nothing there
     publish(fanout, 1, 2)
-    assert ring.data.value == 1  # once for this wait, not once per event
+    assert tokens(ring.data) == 1  # once for this wait, not once per event
     reader.after_wait()
     publish(fanout, 3)
-    assert ring.data.value == 1
+    assert tokens(ring.data) == 1
     assert reader.before_wait() == 1  # something there already: look, do not sleep
     reader.after_wait()
     assert reader.before_wait() == 1
     publish(fanout, 4)
-    assert ring.data.value == 2  # a new wait is rung again
+    assert tokens(ring.data) == 2  # a new wait is rung again
     fanout.repost()
-    assert ring.data.value == 3  # even if it was rung for this wait already
+    assert tokens(ring.data) == 3  # even if it was rung for this wait already
     reader.after_wait()
 
 
@@ -353,15 +368,15 @@ def test_the_emitter_is_rung_only_while_it_sleeps_and_once_per_wait(
     fanout, reader = core.Fanout(bus.control), core.Reader(ring, bus.control)
     fanout.add(ring, 0)
     publish(fanout, 0, 1)
-    start = ring.space.value
+    start = tokens(ring.space)
     assert take(reader, max_n=1) == [0]
-    assert ring.space.value == start  # the emitter does not sleep: nobody is rung
+    assert tokens(ring.space) == start  # the emitter does not sleep: nobody is rung
     fanout.before_wait(ring.sub_id)
     publish(fanout, 2)
     assert take(reader, max_n=1) == [1]
-    assert ring.space.value == start + 1
+    assert tokens(ring.space) == start + 1
     assert take(reader, max_n=1) == [2]
-    assert ring.space.value == start + 1  # once per wait
+    assert tokens(ring.space) == start + 1  # once per wait
     fanout.after_wait(ring.sub_id)
     fanout.after_wait(12345)  # a ring that is gone: nothing to lower
 
@@ -476,10 +491,10 @@ def test_either_core_rings_the_others_doorbells(writer: ModuleType, reader_core:
     fanout.add(ring, 0)
     assert reader.before_wait() is None
     publish(fanout, "wake")
-    assert ring.data.value == 1
+    assert tokens(ring.data) == 1
     reader.after_wait()
-    space = ring.space.value
+    space = tokens(ring.space)
     fanout.before_wait(ring.sub_id)
     assert take(reader) == ["wake"]
-    assert ring.space.value == space + 1
+    assert tokens(ring.space) == space + 1
     fanout.after_wait(ring.sub_id)
