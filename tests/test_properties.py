@@ -236,6 +236,7 @@ def check_event(got: Any, want: tuple[int, bytes], where: str) -> None:
 # Found by hypothesis: the rest of a batch read in part, then more from the ring.
 @example(capacity=1, initial=[8], ops=[("batch", 3, 0), ("recv", 0), ("recv_many", 0, 2)])
 @example(capacity=1, initial=[8], ops=[("batch", 3, 0), ("recv", 0), ("burst", 7, 0)])
+@example(capacity=8, initial=[None], ops=[("batch", 2, 497), ("emit", 0, False)])
 def test_ring_matches_a_model_of_bounded_fifo_queues(
     capacity: int, initial: list[int | None], ops: list[tuple[Any, ...]]
 ) -> None:
@@ -340,10 +341,10 @@ def test_ring_matches_a_model_of_bounded_fifo_queues(
                 em.emit_many(events, timeout=0)
             assert refused.value.emitted == expected, f"{where}: emitted"
         for ev, size in made[:expected]:
+            # Not counted as large: a chunk pickled as one may fit its slots whole, events
+            # of a few hundred bytes included, and then it never touches the arena.
             for s in targets:
                 s.queue.append((committed, ev, size))
-            if size > INLINE_MAX and targets:
-                large_sent.append((committed, size))
             committed += 1
 
     def recv_many(where: str, which: int, max_n: int) -> None:
