@@ -550,6 +550,10 @@ class LocalSubscription(Handle):
                     self._parked, self._surplus = head, rest
             return True
         surplus = self._surplus
+        if surplus is not None and self._reader.resync() <= surplus[0]:
+            # A top-up interrupted before `tail` moved past what it decoded (see
+            # `_top_up`): none of it was consumed, and the ring hands it out again.
+            self._surplus = surplus = None
         if surplus is not None:
             if surplus[2] is not None:
                 self._parked, self._surplus = surplus, None
