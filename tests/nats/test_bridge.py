@@ -323,7 +323,9 @@ def test_a_lone_durable_bridge_killed_and_restarted_loses_nothing(
     name = "lone"
     stream = Stream(name, procs)
     ready = helpers.context().Queue()
-    bridge = start_bridge(procs, ready, name, nats_server.url)
+    # A ring that holds a whole burst and more: the bridge may be a burst behind when it
+    # is killed, and the 30 events emitted while none runs must still find room.
+    bridge = start_bridge(procs, ready, name, nats_server.url, capacity=2048)
     get(ready, "bridge")
     out = start_collectors(procs, [f"{nats_server.url}/{name}?durable=lone"])
     stream.go.set()
@@ -331,7 +333,7 @@ def test_a_lone_durable_bridge_killed_and_restarted_loses_nothing(
         stream.advance(500)
         kill(bridge)  # mid-stream, with events taken and not yet stored
         stream.advance(30)  # emitted with no bridge: its durable subscription keeps them
-        bridge = start_bridge(procs, ready, name, nats_server.url)
+        bridge = start_bridge(procs, ready, name, nats_server.url, capacity=2048)
         get(ready, f"restarted bridge {restart}")
     stream.advance(500)
     emitted = stream.finish()
