@@ -23,6 +23,7 @@ import sys
 from types import ModuleType
 from typing import TYPE_CHECKING
 
+from . import _wait
 from ._errors import InvalidArgument, shown
 
 CORE_ENV = "SHMBUS_CORE"
@@ -54,9 +55,15 @@ def use(name: str) -> None:
     chosen = _implementation(name)
     # Rebound, as the import bound them (for the type checker they are `_protocol`'s).
     globals().update(NAME=chosen.NAME, Fanout=chosen.Fanout, Reader=chosen.Reader)
+    _plug_in(chosen)
     package = sys.modules.get(__package__)
     if package is not None:
         package.CORE = chosen.NAME  # type: ignore[attr-defined]
+
+
+def _plug_in(chosen: ModuleType) -> None:
+    """The compiled core's held wait where `_wait` looks for it (the Python one has none)."""
+    _wait.TimedWaiter.held_acquire = getattr(chosen, "held_acquire", None)
 
 
 if TYPE_CHECKING:
@@ -64,5 +71,6 @@ if TYPE_CHECKING:
 else:
     _chosen = _implementation(os.environ.get(CORE_ENV, ""))
     NAME, Fanout, Reader = _chosen.NAME, _chosen.Fanout, _chosen.Reader
+    _plug_in(_chosen)
 
 __all__ = ["NAME", "Fanout", "Reader", "use"]

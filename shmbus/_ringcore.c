@@ -57,6 +57,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <errno.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
@@ -1576,6 +1578,65 @@ static PyType_Spec Reader_spec = {
     .slots = Reader_slots,
 };
 
+/* ================================ the held wait ==================================== */
+
+/* The signals a wait in the main thread holds back: every one but those a thread raises
+   itself and the two that cannot be held (`_wait._ASYNC_SIGNALS`, the same set). */
+static void
+asynchronous_signals(sigset_t *set)
+{
+    static const int raised_by_the_thread[] = {SIGKILL, SIGSTOP, SIGSEGV, SIGBUS, SIGFPE,
+                                               SIGILL, SIGTRAP, SIGABRT, SIGSYS};
+    sigfillset(set);
+    for (size_t i = 0; i < sizeof(raised_by_the_thread) / sizeof(int); i++) {
+        sigdelset(set, raised_by_the_thread[i]);
+    }
+}
+
+/* `acquire(timeout)` with the asynchronous signals held back, then the mask put back and
+   the handlers of the signals that came meanwhile run, their exception winning: what
+   `_wait.TimedWaiter` does in Python with three calls (the last of which builds a set of
+   every held signal), in one, with no bytecode between the mask and its restoring. The
+   wait itself stays posix_ipc's, which releases the GIL while it sleeps. */
+static PyObject *
+held_acquire(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (!positional("held_acquire", nargs, 2, 2)) {
+        return NULL;
+    }
+    sigset_t hold, previous;
+    asynchronous_signals(&hold);
+    int err = pthread_sigmask(SIG_BLOCK, &hold, &previous);
+    if (err != 0) {
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    PyObject *result = PyObject_CallOneArg(args[0], args[1]);
+    held_error failure;
+    if (result == NULL) {
+        failure = hold_error();
+    }
+    (void)pthread_sigmask(SIG_SETMASK, &previous, NULL); /* what came is delivered now */
+    if (PyErr_CheckSignals() < 0) {
+        if (result == NULL) {
+            drop_error(failure);
+        }
+        Py_XDECREF(result);
+        return NULL;
+    }
+    if (result == NULL) {
+        restore_error(failure);
+    }
+    return result;
+}
+
+static PyMethodDef ringcore_functions[] = {
+    {"held_acquire", (PyCFunction)(void (*)(void))held_acquire, METH_FASTCALL,
+     "held_acquire(acquire, timeout): acquire(timeout) with the asynchronous signals\n"
+     "held back, then their handlers run (see _wait.TimedWaiter)."},
+    {NULL, NULL, 0, NULL},
+};
+
 /* ================================ the module ======================================= */
 
 /* The layout here must be `_ring`'s and `_control`'s: a change there that forgot this
@@ -1709,6 +1770,7 @@ static struct PyModuleDef ringcore_module = {
     .m_doc = "The ring protocol of shmbus._protocol, compiled (see the source's opening "
              "comment).",
     .m_size = sizeof(core_state),
+    .m_methods = ringcore_functions,
     .m_slots = ringcore_slots,
     .m_traverse = ringcore_traverse,
     .m_clear = ringcore_clear,

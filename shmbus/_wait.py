@@ -114,9 +114,18 @@ class TimedWaiter(Waiter):
 
     name = "timed"
 
+    held_acquire: "Callable[[Callable[[float], object], float], object] | None" = None
+    """`acquire(timeout)` with those signals held back, in one C call: the compiled
+    core's (`_ringcore.held_acquire`), which `_core` puts here when it runs it. Without
+    it, the mask is changed from Python below: three calls, the last of which builds a
+    set of every signal held, a few microseconds on every wake-up."""
+
     def _take_blocking(self, sem: posix_ipc.Semaphore, timeout: float) -> bool:
         if threading.current_thread() is not threading.main_thread():
             return _timed_take(sem, timeout)  # handlers never run in other threads
+        held = TimedWaiter.held_acquire
+        if held is not None:
+            return _timed_take(sem, timeout, held)
         # The mask changes only inside `try`: an interruption before it changes nothing,
         # and one after it finds `finally` putting the mask back. The C function, not
         # `signal.pthread_sigmask`: that is Python code, and a handler running as it is
@@ -129,9 +138,14 @@ class TimedWaiter(Waiter):
             _signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def _timed_take(sem: posix_ipc.Semaphore, timeout: float) -> bool:
+def _timed_take(sem: posix_ipc.Semaphore, timeout: float,
+                held: "Callable[[Callable[[float], object], float], object] | None" = None
+                ) -> bool:
     try:
-        sem.acquire(timeout)
+        if held is None:
+            sem.acquire(timeout)
+        else:
+            held(sem.acquire, timeout)
         return True
     except posix_ipc.BusyError:
         return False

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import signal
+import sys
 import threading
 import time
 
@@ -139,3 +140,35 @@ def test_interruptions_inside_waits_never_leave_signals_held_back():
         assert seen.count > 20
         assert signal.pthread_sigmask(signal.SIG_BLOCK, ()) == set()
         assert sub.recv(timeout=1) == "fills the ring"
+
+
+def _compiled_held_acquire():
+    try:
+        from shmbus import _ringcore
+    except ImportError:
+        return None
+    return _ringcore.held_acquire
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("held", [
+    pytest.param(None, id="python"),
+    pytest.param(_compiled_held_acquire(), id="c", marks=pytest.mark.skipif(
+        _compiled_held_acquire() is None, reason="shmbus._ringcore was not built")),
+])
+def test_a_timed_wait_in_the_main_thread_holds_back_exactly_the_asynchronous_signals(
+        sem, held, monkeypatch):
+    monkeypatch.setattr(_wait.TimedWaiter, "held_acquire", held)
+    status = f"/proc/self/task/{threading.get_native_id()}/status"
+
+    def held_now() -> int:
+        with open(status) as lines:
+            return next(int(line.split()[1], 16) for line in lines if line.startswith("SigBlk:"))
+
+    during: list[int] = []
+    looker = threading.Timer(0.1, lambda: during.append(held_now()))
+    looker.start()
+    assert _wait.TimedWaiter()._take_blocking(sem, 0.3) is False
+    looker.join()
+    assert during == [sum(1 << (s - 1) for s in _wait._ASYNC_SIGNALS)]
+    assert held_now() == 0  # all of them given back
