@@ -28,7 +28,10 @@ Every run starts with unmeasured warm-up events (see `harness`). The modules: `p
 Each figure is the median, with min and max, of `runs` runs interleaved across systems
 (every system's run 1, then every system's run 2, ...), so a noisy minute on a shared
 machine hits all systems rather than one. `shmbus` (one event per call) is the
-reference every ratio is taken against. A system whose library is missing is skipped
+reference every ratio is taken against. `shmbus` and `shmbus-batch` run the core
+`import shmbus` picks (the compiled one where it was built); `shmbus-py` and
+`shmbus-batch-py` the pure-Python one, so one run reports both cores, CPU per event
+included. A system whose library is missing is skipped
 with the reason (`pip install -e '.[bench]'`).
 
 `count_measurements` and `run_suite` take the same keyword arguments, `print_table`
