@@ -327,13 +327,26 @@ class LocalSubscription(Handle):
         holding views of more than `MAX_VIEWED_EVENTS` events at once is refused.
         """
         deadline = None if timeout is None else deadline_after(timeout)
-        if not view and self._parked is None and self._surplus is None and self._take_ready():
-            # The usual case: an event was there and nothing was left over (see below).
-            parked, self._parked = self._parked, None
-            if parked is not None:  # unless another thread took it meanwhile
-                if parked[2] is None:
-                    return parked[1][0]
-                raise parked[2]
+        if (not view and self._parked is None and self._surplus is None
+                and self._lock.acquire(False)):
+            # The usual case, flat (every call costs here): an event is ready and nothing
+            # stands in the way (a closed subscription, another thread receiving, events
+            # left over). What it consumed is parked before the lock is let go.
+            try:
+                seq = None
+                if not (self._closed or self._epoch != _liveness.fork_epoch
+                        or self._parked is not None or self._surplus is not None):
+                    seq = self._reader.ready()
+                    if seq is not None:
+                        self._take(seq, 1, False)
+            finally:
+                self._lock.release()
+            if seq is not None:
+                parked, self._parked = self._parked, None
+                if parked is not None:  # unless another thread took it meanwhile
+                    if parked[2] is None:
+                        return parked[1][0]
+                    raise parked[2]
         while True:
             self._park(deadline, 1, view)
             # No call may stand between taking the parked events and returning them: an
@@ -489,23 +502,6 @@ class LocalSubscription(Handle):
                 self._consume(self._read_raw(seq, min(max_n, self._reader.available())))
             else:
                 self._take(seq, max_n, view)
-        finally:
-            self._lock.release()
-
-    def _take_ready(self) -> bool:
-        """`_park` of one event, flat, if one is ready and nothing stands in the way (a
-        closed subscription, another thread receiving, events left over): True if it
-        parked what it consumed, else nothing happened."""
-        if self._closed or self._epoch != _liveness.fork_epoch or not self._lock.acquire(False):
-            return False
-        try:
-            if self._closed or self._parked is not None or self._surplus is not None:
-                return False
-            seq = self._reader.ready()
-            if seq is None:
-                return False
-            self._take(seq, 1, False)
-            return True
         finally:
             self._lock.release()
 
