@@ -203,7 +203,12 @@ class EventEmitter(Handle):
         ever sees it. Raises `SerializationError` (before touching any ring) if the
         event cannot be pickled, and `Closed` after `close()`.
         """
-        payload = self._encode(event)
+        if self._expect_large:
+            payload = self._encode(event)
+        else:  # `_encode`'s usual case, inline
+            payload = _codec.encode(event)
+            if len(payload) > self._inline_max:
+                payload = self._encode(event)
         deadline = None if timeout is None else deadline_after(timeout)
         if type(payload) is bytes and self._lock.acquire(False):
             # The usual emit, flat (every call costs here): a small event, no other thread
