@@ -247,7 +247,8 @@ class EventEmitter(Handle):
         The same as calling `emit` for each, with the same ordering and no-loss rules,
         but markedly cheaper per event: the events are taken from `events` (any iterable,
         a generator too), pickled and committed in chunks of up to a quarter of the
-        smallest ring, each chunk all-or-nothing like one `emit`, and other threads'
+        smallest ring (fewer events where large ones would not fit in the bus's
+        large-event memory together), each chunk all-or-nothing like one `emit`, and other threads'
         emits wait until the last chunk is out. A `Timeout` or a `SerializationError`
         (an event that cannot be pickled) can stop it between chunks: then the events
         before were emitted and the rest were not, and the error's `emitted` says how
@@ -269,12 +270,15 @@ class EventEmitter(Handle):
                     if not chunk:
                         break
                     batch = self._batch_of(chunk)
-                    if batch is None:
-                        count, reached = self._send([self._encode(e) for e in chunk],
-                                                    deadline)
-                    else:
+                    if batch is not None:
                         count, reached = self._send_batch(len(chunk), batch, deadline)
-                    sent += count
+                        sent += count
+                        continue
+                    payloads = [self._encode(e) for e in chunk]
+                    while payloads:  # in parts, if the arena cannot hold them all at once
+                        count, reached = self._send(payloads, deadline)
+                        sent += count
+                        del payloads[:count]
             finally:
                 self._lock.release()
         except (Timeout, SerializationError) as exc:
@@ -506,8 +510,10 @@ class EventEmitter(Handle):
     def _send(self, payloads: "list[bytes | _codec.Parts]", deadline: float | None,
               wait: bool = True) -> tuple[int, int]:
         """Commit `payloads` as consecutive events, all or none; (events sent,
-        subscribers reached). The caller holds the lock and sized the chunk to fit every
-        ring (`_look` first, then `_chunk_size`)."""
+        subscribers reached). Only the first of them are sent (all or none) if their large
+        events together need more memory than the arena has (`_place`): the caller sends
+        the rest next. The caller holds the lock and sized the chunk to fit every ring
+        (`_look` first, then `_chunk_size`)."""
         count = len(payloads)
         seq = self._fanout.committed  # the truth, even after an interrupted emit
         if self._arena.outstanding:
@@ -515,6 +521,8 @@ class EventEmitter(Handle):
         slots: list[bytes] = []  # made before any ring is touched: large events placed
         try:
             slots = self._place(seq, payloads, deadline, wait)
+            if len(slots) < count:  # more large events than the arena holds: these first
+                count, payloads = len(slots), payloads[:len(slots)]
             nbytes = len(payloads[0]) if count == 1 else sum(map(len, payloads))
             reached = self._publish(_ring.slot_block(slots), count, nbytes, seq, deadline,
                                     wait)
@@ -604,13 +612,18 @@ class EventEmitter(Handle):
 
     def _place(self, seq: int, payloads: "list[bytes | _codec.Parts]", deadline: float | None,
                wait: bool) -> list[bytes]:
-        """Every event's slot: inline, or referring to where it was written in the arena
-        (waiting for room there as for room in a ring)."""
+        """The slots of the first events of `payloads`, all of them unless the arena
+        cannot hold more of them until they are committed and read: inline, or referring
+        to where they were written in the arena (waiting for room there as for room in a
+        ring)."""
         slots = []
         try:
             for offset, payload in enumerate(payloads):
                 if isinstance(payload, _codec.Parts):
-                    slots.append(self._place_large(seq + offset, payload, deadline, wait))
+                    slot = self._place_large(seq + offset, payload, deadline, wait, seq)
+                    if slot is None:
+                        break
+                    slots.append(slot)
                 else:
                     slots.append(_ring.inline_slot(seq + offset, payload))
         except BaseException:
@@ -619,7 +632,10 @@ class EventEmitter(Handle):
         return slots
 
     def _place_large(self, seq: int, parts: _codec.Parts, deadline: float | None,
-                     wait: bool) -> bytes:
+                     wait: bool, first: int) -> bytes | None:
+        """Event `seq`'s slot, once it is in the arena; None if the arena holds nothing
+        but events from `first` on, placed by this call's caller and not committed yet:
+        no subscriber can read those, so waiting would wait for ever."""
         oversized = len(parts) > self._arena.bound // 2
         while True:
             ref = self._arena.put(seq, parts)
@@ -639,6 +655,8 @@ class EventEmitter(Handle):
                 self._forget_history_through(oldest)
                 self._reclaim(seq)
                 continue
+            if oldest >= first:
+                return None
             if not wait:
                 raise _RingsFull([slowest], lambda: self._fanout.oldest_unread(
                     slowest.sub_id) > oldest)

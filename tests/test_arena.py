@@ -95,6 +95,21 @@ def test_a_full_arena_blocks_emit_and_loses_nothing(procs):
     assert got == [*events, "end"] and reason == "closed"
 
 
+def test_emit_many_of_more_large_events_than_the_arena_holds_goes_through(procs):
+    # One chunk of emit_many (a quarter of the ring: 64 events) of 512 KiB events is
+    # 32 MiB, eight times the arena: the chunk is committed in the parts that fit, each
+    # read before the next is written, rather than wait for events nobody can see yet.
+    out, ready = helpers.context().Queue(), helpers.context().Queue()
+    with shmbus.EventEmitter("bigchunk", large_bytes=4 * MiB) as em:
+        procs(helpers.collect, "bigchunk", out, ready, None, 0)
+        ready.get(timeout=10)
+        events = [bytes([i]) * (512 * 1024) for i in range(100)]
+        assert em.emit_many(events, timeout=10) == 1
+        assert em.emit("end", timeout=10) == 1
+    got, reason = out.get(timeout=30)
+    assert got == [*events, "end"] and reason == "closed"
+
+
 def test_an_event_larger_than_half_the_arena_gets_a_segment_removed_once_read():
     with shmbus.EventEmitter("huge", large_bytes=4 * MiB) as em, em.subscribe() as sub:
         token = helpers.token_of(em)
