@@ -22,8 +22,9 @@ when it is full, is joined by a larger one, as large as the emitter's bound
 (`large_bytes`, `DEFAULT_LARGE_BYTES`) leaves: the arenas alive together never take more
 than the bound. New events go to the new one; the old one is removed once everything in
 it has been read, and a subscriber lets go of its mapping as soon as it reads from the
-new one. If the bound is reached, or `/dev/shm` has no room for a larger
-one, `emit` waits for the slowest subscriber exactly as for a full ring: same timeout,
+new one. It only ever grows, so in steady state one arena serves every event
+and nothing is mapped or faulted in per event. If the bound is reached, or `/dev/shm`
+has no room for a larger one, `emit` waits for the slowest subscriber exactly as for a full ring: same timeout,
 same all-or-nothing. Shared memory held for large events is therefore at most the bound,
 plus events larger than half of it: each of those gets a segment of its own
 (`/sb_<token>_x<nonce>`), which the subscriber maps, reads and unmaps at once, and the
@@ -79,8 +80,10 @@ control block's 64-bit words."""
 
 START_BYTES = 4 << 20
 """The arena's first size (a quarter of the bound, if that is less), unless the first
-large event needs more. Once that is full, it grows in one step to what the bound leaves;
-the old one goes once its events are read, so the two never take more than the bound."""
+large event needs more: room for four of it, or the whole bound if that is half of it or
+more. Once that is full, it grows in one step to what the bound leaves, if that is
+larger; the old one goes once its events are read, so the two never take more than the
+bound. Then it stays: in steady state, one arena, mapped once by every process."""
 
 ALIGN = 64
 
@@ -222,11 +225,15 @@ class Arena:
         current = self._arenas[-1].size if self._arenas else 0
         left = self.bound - sum(a.size for a in self._arenas)
         if self._arenas:
-            wanted = left  # one step to what the bound leaves, if no smaller
+            wanted = left  # one step to what the bound leaves
         else:
             wanted = max(min(START_BYTES, self.bound // 4), 4 * size)
+            if 2 * wanted >= self.bound:
+                wanted = self.bound  # no second one could be larger: all of it at once
         wanted = min(left, max(wanted, size)) // page * page
-        if (wanted < size or wanted < current
+        # Only ever larger: one no larger would replace the current one, then be
+        # replaced in turn, each new one mapped and faulted in anew by every process.
+        if (wanted < size or wanted <= current
                 or len(self._arenas) >= ARENA_ENTRIES):
             return None  # wait for room in the one there is
         entry = next(i for i in range(ARENA_ENTRIES)

@@ -139,6 +139,27 @@ def test_the_arena_grows_to_the_bound_and_old_ones_go():
         assert len(_large_segments(token)) == 1
 
 
+def test_in_steady_state_one_arena_serves_every_event():
+    # Events of an eighth of the bound: a first arena of four of them could only be
+    # followed by one no larger, then another, each new one mapped and faulted in anew by
+    # every process. The arena takes the whole bound at once instead, and stays.
+    with shmbus.EventEmitter("steady", large_bytes=16 * MiB) as em, em.subscribe() as sub:
+        token = helpers.token_of(em)
+        event = bytes(2 * MiB)
+        arenas: set[str] = set()
+        for _ in range(6):
+            sent = 0
+            with pytest.raises(shmbus.Timeout):
+                while True:  # until the arena is full
+                    em.emit(event, timeout=0)
+                    sent += 1
+            arenas |= set(_large_segments(token))
+            assert sent >= 4
+            for _ in range(sent):
+                assert sub.recv(timeout=5) == event
+        assert len(arenas) == 1, arenas
+
+
 def test_numpy_arrays_travel_and_come_back_writable():
     array = np.arange(2 * MiB, dtype=np.uint32).reshape(1024, -1)
     with shmbus.EventEmitter("np") as em, em.subscribe() as sub:
