@@ -72,16 +72,19 @@ class Plan:
                 job = self.throughput_job(workload)
                 for n in self.subscribers:
                     found += [Measurement("throughput", s, workload, n, job, run, self.runs)
-                              for s in self.systems]
+                              for s in self._systems_for(workload.name)]
             if self.latency:
                 found += [Measurement("latency", s, WORKLOADS[LATENCY_WORKLOAD], 1,
                                        self.latency_job(), run, self.runs)
-                          for s in self.systems]
+                          for s in self._systems_for(LATENCY_WORKLOAD)]
         if self.growth:
             found += [Measurement("growth", s, WORKLOADS[GROWTH_WORKLOAD], 1,
                                    self.growth_job(), 0, 1)
-                      for s in self.systems]
+                      for s in self._systems_for(GROWTH_WORKLOAD)]
         return found
+
+    def _systems_for(self, workload: str) -> list[type[System]]:
+        return [s for s in self.systems if s.workloads is None or workload in s.workloads]
 
     def throughput_job(self, workload: Workload) -> harness.Job:
         events = self.events[workload.name]

@@ -31,7 +31,8 @@ machine hits all systems rather than one. `shmbus` (one event per call) is the
 reference every ratio is taken against. `shmbus` and `shmbus-batch` run the core
 `import shmbus` picks (the compiled one where it was built); `shmbus-py` and
 `shmbus-batch-py` the pure-Python one, so one run reports both cores, CPU per event
-included. A system whose library is missing is skipped
+included. `shmbus-view` receives numpy arrays as read-only views of shared memory
+(`recv(view=True)`), on the numpy workloads only. A system whose library is missing is skipped
 with the reason (`pip install -e '.[bench]'`).
 
 `count_measurements` and `run_suite` take the same keyword arguments, `print_table`

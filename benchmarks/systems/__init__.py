@@ -75,6 +75,9 @@ class System:
     """(module, pip distribution) pairs that must be importable."""
     batched: ClassVar[bool] = False
     """Whether the harness emits in batches (`emit_many`) instead of one by one."""
+    workloads: ClassVar[tuple[str, ...] | None] = None
+    """The only workloads it is measured on (a variant that changes nothing elsewhere),
+    or None for every one."""
 
     def __init__(self, subscribers: int, workload: Workload, bound: int) -> None:
         self.subscribers = subscribers
@@ -115,8 +118,8 @@ def all_systems() -> dict[str, type[System]]:
     from benchmarks.systems import faster_fifo_queue, iceoryx2_pubsub, mp_queue
     from benchmarks.systems import shmbus_bus, zenoh_pubsub, zmq_pushpull
 
-    order = (shmbus_bus.Shmbus, shmbus_bus.ShmbusBatch, shmbus_bus.ShmbusPy,
-             shmbus_bus.ShmbusBatchPy, mp_queue.MultiprocessingQueue,
+    order = (shmbus_bus.Shmbus, shmbus_bus.ShmbusBatch, shmbus_bus.ShmbusView,
+             shmbus_bus.ShmbusPy, shmbus_bus.ShmbusBatchPy, mp_queue.MultiprocessingQueue,
              faster_fifo_queue.FasterFifo, zmq_pushpull.ZmqPushPull,
              iceoryx2_pubsub.Iceoryx2PubSub, zenoh_pubsub.ZenohPubSub)
     return {cls.name: cls for cls in order}

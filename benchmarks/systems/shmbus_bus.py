@@ -1,5 +1,5 @@
 """shmbus itself, one event per call (`emit`/`recv`, the reference) and batched, on
-each core.
+each core, and with numpy arrays received as views (`shmbus-view`).
 
 `shmbus` and `shmbus-batch` run the core a user gets by default: the compiled one where
 it was built (see `shmbus.CORE`). `shmbus-py` and `shmbus-batch-py` run the pure-Python
@@ -53,15 +53,16 @@ class _Emitter(EmitterPort):
 
 
 class _Receiver(ReceiverPort):
-    def __init__(self, name: str, batched: bool) -> None:
+    def __init__(self, name: str, batched: bool, view: bool) -> None:
         self.sub = shmbus.subscribe(name)
         self.batched = batched
+        self.view = view
 
     def receive(self, timeout: float) -> list[Any]:
         try:
             if self.batched:
                 return list(self.sub.recv_many(BATCH, timeout=timeout))
-            return [self.sub.recv(timeout=timeout)]
+            return [self.sub.recv(timeout=timeout, view=self.view)]
         except shmbus.Timeout:
             return []
 
@@ -73,6 +74,8 @@ class Shmbus(System):
     name = "shmbus"
     core: str | None = None
     """The core its processes run ("c", "python"), or None for the default one."""
+    view = False
+    """Whether `recv` hands out read-only views of large events' buffers (`view=True`)."""
 
     def bound_note(self) -> str:
         return f"{self.bound} events; {self.core or shmbus.CORE} core"
@@ -85,7 +88,7 @@ class Shmbus(System):
 
     def open_receiver(self, index: int, address: Any) -> ReceiverPort:
         self._use_core()
-        return _Receiver(address[0], self.batched)
+        return _Receiver(address[0], self.batched, self.view)
 
     def _use_core(self) -> None:
         # In the process forked to emit or receive: it imported shmbus with the
@@ -116,6 +119,17 @@ class ShmbusBatch(Shmbus):
             return (f"this shmbus has no {' or '.join(missing)}: batching is not in this "
                     "checkout yet")
         return None
+
+
+class ShmbusView(Shmbus):
+    """`recv(view=True)`: a numpy array arrives as a read-only view of the bus's shared
+    memory, not a copy, valid until the harness drops the event (before its next
+    receive). Measured on the large workloads only: small events have no buffers to
+    view, and 1 MiB of `bytes` is in the pickle itself, so only numpy arrays change."""
+
+    name = "shmbus-view"
+    view = True
+    workloads = ("numpy", "numpy-slow")
 
 
 class ShmbusPy(Shmbus):
