@@ -36,10 +36,10 @@ interruption can cost a redelivery, never an event.
 
 ## Why asyncio polls here
 
-A lone subscriber's `arecv` sleeps on a bell the emitter rings (`_bell`); a queue has
-one ring and many members, and the emitter rings one bell per ring. So `arecv` here
-tries without waiting and sleeps in the event loop between tries, from half a
-millisecond growing to `ASYNC_POLL_MAX`: no thread, a bounded delay.
+A lone subscriber's `arecv` sleeps on a wake pipe the emitter writes to (`_wakepipe`);
+a queue has one ring and many members, and the emitter wakes one pipe per ring. So
+`arecv` here tries without waiting and sleeps in the event loop between tries, from half
+a millisecond growing to `ASYNC_POLL_MAX`: no thread, a bounded delay.
 """
 
 from __future__ import annotations
@@ -57,7 +57,6 @@ from typing import Any
 
 from . import _codec, _group, _ring
 from ._arena import ArenaReader
-from ._bell import Ringer
 from ._control import COMMITTED_WORD, ControlBlock
 from ._errors import (
     BusNotFound,
@@ -83,6 +82,7 @@ from ._wait import (
     slice_until,
     waiter_from_env,
 )
+from ._wakepipe import Waker
 
 DEFAULT_EXPIRE_AFTER = 60.0
 """How long a durable subscription is kept without an owner before it is removed, unless
@@ -216,8 +216,8 @@ class QueueSubscription(Handle):
         self._next_upkeep = 0.0
         self._last_seq: int | None = None
         self._large = ArenaReader(token, self._no_pin)
-        self._ringer = Ringer()
-        self._space_rung = 0  # the emitter's last wait this member posted `space` for
+        self._waker = Waker()
+        self._space_posted = 0  # the emitter's last wait this member posted `space` for
         self._end: EndReason | None = None
         self._lock = threading.RLock()
         self._closing = False
@@ -405,7 +405,7 @@ class QueueSubscription(Handle):
                     self._token, self._sub_id, self._member_id, self._life, self._ring,
                     self._state, None if self._control.unmapped else self._control, keep)
             self._large.close()
-            self._ringer.close()
+            self._waker.close()
             self._claims.close()
             if not self._state.mapping.closed:
                 self._state.close()
@@ -588,16 +588,16 @@ class QueueSubscription(Handle):
         return bool(claimed)
 
     def _after_finish(self, freed: int) -> None:
-        """Slots were freed: room for the emitter (`space` tokens, and its bell)."""
+        """Slots were freed: room for the emitter (`space` tokens, and its wake pipe)."""
         if freed:
             ring = self._ring
             fence(ring.space)  # `tail` before the emitter's flag (see `_ring`)
             sleeping = ring.sleeping[EMITTER_SLEEPING]
-            if sleeping and sleeping != self._space_rung:
+            if sleeping and sleeping != self._space_posted:
                 ring.space.release()
-                self._space_rung = sleeping
+                self._space_posted = sleeping
             if ring.flags[EMITTER_WAITING]:
-                self._ringer.ring(self._registry.bell_path(self._token, "emitter"))
+                self._waker.wake(self._registry.wake_pipe_path(self._token, "emitter"))
 
     def _drained(self, start: int, deadline: float | None) -> bool:
         """After the bus ended, with nothing to claim: whether every event is finished

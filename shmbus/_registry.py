@@ -199,8 +199,9 @@ class Registry:
     def sub_path(self, token: str, sub_id: int) -> str:
         return os.path.join(self.buses_dir, token, f"sub.{sub_id}")
 
-    def bell_path(self, token: str, owner: int | str) -> str:
-        """The bell (see `_bell`) of subscriber `owner`, or of the emitter."""
+    def wake_pipe_path(self, token: str, owner: int | str) -> str:
+        """The wake pipe (see `_wakepipe`) of subscriber `owner`, or of the emitter."""
+        # "bell.": the on-disk name, kept so that processes of this layout version agree.
         return os.path.join(self.buses_dir, token, f"bell.{owner}")
 
     def root_mutex(self) -> FileMutex:
@@ -681,7 +682,7 @@ class Registry:
         """Under the bus mutex: everything of subscriber (or queue) `sub_id`, its record
         last."""
         _ring.unlink_ring(token, sub_id)
-        _unlink(self.bell_path(token, sub_id))
+        _unlink(self.wake_pipe_path(token, sub_id))
         if queue:
             _group.remove(token, sub_id)
             target = f"sub.{sub_id}"

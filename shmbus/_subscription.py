@@ -43,7 +43,6 @@ from typing import Any, Protocol, runtime_checkable
 import posix_ipc
 
 from . import _codec, _liveness, _ring
-from ._bell import Bell, Ringer
 from ._arena import ArenaReader
 from ._control import ControlBlock
 from . import _core
@@ -74,6 +73,7 @@ from ._wait import (
     spin,
     waiter_from_env,
 )
+from ._wakepipe import WakePipe, Waker
 
 _loads = pickle.loads
 _decode = _codec.decode
@@ -271,8 +271,8 @@ class LocalSubscription(Handle):
         self._parked: _Parked | None = None
         self._surplus: _Parked | None = None  # what an interrupted recv_many left over
         self._large = ArenaReader(token, self._set_pin)
-        self._bell: Bell | None = None  # created by the first async wait
-        self._ringer: Ringer | None = None
+        self._wake_pipe: WakePipe | None = None  # created by the first async wait
+        self._waker: Waker | None = None
         self._end: EndReason | None = None
         self._lock = threading.RLock()
         self._closing = False
@@ -393,7 +393,7 @@ class LocalSubscription(Handle):
     async def arecv(self, *, timeout: float | None = None) -> Any:
         """`recv` for asyncio: the event loop runs while this waits.
 
-        Waiting costs no thread and no CPU (see `_bell`). Cancelling the awaiting task
+        Waiting costs no thread and no CPU (see `_wakepipe`). Cancelling the awaiting task
         is like a timeout: nothing is consumed, the next call returns the next event.
         """
         return await self._arecv(self.recv, timeout)
@@ -445,17 +445,17 @@ class LocalSubscription(Handle):
                 return
             if self._end is None:
                 self._end = EndReason.UNSUBSCRIBED
-            if self._bell is not None:
-                self._bell.close()
+            if self._wake_pipe is not None:
+                self._wake_pipe.close()
             self._large.close()
             if not self._ring.detached:
                 self._ring.mark_sub_closed()
                 with contextlib.suppress(posix_ipc.Error):  # closed by an earlier try
                     self._ring.space.release()  # an emitter blocked on this ring moves on
                 if self._ring.flags[EMITTER_WAITING]:
-                    self._ring_emitter_bell()
-                if self._ringer is not None:
-                    self._ringer.close()
+                    self._wake_emitter_loop()
+                if self._waker is not None:
+                    self._waker.close()
                 self._reader.close()  # before the memory it reads goes
                 self._ring.detach()
             if not self._left:
@@ -520,7 +520,7 @@ class LocalSubscription(Handle):
         elif taken > max_n:  # a batch: the rest is kept for the next calls, in order
             self._parked, self._surplus = _split(parked, max_n, self._surplus)
         if self._reader.emitter_waiting:
-            self._ring_emitter_bell()
+            self._wake_emitter_loop()
 
     def _load_large(self, seq: int, kind: int, ref: bytes) -> Any:
         return self._large.load(seq, kind == _ring.KIND_ARENA, ref)
@@ -587,7 +587,7 @@ class LocalSubscription(Handle):
             if self._parked is parked:
                 self._parked, self._surplus = merged, rest
         if self._reader.emitter_waiting:
-            self._ring_emitter_bell()
+            self._wake_emitter_loop()
 
     def _consume(self, parked: _Parked) -> None:
         # Decoded before `tail` moves, parked before the caller gets it: see the module
@@ -596,8 +596,8 @@ class LocalSubscription(Handle):
         count = len(parked[1]) or 1
         self._last_seq = parked[0] + count - 1
         self._reader.advance(count)
-        if self._reader.emitter_waiting:  # read after the doorbell: see `_bell`
-            self._ring_emitter_bell()
+        if self._reader.emitter_waiting:  # read after the doorbell: see `_wakepipe`
+            self._wake_emitter_loop()
 
     async def _arecv(self, receive: Callable[..., Any], timeout: float | None) -> Any:
         # Each try is synchronous, and cancellation lands only at the `await`: an event
@@ -609,20 +609,20 @@ class LocalSubscription(Handle):
             except Timeout:
                 if expired(deadline):
                     raise Timeout(f"no event on bus {self._name!r} within the timeout") from None
-            await self._await_bell(deadline)
+            await self._await_wake_pipe(deadline)
 
-    async def _await_bell(self, deadline: float | None) -> None:
-        bell = self._listen()
-        if bell is False:
+    async def _await_wake_pipe(self, deadline: float | None) -> None:
+        pipe = self._listen()
+        if pipe is False:
             await asyncio.sleep(POLL_MAX_SLEEP)  # another thread is receiving
-        elif isinstance(bell, Bell):
+        elif isinstance(pipe, WakePipe):
             try:
-                await bell.wait(slice_until(deadline))
+                await pipe.wait(slice_until(deadline))
             finally:
                 self._stop_listening()
 
-    def _listen(self) -> "Bell | bool":
-        """Raise this subscription's flag and return its bell to wait on; True if there
+    def _listen(self) -> "WakePipe | bool":
+        """Raise this subscription's flag and return its wake pipe to wait on; True if there
         is something to look at already; False if another thread holds the ring.
 
         Under the lock, like every touch of the ring: `close()` from another thread
@@ -632,14 +632,15 @@ class LocalSubscription(Handle):
             return False
         try:
             self._check_usable()
-            if self._bell is None:
-                self._bell = Bell(self._registry.bell_path(self._token, self._sub_id))
+            if self._wake_pipe is None:
+                self._wake_pipe = WakePipe(
+                    self._registry.wake_pipe_path(self._token, self._sub_id))
             self._ring.flags[SUB_WAITING] = 1
             fence(self._ring.data)
             if self._reader.ready() is not None or self._control.closed:
                 self._ring.flags[SUB_WAITING] = 0
                 return True
-            return self._bell
+            return self._wake_pipe
         finally:
             self._lock.release()
 
@@ -653,10 +654,11 @@ class LocalSubscription(Handle):
             finally:
                 self._lock.release()
 
-    def _ring_emitter_bell(self) -> None:
-        if self._ringer is None:
-            self._ringer = Ringer()
-        self._ringer.ring(self._registry.bell_path(self._token, "emitter"))
+    def _wake_emitter_loop(self) -> None:
+        """Wake the emitter's event loop, waiting from asyncio for room (`_wakepipe`)."""
+        if self._waker is None:
+            self._waker = Waker()
+        self._waker.wake(self._registry.wake_pipe_path(self._token, "emitter"))
 
     def _what(self) -> str:
         return f"bus {self._name!r}"
@@ -685,7 +687,7 @@ class LocalSubscription(Handle):
     def _sleep(self, deadline: float | None) -> bool:
         """One slice of waiting for an event: a spell of spinning on the counter, then
         sleeping on the `data` doorbell with the sleeping flag up so that the emitter
-        rings it (see `_ring`). True if rung, or if there is something to look at."""
+        posts it (see `_ring`). True if posted, or if there is something to look at."""
         if spin(self._reader.ready, min(SPIN, slice_until(deadline))):
             return True
         ready = self._reader.before_wait()

@@ -16,7 +16,7 @@ idempotent `close`, fork ownership, the exit hook).
 Taking is never waiting. Under the subscription's lock, a call takes what the feed has
 ready (judging, parking and acknowledging it) and returns at once, with events or with
 nothing; only then, outside the lock, does it wait for the change notice (`_notice`) that
-the loop thread rings when messages arrive and `close()` rings when it begins. So a
+the loop thread announces when messages arrive and `close()` when it begins. So a
 thread in `recv` and a task in `arecv` wait the same way, without holding anything:
 two threads receiving at once each take whole outcomes under the lock (never the same
 one twice, never one dropped), and `close()` from any thread wakes every waiter, which
