@@ -114,7 +114,7 @@ def segment_size(capacity: int) -> int:
 
 class QueueState:
     """A mapped queue segment (see the module docstring). Writes only under the claims
-    lock; reads anywhere (figures)."""
+    lock; reads anywhere (stats)."""
 
     def __init__(self, mapping: _platform.Mapping, where: str) -> None:
         view = mapping.view
@@ -161,7 +161,7 @@ class QueueState:
             view.release()
         self.mapping.close()
 
-    # -- figures (read anywhere) --------------------------------------------------------
+    # -- stats (read anywhere) ----------------------------------------------------------
 
     @property
     def claimed(self) -> int:

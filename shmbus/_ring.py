@@ -385,7 +385,7 @@ def _check_header(buf: memoryview, name: str, slot_size: int) -> None:
         )
 
 
-class Figures(NamedTuple):
+class RingStats(NamedTuple):
     """What a ring's header says, read by someone who is neither of its two sides."""
 
     capacity: int
@@ -396,7 +396,7 @@ class Figures(NamedTuple):
     blocked_ns: int
 
 
-def read_figures(token: str, sub_id: int) -> Figures | None:
+def read_stats(token: str, sub_id: int) -> RingStats | None:
     """A snapshot of ring `sub_id`'s header, or None if it is gone or unreadable.
 
     Maps only the segment, never the semaphores, and writes nothing: an observer cannot
@@ -411,7 +411,7 @@ def read_figures(token: str, sub_id: int) -> Figures | None:
     try:
         if len(buf) < HEADER_SIZE or _HEAD.unpack_from(buf, 0)[:2] != (MAGIC, LAYOUT_VERSION):
             return None
-        return Figures(
+        return RingStats(
             capacity=int(_HEAD.unpack_from(buf, 0)[2]),
             adopted=bool(_U32.unpack_from(buf, _ADOPTED)[0]),
             start_seq=int(_U64.unpack_from(buf, _START_SEQ)[0]),
