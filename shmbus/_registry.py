@@ -100,26 +100,25 @@ QUEUE_KINDS = ("group", "durable")
 
 
 def validate_name(name: object) -> str:
-    if not isinstance(name, str):
-        raise InvalidArgument(f"a bus name must be a str, got {type(name).__name__}")
-    if not _NAME.fullmatch(name):
-        raise InvalidArgument(
-            f"invalid bus name {shown(name)}: use 1 to 128 characters from A-Z a-z 0-9 "
-            "_ . -, not starting with '.' or '-'"
-        )
-    return name
+    return _valid_name(name, "bus", "a bus name")
 
 
 def validate_queue_name(kind: str, queue: object) -> str:
     """A group's or a durable subscription's name: the rules of a bus name."""
-    if not isinstance(queue, str):
-        raise InvalidArgument(f"{kind} must be a str, got {type(queue).__name__}")
-    if not _NAME.fullmatch(queue):
+    return _valid_name(queue, kind, kind)
+
+
+def _valid_name(name: object, kind: str, called: str) -> str:
+    """`name` if it is a valid name of a `kind` (what a message `called` it), else
+    `InvalidArgument`."""
+    if not isinstance(name, str):
+        raise InvalidArgument(f"{called} must be a str, got {type(name).__name__}")
+    if not _NAME.fullmatch(name):
         raise InvalidArgument(
-            f"invalid {kind} name {shown(queue)}: use 1 to 128 characters from A-Z a-z 0-9 "
+            f"invalid {kind} name {shown(name)}: use 1 to 128 characters from A-Z a-z 0-9 "
             "_ . -, not starting with '.' or '-'"
         )
-    return queue
+    return name
 
 
 @dataclass
