@@ -232,13 +232,9 @@ def _emitter_cells(bus: shmbus.BusStats, old: shmbus.BusStats | None,
         "",
         f"{bus.emitted:,}",
     ]
-    if rates:
-        cells.append(_rate(bus.emitted, old.emitted if old else None, elapsed))
-    cells.append(f"{bus.blocked_seconds:.2f} s")
-    if rates:
-        cells.append(_share(bus.blocked_seconds, old.blocked_seconds if old else None,
-                            elapsed))
-    return cells
+    return cells + _counter_cells(bus.emitted, old.emitted if old else None,
+                                  bus.blocked_seconds, old.blocked_seconds if old else None,
+                                  elapsed, rates)
 
 
 def _large_events_cells(bus: shmbus.BusStats, rates: bool) -> list[RenderableType]:
@@ -282,12 +278,23 @@ def _subscriber_cells(sub: shmbus.SubscriberStats, old: shmbus.SubscriberStats |
         fill_bar(sub.fill, sub.capacity),
         f"{sub.delivered:,}",
     ]
+    return cells + _counter_cells(sub.delivered, old.delivered if old else None,
+                                  sub.blocked_seconds, old.blocked_seconds if old else None,
+                                  elapsed, rates)
+
+
+def _counter_cells(events: int, old_events: int | None, blocked: float,
+                   old_blocked: float | None, elapsed: float | None,
+                   rates: bool) -> list[RenderableType]:
+    """The columns after the events of an emitter's or a subscriber's row: events/s
+    (with `rates`), the time the emitter was blocked, and (with `rates`) the share of the
+    last interval it was blocked."""
+    cells: list[RenderableType] = []
     if rates:
-        cells.append(_rate(sub.delivered, old.delivered if old else None, elapsed))
-    cells.append(f"{sub.blocked_seconds:.2f} s")
+        cells.append(_rate(events, old_events, elapsed))
+    cells.append(f"{blocked:.2f} s")
     if rates:
-        cells.append(_share(sub.blocked_seconds, old.blocked_seconds if old else None,
-                            elapsed))
+        cells.append(_share(blocked, old_blocked, elapsed))
     return cells
 
 
