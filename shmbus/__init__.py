@@ -45,9 +45,9 @@ from ._stats import BusStats, SubscriberStats, buses, stats
 from ._arena import DEFAULT_LARGE_BYTES
 from ._facade import subscribe
 from ._member import DEFAULT_EXPIRE_AFTER, QueueSubscription, unsubscribe
+from ._receiver import EndReason
 from ._subscription import (
     MAX_VIEWED_EVENTS,
-    EndReason,
     LocalSubscription,
     RawEvent,
     Subscription,

@@ -11,7 +11,7 @@
 2. **Write** the event into each reserved slot: inline, or as a reference to one shared
    large-event segment. Nothing is visible yet: subscribers read only below `committed`.
 3. **Commit**: one 8-byte store moves the control block's `committed` past the event.
-4. **Ring the doorbells**: post every ring's `data` semaphore, in one C-level loop.
+4. **Post the doorbells**: every ring's `data` semaphore, in one C-level loop.
 
 A slow subscriber blocks `emit` at step 1 (backpressure); no event is ever dropped,
 overwritten or skipped. As in the Rust original, a single `emit` is serial over rings.
@@ -21,8 +21,8 @@ overwritten or skipped. As in the Rust original, a single `emit` is serial over 
 `emit` is all-or-nothing around step 3. An exception before it (a `Timeout`, a
 `KeyboardInterrupt`, a full `/dev/shm`) gives back every reserved slot: no subscriber ever
 sees the event. An exception after it (a `KeyboardInterrupt` landing during step 4)
-finishes step 4 before propagating: every subscriber sees the event. A doorbell rung twice
-that way costs a subscriber one spurious wake-up; see `_ring` on why that is harmless.
+finishes step 4 before propagating: every subscriber sees the event. A doorbell posted
+twice that way costs a subscriber one spurious wake-up; see `_ring` on why that is harmless.
 
 ## Why not one lock-protected queue shared by all subscribers
 
@@ -49,7 +49,7 @@ import posix_ipc
 
 from . import _codec, _core, _liveness, _names, _platform, _ring
 from ._control import GENERATION_WORD, HISTORY_HELD_WORD
-from ._bell import Bell, Ringer
+from ._wakepipe import WakePipe, Waker
 from ._arena import DEFAULT_LARGE_BYTES, Arena, validate_large_bytes
 from ._errors import Closed, InvalidArgument, SerializationError, ShmBusError, Timeout, shown
 from ._handle import Handle
@@ -112,13 +112,13 @@ log = logging.getLogger("shmbus")
 class _Outlet:
     """What the emitter keeps about one adopted ring besides what `Fanout` writes."""
 
-    __slots__ = ("ring", "sub_id", "capacity", "bell", "pid", "queue")
+    __slots__ = ("ring", "sub_id", "capacity", "wake_pipe", "pid", "queue")
 
-    def __init__(self, ring: _ring.Ring, bell: str, record: dict[str, Any]) -> None:
+    def __init__(self, ring: _ring.Ring, wake_pipe: str, record: dict[str, Any]) -> None:
         self.ring = ring  # for waiting on its `space` doorbell, and its flags
         self.sub_id = ring.sub_id
         self.capacity = ring.capacity
-        self.bell = bell  # rung when its subscriber waits from asyncio
+        self.wake_pipe = wake_pipe  # written to when its subscriber waits from asyncio
         pid = record.get("pid")
         self.pid = pid if isinstance(pid, int) and pid > 0 else None  # for messages only
         queue = record.get("queue")
@@ -170,8 +170,8 @@ class EventEmitter(Handle):
         self._arena = Arena(self._token, self._control)
         self._expect_large = False
         self._batch_misses = 0  # chunks to go before `_batch_of` tries again
-        self._bell: Bell | None = None  # created by the first aemit that has to wait
-        self._ringer = Ringer()
+        self._wake_pipe: WakePipe | None = None  # created by the first aemit that has to wait
+        self._waker = Waker()
         self._closing = False
         self._left = False  # the registry has forgotten this emitter
         self._upkeeping = False  # the upkeep thread holds the lock (see `_take_lock`)
@@ -224,12 +224,13 @@ class EventEmitter(Handle):
                         reached = self._fanout.publish_inline(payload)
                     except BaseException:
                         # Committed and then interrupted, or not: either way every
-                        # sleeper is rung (once more at worst: a spurious wake-up).
+                        # sleeper's doorbell is posted (once more at worst: a spurious
+                        # wake-up).
                         self._fanout.repost()
                         raise
                     if reached >= 0:
                         if self._fanout.wanting:
-                            self._ring_bells()
+                            self._wake_loops()
                         return reached
             finally:
                 self._lock.release()
@@ -292,7 +293,7 @@ class EventEmitter(Handle):
     async def aemit(self, event: Any, *, timeout: float | None = None) -> int:
         """`emit` for asyncio: the event loop runs while this waits for room.
 
-        Waiting costs no thread and no CPU (see `_bell`). Cancelling the awaiting task is
+        Waiting costs no thread and no CPU (see `_wakepipe`). Cancelling the awaiting task is
         like a timeout: no subscriber ever sees the event. Each try is a fresh `emit`, so
         a subscriber that joins while `aemit` waits receives the event too.
         """
@@ -439,15 +440,15 @@ class EventEmitter(Handle):
                 self._refresh()  # rings that joined since the last emit hear the end too
                 self._drop_departed()  # the dead are removed now, not by the last one out
                 self._fanout.repost()  # every sleeping subscriber looks, sees `closed`
-                self._ring_bells()
+                self._wake_loops()
                 for outlet in self._outlets.values():
                     self._fanout.remove(outlet.sub_id)
                     outlet.ring.detach()
                 self._fanout.close()  # before the control block it writes goes
-            self._ringer.close()
+            self._waker.close()
             self._arena.close()
-            if self._bell is not None:
-                self._bell.close()
+            if self._wake_pipe is not None:
+                self._wake_pipe.close()
             self._outlets.clear()
             if not self._left:
                 # Even if a mapping is gone already (a dropped handle is finalized with
@@ -579,7 +580,7 @@ class EventEmitter(Handle):
         while True:
             reached = self._fanout.publish(block, count, nbytes)
             if reached >= 0:
-                self._ring_bells()
+                self._wake_loops()
                 return reached
             self._await_room_for(self._outlets[-1 - reached], seq + count - 1, deadline, wait)
 
@@ -606,9 +607,10 @@ class EventEmitter(Handle):
         elif not self._gone(outlet):
             raise _RingsFull([outlet])
 
-    def _ring_bells(self) -> None:
+    def _wake_loops(self) -> None:
+        """Wake the event loops of the subscribers waiting from asyncio (`_wakepipe`)."""
         for sub_id in self._fanout.wanting:
-            self._ringer.ring(self._outlets[sub_id].bell)
+            self._waker.wake(self._outlets[sub_id].wake_pipe)
 
     def _place(self, seq: int, payloads: "list[bytes | _codec.Parts]", deadline: float | None,
                wait: bool) -> list[bytes]:
@@ -681,8 +683,8 @@ class EventEmitter(Handle):
 
     def _abort(self, end: int, count: int, slots: list[bytes]) -> None:
         if self._fanout.committed == end:
-            self._fanout.repost()  # may ring a bell twice: one spurious wake-up
-            self._ring_bells()
+            self._fanout.repost()  # may post a doorbell twice: one spurious wake-up
+            self._wake_loops()
         else:
             self._discard_large(slots)
 
@@ -723,9 +725,9 @@ class EventEmitter(Handle):
 
     def _listen_for_room(self, full: _RingsFull) -> "_Waiting":
         """Under the lock (`close()` cannot free a ring meanwhile): raise the emitter's
-        flag in each ring waited for, then look once more (see `_bell`)."""
-        if self._bell is None:
-            self._bell = Bell(self._registry.bell_path(self._token, "emitter"))
+        flag in each ring waited for, then look once more (see `_wakepipe`)."""
+        if self._wake_pipe is None:
+            self._wake_pipe = WakePipe(self._registry.wake_pipe_path(self._token, "emitter"))
         outlets = full.outlets
         for outlet in outlets:
             outlet.ring.flags[EMITTER_WAITING] = 1
@@ -735,15 +737,15 @@ class EventEmitter(Handle):
                 full.has_room() if full.has_room is not None
                 else any(self._fanout.has_room(o.sub_id, seq) for o in outlets)):
             return _Waiting(outlets, None)
-        return _Waiting(outlets, self._bell)
+        return _Waiting(outlets, self._wake_pipe)
 
     async def _await_room_async(self, waiting: "_Waiting", deadline: float | None) -> None:
         if not waiting.outlets:
             await asyncio.sleep(POLL_MAX_SLEEP)  # another thread is emitting
             return
         try:
-            if waiting.bell is not None:
-                await waiting.bell.wait(slice_until(deadline))
+            if waiting.wake_pipe is not None:
+                await waiting.wake_pipe.wait(slice_until(deadline))
             else:
                 await asyncio.sleep(0)  # room came meanwhile; the loop runs before a retry
         finally:
@@ -811,7 +813,7 @@ class EventEmitter(Handle):
                   deadline: float | None) -> bool:
         """One slice of waiting for room in `outlet`: a spell of spinning on `ready()`,
         then sleeping on its `space` doorbell with the emitter's sleeping flag up in that
-        ring so that its subscriber rings it (see `_ring`): True if rung, or if `ready()`
+        ring so that its subscriber posts it (see `_ring`): True if posted, or if `ready()`
         already."""
         if spin(ready, min(SPIN, slice_until(deadline))):
             return True
@@ -876,8 +878,8 @@ class EventEmitter(Handle):
         self._fanout.add(ring, start)
         if kept:
             ring.data.release()  # it may sleep already: one spurious wake-up at worst
-        self._outlets[sub_id] = _Outlet(ring, self._registry.bell_path(self._token, sub_id),
-                                        record)
+        wake_pipe = self._registry.wake_pipe_path(self._token, sub_id)
+        self._outlets[sub_id] = _Outlet(ring, wake_pipe, record)
 
     def _drop_departed(self) -> None:
         # Every record is probed, not only adopted rings: a subscriber that died halfway
@@ -890,19 +892,19 @@ class EventEmitter(Handle):
     def _drop(self, outlet: _Outlet) -> None:
         if self._outlets.pop(outlet.sub_id, None) is not None:
             self._fanout.remove(outlet.sub_id)  # before the ring goes: it writes there
-            self._ringer.forget(outlet.bell)
+            self._waker.forget(outlet.wake_pipe)
             outlet.ring.detach()
 
 
 class _Waiting:
-    """What an `aemit` that found rings full waits for: room in `outlets`, rung on `bell`
-    (None: look again at once)."""
+    """What an `aemit` that found rings full waits for: room in `outlets`, woken through
+    `wake_pipe` (None: look again at once)."""
 
-    __slots__ = ("outlets", "bell", "began")
+    __slots__ = ("outlets", "wake_pipe", "began")
 
-    def __init__(self, outlets: list[_Outlet], bell: Bell | None) -> None:
+    def __init__(self, outlets: list[_Outlet], wake_pipe: WakePipe | None) -> None:
         self.outlets = outlets
-        self.bell = bell
+        self.wake_pipe = wake_pipe
         self.began = time.monotonic_ns()
 
 

@@ -66,7 +66,6 @@ them; a `flock` belongs to the open file description, so every member opens its 
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
 import struct
@@ -114,7 +113,7 @@ def segment_size(capacity: int) -> int:
 
 class QueueState:
     """A mapped queue segment (see the module docstring). Writes only under the claims
-    lock; reads anywhere (figures)."""
+    lock; reads anywhere (stats)."""
 
     def __init__(self, mapping: _platform.Mapping, where: str) -> None:
         view = mapping.view
@@ -161,7 +160,7 @@ class QueueState:
             view.release()
         self.mapping.close()
 
-    # -- figures (read anywhere) --------------------------------------------------------
+    # -- stats (read anywhere) ----------------------------------------------------------
 
     @property
     def claimed(self) -> int:
@@ -333,13 +332,7 @@ class ClaimsLock:
                 return True
 
     def _try(self) -> bool:
-        try:
-            fcntl.flock(self._lock.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except OSError as exc:
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                return False
-            raise
+        return self._lock.try_flock(fcntl.LOCK_EX)
 
     def release(self) -> None:
         if self._maybe_held and self._lock.fd >= 0:

@@ -87,7 +87,7 @@ class LifeLock:
         lock = cls._open_existing(path)
         if lock is None:
             return None
-        if not lock._try(fcntl.LOCK_EX) or not _same_file(lock.fd, path):
+        if not lock.try_flock(fcntl.LOCK_EX) or not _same_file(lock.fd, path):
             lock.release()  # alive; or unlinked between open and flock: cleaned already
             return None
         return lock
@@ -99,7 +99,9 @@ class LifeLock:
         except FileNotFoundError:
             return None
 
-    def _try(self, operation: int) -> bool:
+    def try_flock(self, operation: int) -> bool:
+        """Take the flock `operation` (`fcntl.LOCK_EX`, `LOCK_SH`) without waiting:
+        whether it was had."""
         try:
             fcntl.flock(self.fd, operation | fcntl.LOCK_NB)
             return True
@@ -134,7 +136,7 @@ def is_alive(path: str) -> bool:
     if probe is None:
         return False
     try:
-        return not probe._try(fcntl.LOCK_SH)
+        return not probe.try_flock(fcntl.LOCK_SH)
     finally:
         probe.release()
 
@@ -145,7 +147,7 @@ def try_lock(path: str) -> "LifeLock | None":
     For work that one process at a time should do, and that the others may skip.
     """
     lock = LifeLock(path, os.O_RDWR | os.O_CREAT)
-    if lock._try(fcntl.LOCK_EX):
+    if lock.try_flock(fcntl.LOCK_EX):
         return lock
     lock.release()
     return None

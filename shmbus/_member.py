@@ -36,31 +36,26 @@ interruption can cost a redelivery, never an event.
 
 ## Why asyncio polls here
 
-A lone subscriber's `arecv` sleeps on a bell the emitter rings (`_bell`); a queue has
-one ring and many members, and the emitter rings one bell per ring. So `arecv` here
-tries without waiting and sleeps in the event loop between tries, from half a
-millisecond growing to `ASYNC_POLL_MAX`: no thread, a bounded delay.
+A lone subscriber's `arecv` sleeps on a wake pipe the emitter writes to (`_wakepipe`);
+a queue has one ring and many members, and the emitter wakes one pipe per ring. So
+`arecv` here tries without waiting and sleeps in the event loop between tries, from half
+a millisecond growing to `ASYNC_POLL_MAX`: no thread, a bounded delay.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import os
 import pickle
 import random
-import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 
 from . import _codec, _group, _ring
 from ._arena import ArenaReader
-from ._bell import Ringer
 from ._control import COMMITTED_WORD, ControlBlock
 from ._errors import (
-    BusNotFound,
     Closed,
     DeserializationError,
     EmitterDied,
@@ -69,11 +64,11 @@ from ._errors import (
     Timeout,
     shown,
 )
-from ._handle import Handle
-from ._liveness import LifeLock, is_alive
+from ._liveness import LifeLock
+from ._receiver import EndReason, RingReceiver, check_max_n, join_when_there
 from ._registry import QueueJoin, Registry, validate_name, validate_queue_name
 from ._ring import EMITTER_SLEEPING, EMITTER_WAITING, SUB_SLEEPING
-from ._subscription import BATCH_BYTES, WAIT_STEP, EndReason, RawEvent, ring_capacity
+from ._subscription import BATCH_BYTES, RawEvent
 from ._wait import (
     Waiter,
     acquire_by,
@@ -139,23 +134,12 @@ def subscribe_queue(name: str, *, group: str | None = None, durable: str | None 
             or not 0 < expiry < float("inf"):
         raise InvalidArgument(
             f"expire_after must be a number of seconds > 0, got {shown(expire_after)}")
-    deadline = deadline_after(wait)
-    pause = 0.002
-    while True:
-        try:
-            return QueueSubscription._join(Registry(), name, kind, str(queue), capacity,
-                                           auto_ack, float(expiry), history)
-        except BusNotFound as exc:
-            if deadline is not None and time.monotonic() >= deadline:
-                if wait:
-                    raise BusNotFound(f"{exc} (waited {wait:g} s for it)") from None
-                raise
-        time.sleep(pause if deadline is None
-                   else max(0.0, min(pause, deadline - time.monotonic())))
-        pause = min(2 * pause, WAIT_STEP)
+    return join_when_there(
+        lambda: QueueSubscription._join(Registry(), name, kind, str(queue), capacity,
+                                        auto_ack, float(expiry), history), wait)
 
 
-class QueueSubscription(Handle):
+class QueueSubscription(RingReceiver):
     """A member of a group, or the owner of a durable subscription (see the module
     docstring): a `Subscription` whose events are its own until it finishes them."""
 
@@ -169,20 +153,12 @@ class QueueSubscription(Handle):
               capacity: int | None, auto_ack: bool, expire_after: float,
               history: bool = False) -> "QueueSubscription":
         waiter = waiter_from_env()
-        registry.sweep_some()
-        token, control = registry.open_bus(name)
-        try:
-            # The size of the ring if this member creates it (one joining an existing
-            # queue takes it as it is, and with it whatever history it began with).
-            wanted = ring_capacity(name, control, capacity, history)
-            record: dict[str, Any] = {"pid": os.getpid(), "created": time.time()}
-            if history:
-                record["history"] = True
-            joined = registry.join_queue(name, token, control, kind, queue, capacity,
-                                         record, expire_after, wanted)
-        except BaseException:
-            control.close()
-            raise
+        # `wanted` is the size of the ring if this member creates it (one joining an
+        # existing queue takes it as it is, and with it whatever history it began with).
+        token, control, joined = cls._open_bus(
+            registry, name, capacity, history,
+            lambda token, control, wanted, record: registry.join_queue(
+                name, token, control, kind, queue, capacity, record, expire_after, wanted))
         self = object.__new__(cls)
         self._init(registry, name, token, control, kind, queue, joined, auto_ack, waiter)
         return self
@@ -190,14 +166,9 @@ class QueueSubscription(Handle):
     def _init(self, registry: Registry, name: str, token: str, control: ControlBlock,
               kind: str, queue: str, joined: QueueJoin, auto_ack: bool, waiter: Waiter
               ) -> None:
-        self._registry = registry
-        self._name = name
-        self._token = token
-        self._control = control
+        self._init_ring(registry, name, token, control, joined.sub_id, joined.ring)
         self._queue_kind = kind
         self._queue = queue
-        self._sub_id = joined.sub_id
-        self._ring = joined.ring
         self._state = joined.state
         self._claims = joined.lock
         self._member_id = joined.member_id
@@ -205,7 +176,6 @@ class QueueSubscription(Handle):
         self._life: LifeLock = joined.life
         self._auto_ack = auto_ack
         self._waiter = waiter
-        self._emitter_path = registry.emitter_path(token)
         self._member_path = registry._member_path_of(token, joined.sub_id)
         self._start: int | None = None
         self._pending: list[int] = []
@@ -214,26 +184,12 @@ class QueueSubscription(Handle):
         self._out: list[int] = []
         self._suspect = False
         self._next_upkeep = 0.0
-        self._last_seq: int | None = None
         self._large = ArenaReader(token, self._no_pin)
-        self._ringer = Ringer()
-        self._space_rung = 0  # the emitter's last wait this member posted `space` for
-        self._end: EndReason | None = None
-        self._lock = threading.RLock()
-        self._closing = False
+        self._space_posted = 0  # the emitter's last wait this member posted `space` for
         self._unsubscribing = False
         self._opened()
 
     # -- public -------------------------------------------------------------------------
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def id(self) -> int:
-        """The number of the queue's ring on its bus (every member shares it)."""
-        return self._sub_id
 
     @property
     def member(self) -> int:
@@ -251,25 +207,6 @@ class QueueSubscription(Handle):
     @property
     def auto_ack(self) -> bool:
         return self._auto_ack
-
-    @property
-    def capacity(self) -> int:
-        return self._ring.capacity
-
-    @property
-    def end_reason(self) -> EndReason | None:
-        return self._end
-
-    @property
-    def bus_id(self) -> str:
-        """The identity of the bus (see `LocalSubscription.bus_id`)."""
-        return self._token
-
-    @property
-    def last_seq(self) -> int | None:
-        """The number of the last event this subscription took (returned, or about to be
-        after an interruption); None before the first."""
-        return self._last_seq
 
     def recv(self, *, timeout: float | None = None) -> Any:
         """The next event this member takes, waiting as long as `timeout` allows.
@@ -291,7 +228,7 @@ class QueueSubscription(Handle):
     def recv_many(self, max_n: int, *, timeout: float | None = None) -> list[Any]:
         """The next events this member takes, 1 to `max_n` of those ready now (waiting
         as `recv` does for the first). Every one is this member's until finished."""
-        _check_max_n(max_n)
+        check_max_n(max_n)
         deadline = deadline_after(timeout)
         while True:
             self._park(deadline, max_n, False)
@@ -303,7 +240,7 @@ class QueueSubscription(Handle):
 
     def recv_raw(self, max_n: int, *, timeout: float | None = None) -> list[RawEvent]:
         """As `recv_many`, the events as they lay in shared memory (see `RawEvent`)."""
-        _check_max_n(max_n)
+        check_max_n(max_n)
         deadline = deadline_after(timeout)
         while True:
             self._park(deadline, max_n, True)
@@ -336,38 +273,6 @@ class QueueSubscription(Handle):
             self._after_finish(freed)
             return len(done)
 
-    async def arecv(self, *, timeout: float | None = None) -> Any:
-        """`recv` for asyncio (it polls: see the module docstring)."""
-        return await self._arecv(self.recv, timeout)
-
-    async def arecv_many(self, max_n: int, *, timeout: float | None = None) -> list[Any]:
-        _check_max_n(max_n)
-        values: list[Any] = await self._arecv(functools.partial(self.recv_many, max_n),
-                                              timeout)
-        return values
-
-    def __iter__(self) -> Iterator[Any]:
-        return self
-
-    def __next__(self) -> Any:
-        try:
-            return self.recv()
-        except EmitterDied:
-            raise
-        except Closed:
-            raise StopIteration from None
-
-    def __aiter__(self) -> AsyncIterator[Any]:
-        return self
-
-    async def __anext__(self) -> Any:
-        try:
-            return await self.arecv()
-        except EmitterDied:
-            raise
-        except Closed:
-            raise StopAsyncIteration from None
-
     def close(self) -> None:
         """Leave: finish what was handed out (with `auto_ack`; without it, only what was
         acknowledged), give back the rest, and go. The last member of a group removes
@@ -390,29 +295,21 @@ class QueueSubscription(Handle):
 
     # -- closing ------------------------------------------------------------------------
 
-    def _close(self) -> None:
-        self._closing = True
-        with self._lock:
-            if self._closed:
-                return
-            if self._end is None:
-                self._end = EndReason.UNSUBSCRIBED
-            if not self._ring.detached:
-                self._give_up_claims()
-            if self._life.fd >= 0:
-                keep = self._queue_kind == "durable" and not self._unsubscribing
-                self._registry.leave_queue(
-                    self._token, self._sub_id, self._member_id, self._life, self._ring,
-                    self._state, None if self._control.unmapped else self._control, keep)
-            self._large.close()
-            self._ringer.close()
-            self._claims.close()
-            if not self._state.mapping.closed:
-                self._state.close()
-            if not self._ring.detached:
-                self._ring.detach()
-            self._control.close()
-            self._closed = True
+    def _leave(self) -> None:
+        if not self._ring.detached:
+            self._give_up_claims()
+        if self._life.fd >= 0:
+            keep = self._queue_kind == "durable" and not self._unsubscribing
+            self._registry.leave_queue(
+                self._token, self._sub_id, self._member_id, self._life, self._ring,
+                self._state, None if self._control.unmapped else self._control, keep)
+        self._large.close()
+        self._close_waker()
+        self._claims.close()
+        if not self._state.mapping.closed:
+            self._state.close()
+        if not self._ring.detached:
+            self._ring.detach()
 
     def _give_up_claims(self) -> None:
         """Finish what may be finished, give back the rest, and leave the row, under the
@@ -588,16 +485,16 @@ class QueueSubscription(Handle):
         return bool(claimed)
 
     def _after_finish(self, freed: int) -> None:
-        """Slots were freed: room for the emitter (`space` tokens, and its bell)."""
+        """Slots were freed: room for the emitter (`space` tokens, and its wake pipe)."""
         if freed:
             ring = self._ring
             fence(ring.space)  # `tail` before the emitter's flag (see `_ring`)
             sleeping = ring.sleeping[EMITTER_SLEEPING]
-            if sleeping and sleeping != self._space_rung:
+            if sleeping and sleeping != self._space_posted:
                 ring.space.release()
-                self._space_rung = sleeping
+                self._space_posted = sleeping
             if ring.flags[EMITTER_WAITING]:
-                self._ringer.ring(self._registry.bell_path(self._token, "emitter"))
+                self._wake_emitter_loop()
 
     def _drained(self, start: int, deadline: float | None) -> bool:
         """After the bus ended, with nothing to claim: whether every event is finished
@@ -689,13 +586,6 @@ class QueueSubscription(Handle):
             await asyncio.sleep(min(pause, slice_until(deadline)))
             pause = min(2 * pause, ASYNC_POLL_MAX)
 
-    def _emitter_gone(self, check_life: bool) -> EndReason | None:
-        if self._control.closed:
-            return EndReason.CLOSED
-        if check_life and not is_alive(self._emitter_path):
-            return EndReason.CLOSED if self._control.closed else EndReason.EMITTER_DIED
-        return None
-
     def _raise_end(self) -> None:
         if self._end is EndReason.EMITTER_DIED:
             raise EmitterDied(
@@ -711,11 +601,6 @@ class QueueSubscription(Handle):
 
 def _lock_deadline(deadline: float | None) -> float | None:
     return None if deadline is None else max(deadline, time.monotonic() + LOCK_GRACE)
-
-
-def _check_max_n(max_n: object) -> None:
-    if isinstance(max_n, bool) or not isinstance(max_n, int) or max_n < 1:
-        raise InvalidArgument(f"max_n must be an int >= 1, got {shown(max_n)}")
 
 
 def unsubscribe(name: str, durable: str) -> None:

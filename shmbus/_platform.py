@@ -33,7 +33,7 @@ we do: a *squatter*. A squatted name is never used, by either side:
   from the sticky `/dev/shm`, so an object that is ours before and after is the one that
   was opened. macOS hides semaphores from the filesystem; there a squatted semaphore can
   be opened, but it carries no data (events live in the checked segment), so the worst a
-  squatter can do is ring a doorbell (see the README's trust model).
+  squatter can do is post a doorbell (see the README's trust model).
 
 ## The ledger
 

@@ -121,8 +121,9 @@ from ._errors import (
     shown,
 )
 from ._member import subscribe_queue
+from ._receiver import EndReason
 from ._registry import cleanup, validate_queue_name
-from ._subscription import EndReason, subscribe_local
+from ._subscription import subscribe_local
 
 Handler = Callable[[Any], object]
 

@@ -7,7 +7,7 @@ Two halves, one per side, and nothing else in shmbus reads or writes the counter
 - `Fanout`, the emitter's side of every ring it writes. `publish` puts the next events
   (slots already made) into every ring, all or none: it checks that every ring has room
   (`tail` against `committed`), copies the slots into each, stores `committed` past them
-  (the one store that makes them exist), and rings the `data` doorbell of each
+  (the one store that makes them exist), and posts the `data` doorbell of each
   subscriber that sleeps. If a ring is full it writes nothing and says which; waiting
   for room is the emitter's business (`_emitter`), and so is everything that is not per
   event. `publish_inline` is the same for one small event, without its slot made first:
@@ -15,7 +15,7 @@ Two halves, one per side, and nothing else in shmbus reads or writes the counter
 - `Reader`, a subscriber's side of its ring. `ready` says whether the next event has
   been committed; `take` decodes the ready events into a list the subscription owns
   (those in their slots itself, large ones through a callback into `_arena`), then
-  moves `tail` past them and rings the `space` doorbell if the emitter sleeps on it;
+  moves `tail` past them and posts the `space` doorbell if the emitter sleeps on it;
   `slot` and `advance` serve the one caller that does not decode (raw reads for a
   bridge).
 
@@ -26,7 +26,7 @@ posts a doorbell when is the protocol's (see `_ring` on doorbells).
 The compiled core (`_ringcore`, C) implements the same two classes on the same memory
 layout and the same doorbell rules, so a compiled emitter and a pure-Python subscriber
 (or the reverse) share one bus; `_core` picks one. Doorbells and counters follow `_ring`'s
-rules: counters are the truth, a doorbell only says "look", and it is rung only for a
+rules: counters are the truth, a doorbell only says "look", and it is posted only for a
 side whose sleeping flag says it sleeps.
 
 `close()` lets go of the memory and semaphores; the owner calls it before it closes
@@ -36,7 +36,7 @@ them (the compiled core holds the memory by address: see `_platform.Mapping.borr
 
 `publish` commits in one store, so subscribers see every slot of the call or none. An
 interruption before that store leaves nothing visible (the slots beyond `committed` are
-written over by the next call); after it, the caller rings the doorbells again
+written over by the next call); after it, the caller posts the doorbells again
 (`repost`: one spurious wake-up at worst). `take` puts every decoded event into the
 caller's list *before* it moves `tail`, so an interruption can neither lose an event
 (it is in the list) nor hand one out twice (it is behind `tail`).
@@ -91,7 +91,7 @@ class _Target:
     """One ring as `Fanout` writes it."""
 
     __slots__ = ("ring", "start", "known_tail", "capacity", "data", "space", "words", "flags",
-                 "sleeping", "rung")
+                 "sleeping", "posted")
 
     def __init__(self, ring: Ring, start: int) -> None:
         self.ring = ring
@@ -103,7 +103,7 @@ class _Target:
         self.words = ring.words
         self.flags = ring.flags
         self.sleeping = ring.sleeping
-        self.rung = 0  # the subscriber's wait (number) last rung for
+        self.posted = 0  # the subscriber's wait (number) last posted for
 
 
 def _next_number(number: int) -> int:
@@ -121,7 +121,7 @@ class Fanout:
         self._waits = 0  # the number of the emitter's last wait
         self._closed = False
         self.wanting: list[int] = []
-        """After `publish`: the subscribers (ids) waiting on their bell, to be rung."""
+        """After `publish`: the subscribers (ids) waiting on their wake pipe, to be woken."""
 
     @property
     def committed(self) -> int:
@@ -182,7 +182,7 @@ class Fanout:
             fence(targets[0].data)  # the slots before `committed`
         words[COMMITTED_WORD] = seq + count
         words[BYTES_WORD] += nbytes
-        self._ring_doorbells(False)
+        self._post_doorbells(False)
         return len(targets)
 
     def publish_inline(self, pickle: bytes) -> int:
@@ -190,9 +190,9 @@ class Fanout:
         return self.publish(inline_slot(self._words[COMMITTED_WORD], pickle), 1, len(pickle))
 
     def repost(self) -> None:
-        """Ring the doorbell of every subscriber that sleeps, even if it was rung for
+        """Post the doorbell of every subscriber that sleeps, even if it was posted for
         this wait: after an interrupted `publish` that had committed, and at the end."""
-        self._ring_doorbells(True)
+        self._post_doorbells(True)
 
     def before_wait(self, sub_id: int) -> None:
         """Raise the emitter's sleeping flag in ring `sub_id`: it is about to look at
@@ -219,23 +219,23 @@ class Fanout:
     def closed(self) -> bool:
         return self._closed
 
-    def _ring_doorbells(self, again: bool) -> None:
+    def _post_doorbells(self, again: bool) -> None:
         targets = self._all
         if not targets:
             self.wanting = []
             return
         # `committed` before the flags (see `_ring` on doorbells): a subscriber that
-        # raised its flag before this either sees the counter or is rung.
+        # raised its flag before this either sees the counter or gets a token.
         fence(targets[0].data)
         numbers = [t.sleeping[SUB_SLEEPING] for t in targets]
-        sleepers = [(t, n) for t, n in zip(targets, numbers) if n and (again or n != t.rung)]
+        sleepers = [(t, n) for t, n in zip(targets, numbers) if n and (again or n != t.posted)]
         # One C-level loop: an interruption cannot land between two posts. Each wait is
-        # marked rung after its post (by the number read before it: the subscriber may
+        # marked posted after its post (by the number read before it: the subscriber may
         # be on its next wait already): an interruption in between makes one spurious
         # wake-up, never a lost one.
         any(map(_post, [t.data for t, _ in sleepers]))
         for target, number in sleepers:
-            target.rung = number
+            target.posted = number
         self.wanting = [t.ring.sub_id for t in targets if t.flags[SUB_WAITING]]
 
 
@@ -251,9 +251,9 @@ class Reader:
         """Events consumed from this ring (this process's copy of the shared word)."""
         self._committed = 0
         self._waits = 0  # the number of this subscriber's last wait
-        self._rung = 0  # the emitter's wait (number) last rung for
+        self._posted = 0  # the emitter's wait (number) last posted for
         self.emitter_waiting = False
-        """After `take` or `advance`: the emitter waits on its bell for room here."""
+        """After `take` or `advance`: the emitter waits on its wake pipe for room here."""
 
     @property
     def start(self) -> int | None:
@@ -350,9 +350,9 @@ class Reader:
         self.tail = tail
         fence(self.ring.space)  # `tail` before the emitter's flags (see `_ring`)
         sleeping = self.ring.sleeping[EMITTER_SLEEPING]
-        if sleeping and sleeping != self._rung:
+        if sleeping and sleeping != self._posted:
             self.ring.space.release()
-            self._rung = sleeping  # after: an interruption in between rings twice
+            self._posted = sleeping  # after: an interruption in between posts twice
         self.emitter_waiting = bool(self.ring.flags[EMITTER_WAITING])
 
     def pin(self, seq: int) -> None:

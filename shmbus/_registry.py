@@ -100,26 +100,25 @@ QUEUE_KINDS = ("group", "durable")
 
 
 def validate_name(name: object) -> str:
-    if not isinstance(name, str):
-        raise InvalidArgument(f"a bus name must be a str, got {type(name).__name__}")
-    if not _NAME.fullmatch(name):
-        raise InvalidArgument(
-            f"invalid bus name {shown(name)}: use 1 to 128 characters from A-Z a-z 0-9 "
-            "_ . -, not starting with '.' or '-'"
-        )
-    return name
+    return _valid_name(name, "bus", "a bus name")
 
 
 def validate_queue_name(kind: str, queue: object) -> str:
     """A group's or a durable subscription's name: the rules of a bus name."""
-    if not isinstance(queue, str):
-        raise InvalidArgument(f"{kind} must be a str, got {type(queue).__name__}")
-    if not _NAME.fullmatch(queue):
+    return _valid_name(queue, kind, kind)
+
+
+def _valid_name(name: object, kind: str, called: str) -> str:
+    """`name` if it is a valid name of a `kind` (what a message `called` it), else
+    `InvalidArgument`."""
+    if not isinstance(name, str):
+        raise InvalidArgument(f"{called} must be a str, got {type(name).__name__}")
+    if not _NAME.fullmatch(name):
         raise InvalidArgument(
-            f"invalid {kind} name {shown(queue)}: use 1 to 128 characters from A-Z a-z 0-9 "
+            f"invalid {kind} name {shown(name)}: use 1 to 128 characters from A-Z a-z 0-9 "
             "_ . -, not starting with '.' or '-'"
         )
-    return queue
+    return name
 
 
 @dataclass
@@ -199,8 +198,9 @@ class Registry:
     def sub_path(self, token: str, sub_id: int) -> str:
         return os.path.join(self.buses_dir, token, f"sub.{sub_id}")
 
-    def bell_path(self, token: str, owner: int | str) -> str:
-        """The bell (see `_bell`) of subscriber `owner`, or of the emitter."""
+    def wake_pipe_path(self, token: str, owner: int | str) -> str:
+        """The wake pipe (see `_wakepipe`) of subscriber `owner`, or of the emitter."""
+        # "bell.": the on-disk name, kept so that processes of this layout version agree.
         return os.path.join(self.buses_dir, token, f"bell.{owner}")
 
     def root_mutex(self) -> FileMutex:
@@ -681,7 +681,7 @@ class Registry:
         """Under the bus mutex: everything of subscriber (or queue) `sub_id`, its record
         last."""
         _ring.unlink_ring(token, sub_id)
-        _unlink(self.bell_path(token, sub_id))
+        _unlink(self.wake_pipe_path(token, sub_id))
         if queue:
             _group.remove(token, sub_id)
             target = f"sub.{sub_id}"

@@ -19,9 +19,10 @@ two POSIX semaphores beside it:
                                  its own, new for every wait) while it waits on `data`
             emitter_sleeping     written by the emitter only: the same, while it waits
                                  on `space` for room in this ring
-            sub_waiting          written by the subscriber only: it waits on its bell
-            emitter_waiting      written by the emitter only: it waits on its bell
-                                 for room in this ring (see `_bell`)
+            sub_waiting          written by the subscriber only: it waits on its wake
+                                 pipe (an asyncio wait, see `_wakepipe`)
+            emitter_waiting      written by the emitter only: it waits on its wake
+                                 pipe for room in this ring
     slot    seq (u64), kind (u32), length (u32), payload: the event's pickle inline if it
             fits in `slot_size - 16` bytes, else where it lies in the arena or in a
             segment of its own (`_arena.REF`)
@@ -102,9 +103,9 @@ _SUB_CLOSED = 40
 _BLOCKED_NS = 48
 TAIL_WORD = _TAIL // 8
 SUB_WAITING = 0
-"""Index in `Ring.flags`: the subscriber listens on its bell for events."""
+"""Index in `Ring.flags`: the subscriber listens on its wake pipe for events."""
 EMITTER_WAITING = 1
-"""Index in `Ring.flags`: the emitter listens on its bell for room in this ring."""
+"""Index in `Ring.flags`: the emitter listens on its wake pipe for room in this ring."""
 _PINNED = 64
 PINNED_WORD = _PINNED // 8
 NO_PIN = (1 << 64) - 1
@@ -148,7 +149,7 @@ class Ring:
         self.buf = buf
         # Header counters as aligned machine words, as in the control block.
         self.words = buf[:HEADER_SIZE].cast("Q")
-        # The two bell flags, 4 bytes each: each side writes only its own.
+        # The two wake-pipe flags, 4 bytes each: each side writes only its own.
         self.flags = buf[_WAITING : _WAITING + 8].cast("I")
         # The two sleeping flags, the same way (see "doorbells" above).
         self.sleeping = buf[_SLEEPING : _SLEEPING + 8].cast("I")
@@ -384,7 +385,7 @@ def _check_header(buf: memoryview, name: str, slot_size: int) -> None:
         )
 
 
-class Figures(NamedTuple):
+class RingStats(NamedTuple):
     """What a ring's header says, read by someone who is neither of its two sides."""
 
     capacity: int
@@ -395,7 +396,7 @@ class Figures(NamedTuple):
     blocked_ns: int
 
 
-def read_figures(token: str, sub_id: int) -> Figures | None:
+def read_stats(token: str, sub_id: int) -> RingStats | None:
     """A snapshot of ring `sub_id`'s header, or None if it is gone or unreadable.
 
     Maps only the segment, never the semaphores, and writes nothing: an observer cannot
@@ -410,7 +411,7 @@ def read_figures(token: str, sub_id: int) -> Figures | None:
     try:
         if len(buf) < HEADER_SIZE or _HEAD.unpack_from(buf, 0)[:2] != (MAGIC, LAYOUT_VERSION):
             return None
-        return Figures(
+        return RingStats(
             capacity=int(_HEAD.unpack_from(buf, 0)[2]),
             adopted=bool(_U32.unpack_from(buf, _ADOPTED)[0]),
             start_seq=int(_U64.unpack_from(buf, _START_SEQ)[0]),

@@ -13,7 +13,7 @@
  * - `Reader`, a subscriber's side of its ring. `take` is one call per recv: it finds
  *   the ready slots, hands each pickle to the unpickler as a memoryview over the slot
  *   (no copy), appends the events to the caller's list, then release-stores `tail` and
- *   rings the emitter's doorbell if it sleeps.
+ *   posts the emitter's doorbell if it sleeps.
  *
  * Everything that is not per event stays in Python: joining, reaping, waiting (`_wait`),
  * errors and their messages (a slot that makes no sense is handed to `Ring.slot`, which
@@ -38,7 +38,7 @@
  *
  * No bytecode runs inside `publish` (the posts are C calls into posix_ipc), so a
  * signal's handler, and the `KeyboardInterrupt` it raises, runs before or after it:
- * subscribers see every event of a call or none, and every doorbell is rung. `take`
+ * subscribers see every event of a call or none, and every doorbell is posted. `take`
  * calls back into Python (the unpickler, `decode`, `load_large`); whatever those raise,
  * the events already in the caller's list are consumed before the exception goes on,
  * as `_protocol` says.
@@ -77,7 +77,7 @@ _Static_assert(sizeof(unsigned long long) == 8, "a counter is 8 bytes");
 #define RING_PINNED 64
 #define RING_SUB_SLEEPING 72 /* the sleeping flags (waiters on a semaphore) */
 #define RING_EMITTER_SLEEPING 76
-#define RING_SUB_WAITING 80  /* the bell flags (asyncio waiters) */
+#define RING_SUB_WAITING 80  /* the wake-pipe flags (asyncio waiters) */
 #define RING_EMITTER_WAITING 84
 #define CONTROL_COMMITTED 16
 #define CONTROL_BYTES 48
@@ -238,7 +238,7 @@ positional(const char *name, Py_ssize_t nargs, Py_ssize_t least, Py_ssize_t most
     return 1;
 }
 
-/* Ring a doorbell: the semaphore's own `release`, bound once. */
+/* Post a doorbell: the semaphore's own `release`, bound once. */
 static int
 post(PyObject *release)
 {
@@ -259,7 +259,7 @@ typedef struct {
     uint64_t slot_size;
     uint64_t start;       /* the first event this ring receives */
     uint64_t known_tail;  /* `tail` as last read: room is checked against it first */
-    uint32_t rung;        /* the subscriber's wait (number) last rung for */
+    uint32_t posted;      /* the subscriber's wait (number) last posted for */
     long long sub_id;
     PyObject *ring;
     PyObject *token;
@@ -274,7 +274,7 @@ typedef struct {
     Py_ssize_t count;
     Py_ssize_t allocated;
     uint32_t waits;       /* the number of the emitter's last wait */
-    PyObject *wanting;    /* a list: the subscribers waiting on their bell */
+    PyObject *wanting;    /* a list: the subscribers waiting on their wake pipe */
 } FanoutObject;
 
 static void
@@ -456,7 +456,7 @@ target_init(core_state *state, PyObject *ring, uint64_t start, Target *out)
     }
     *out = (Target){
         .base = memory.base, .slots_bytes = capacity * slot_size, .capacity = capacity,
-        .slot_size = slot_size, .start = start, .known_tail = 0, .rung = 0,
+        .slot_size = slot_size, .start = start, .known_tail = 0, .posted = 0,
         .sub_id = (long long)sub_id, .ring = Py_NewRef(ring), .token = memory.token,
         .post_data = post_data,
     };
@@ -611,18 +611,18 @@ write_slots(Target *target, uint64_t first, const uint8_t *block, size_t length)
     memcpy(slots, block + room, length - room);
 }
 
-/* The subscribers (ids) waiting on their bell, as a list (rare: asyncio waiters). The
-   ids are gathered before any object is made, so that nothing allocated here can run
-   code while the rings are read. */
+/* The subscribers (ids) waiting on their wake pipe, as a list (rare: asyncio waiters).
+   The ids are gathered before any object is made, so that nothing allocated here can
+   run code while the rings are read. */
 static PyObject *
-bell_waiters(FanoutObject *self, Py_ssize_t bells)
+loop_waiters(FanoutObject *self, Py_ssize_t listening)
 {
-    long long *ids = PyMem_New(long long, (size_t)bells);
+    long long *ids = PyMem_New(long long, (size_t)listening);
     if (ids == NULL) {
         return PyErr_NoMemory();
     }
     Py_ssize_t found = 0;
-    for (Py_ssize_t i = 0; i < self->count && found < bells; i++) {
+    for (Py_ssize_t i = 0; i < self->count && found < listening; i++) {
         if (atomic_load_explicit(word32(self->targets[i].base, RING_SUB_WAITING),
                                  memory_order_relaxed)) {
             ids[found++] = self->targets[i].sub_id;
@@ -641,28 +641,28 @@ bell_waiters(FanoutObject *self, Py_ssize_t bells)
     return wanting;
 }
 
-/* Post each sleeping subscriber's doorbell once per wait (`again`: even if rung for it
-   already), then list who waits on a bell. Runs after `committed` was stored. */
+/* Post each sleeping subscriber's doorbell once per wait (`again`: even if posted for
+   it already), then list who waits on a wake pipe. Runs after `committed` was stored. */
 static int
-ring_doorbells(FanoutObject *self, int again)
+post_doorbells(FanoutObject *self, int again)
 {
     /* `committed` before the flags: a subscriber that raised its flag before this
-       either sees the counter or is rung. */
+       either sees the counter or gets a token. */
     atomic_thread_fence(memory_order_seq_cst);
     int failed = 0;
     held_error first;
-    Py_ssize_t bells = 0;
+    Py_ssize_t listening = 0;
     for (Py_ssize_t i = 0; i < self->count; i++) {
         Target *target = &self->targets[i];
         uint32_t number = atomic_load_explicit(word32(target->base, RING_SUB_SLEEPING),
                                                memory_order_relaxed);
-        bells += atomic_load_explicit(word32(target->base, RING_SUB_WAITING),
-                                      memory_order_relaxed) != 0;
-        if (number == 0 || (!again && number == target->rung)) {
+        listening += atomic_load_explicit(word32(target->base, RING_SUB_WAITING),
+                                          memory_order_relaxed) != 0;
+        if (number == 0 || (!again && number == target->posted)) {
             continue;
         }
         if (post(target->post_data) == 0) {
-            target->rung = number; /* after the post: an error rings it again next time */
+            target->posted = number; /* after the post: an error posts it again next time */
         }
         else if (!failed) { /* the first error is the caller's; every other ring is tried */
             failed = 1;
@@ -676,13 +676,13 @@ ring_doorbells(FanoutObject *self, int again)
         restore_error(first);
         return -1;
     }
-    if (bells == 0) {
+    if (listening == 0) {
         if (PyList_GET_SIZE(self->wanting) != 0) {
             Py_SETREF(self->wanting, PyList_New(0));
         }
         return self->wanting == NULL ? -1 : 0;
     }
-    PyObject *wanting = bell_waiters(self, bells);
+    PyObject *wanting = loop_waiters(self, listening);
     if (wanting == NULL) {
         return -1;
     }
@@ -709,7 +709,7 @@ room_everywhere(FanoutObject *self, uint64_t last, size_t length, long long *ful
     return 1;
 }
 
-/* Make events up to `end` exist (their slots are written) and ring the doorbells: how
+/* Make events up to `end` exist (their slots are written) and post the doorbells: how
    many rings got them, or NULL. */
 static PyObject *
 commit(FanoutObject *self, uint64_t end, uint64_t nbytes)
@@ -719,7 +719,7 @@ commit(FanoutObject *self, uint64_t end, uint64_t nbytes)
     shared64 *bytes = word64(self->control, CONTROL_BYTES);
     atomic_store_explicit(bytes, atomic_load_explicit(bytes, memory_order_relaxed) + nbytes,
                           memory_order_relaxed);
-    if (ring_doorbells(self, 0) < 0) {
+    if (post_doorbells(self, 0) < 0) {
         return NULL;
     }
     return PyLong_FromSsize_t(self->count);
@@ -800,7 +800,7 @@ static PyObject *
 Fanout_repost(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
     FanoutObject *self = (FanoutObject *)op;
-    if (!fanout_usable(self) || ring_doorbells(self, 1) < 0) {
+    if (!fanout_usable(self) || post_doorbells(self, 1) < 0) {
         return NULL;
     }
     Py_RETURN_NONE;
@@ -869,7 +869,7 @@ static PyMethodDef Fanout_methods[] = {
      "publish_inline(pickle): publish(inline_slot(committed, pickle), 1, len(pickle))\n"
      "without making the slot first: the usual emit, in one call."},
     {"repost", Fanout_repost, METH_NOARGS,
-     "repost(): ring every sleeping subscriber's doorbell again."},
+     "repost(): post every sleeping subscriber's doorbell again."},
     {"before_wait", Fanout_before_wait, METH_O,
      "before_wait(sub_id): raise the emitter's sleeping flag in that ring."},
     {"after_wait", Fanout_after_wait, METH_O,
@@ -882,7 +882,8 @@ static PyGetSetDef Fanout_getset[] = {
     {"committed", Fanout_get_committed, NULL, "The next event's sequence number.", NULL},
     {"closed", Fanout_get_closed, NULL, "Whether close() ran.", NULL},
     {"wanting", Fanout_get_wanting, NULL,
-     "After `publish`: the subscribers (ids) waiting on their bell, to be rung.", NULL},
+     "After `publish`: the subscribers (ids) waiting on their wake pipe, to be woken.",
+     NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -918,7 +919,7 @@ typedef struct {
     uint64_t tail;        /* events consumed (this process's copy of the shared word) */
     uint64_t committed;   /* as last loaded */
     uint32_t waits;       /* the number of this subscriber's last wait */
-    uint32_t rung;        /* the emitter's wait (number) last rung for */
+    uint32_t posted;      /* the emitter's wait (number) last posted for */
     int emitter_waiting;
     PyObject *ring;
     PyObject *ring_token;
@@ -1117,7 +1118,7 @@ Reader_available(PyObject *op, PyObject *Py_UNUSED(ignored))
     return PyLong_FromLongLong(held > 0 ? held : 0);
 }
 
-/* Move `tail` past `count` events, then ring the emitter's doorbell if it sleeps. */
+/* Move `tail` past `count` events, then post the emitter's doorbell if it sleeps. */
 static int
 reader_consume(ReaderObject *self, uint64_t count)
 {
@@ -1130,11 +1131,11 @@ reader_consume(ReaderObject *self, uint64_t count)
                                            memory_order_relaxed);
     self->emitter_waiting = atomic_load_explicit(word32(self->base, RING_EMITTER_WAITING),
                                                  memory_order_relaxed) != 0;
-    if (number != 0 && number != self->rung) {
+    if (number != 0 && number != self->posted) {
         if (post(self->post_space) < 0) {
             return -1;
         }
-        self->rung = number;
+        self->posted = number;
     }
     return 0;
 }
@@ -1556,7 +1557,7 @@ static PyGetSetDef Reader_getset[] = {
      "The first event this ring receives; None until the emitter adopted it.", NULL},
     {"tail", Reader_get_tail, NULL, "Events consumed from this ring.", NULL},
     {"emitter_waiting", Reader_get_emitter_waiting, NULL,
-     "After `take` or `advance`: the emitter waits on its bell for room here.", NULL},
+     "After `take` or `advance`: the emitter waits on its wake pipe for room here.", NULL},
     {"ring", Reader_get_ring, NULL, "The ring read.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };

@@ -1,4 +1,4 @@
-"""Live figures of a bus, readable from any process of its user.
+"""Live stats of a bus, readable from any process of its user.
 
 ## Shape
 
@@ -11,7 +11,7 @@ so watching a bus cannot change what anyone receives. The one trace it leaves: p
 life lock holds it shared for a few microseconds, and a reap of a dead subscriber that
 lands in them waits for the next slice.
 
-A snapshot is not atomic: the figures are read one after another while the bus runs,
+A snapshot is not atomic: the numbers are read one after another while the bus runs,
 so a ring's fill may be off by the events emitted during the read. That is the price of
 reading without a lock, which is the only way to read without disturbing.
 
@@ -37,7 +37,7 @@ from ._registry import Registry, _attach_control_quietly, validate_name
 
 @dataclass(frozen=True)
 class SubscriberStats:
-    """One subscriber's figures at the moment of reading."""
+    """One subscriber's stats at the moment of reading."""
 
     id: int
     pid: int | None
@@ -67,7 +67,7 @@ class SubscriberStats:
 
 @dataclass(frozen=True)
 class BusStats:
-    """A bus's figures at the moment of reading."""
+    """A bus's stats at the moment of reading."""
 
     name: str
     token: str
@@ -98,21 +98,21 @@ class BusStats:
 
 
 def stats(name: str, *, root: str | None = None) -> BusStats:
-    """The live figures of the bus called `name`. Raises `BusNotFound` if there is none."""
+    """The live stats of the bus called `name`. Raises `BusNotFound` if there is none."""
     validate_name(name)
     registry = Registry(root)
     token = registry.resolve(name)
-    figures = _read_bus(registry, name, token) if token is not None else None
-    if figures is None:
+    bus = _read_bus(registry, name, token) if token is not None else None
+    if bus is None:
         raise registry.no_such_bus(name)
-    return figures
+    return bus
 
 
 def buses(*, root: str | None = None) -> list[BusStats]:
-    """The live figures of every bus of this user, by name."""
+    """The live stats of every bus of this user, by name."""
     registry = Registry(root)
     found = (_read_bus(registry, name, token) for name, token in registry.names())
-    return [figures for figures in found if figures is not None]
+    return [bus for bus in found if bus is not None]
 
 
 def _read_bus(registry: Registry, name: str, token: str) -> BusStats | None:
@@ -146,12 +146,12 @@ def _read_subscribers(registry: Registry, token: str, emitted: int) -> list[Subs
     found = []
     queues = registry.queues(token)
     for sub_id in registry.subscriber_ids(token):
-        ring = _ring.read_figures(token, sub_id)
+        ring = _ring.read_stats(token, sub_id)
         if ring is None:
             continue  # joining or just gone
         path = registry.sub_path(token, sub_id)
         consumed_up_to = ring.start_seq + ring.tail
-        figures = SubscriberStats(
+        sub = SubscriberStats(
             id=sub_id,
             pid=_pid(registry, path),
             alive=is_alive(path),
@@ -162,21 +162,21 @@ def _read_subscribers(registry: Registry, token: str, emitted: int) -> list[Subs
         )
         queue = queues.get(sub_id)
         if queue is not None:
-            figures = _queue_figures(registry, token, figures, queue, ring.tail)
-        found.append(figures)
+            sub = _queue_stats(registry, token, sub, queue, ring.tail)
+        found.append(sub)
     return found
 
 
-def _queue_figures(registry: Registry, token: str, figures: SubscriberStats,
-                   queue: tuple[str, str], tail: int) -> SubscriberStats:
-    """A queue's ring's figures, with its members' (read from its segment, `_group`)."""
+def _queue_stats(registry: Registry, token: str, sub: SubscriberStats,
+                 queue: tuple[str, str], tail: int) -> SubscriberStats:
+    """A queue's ring's stats, with its members' (read from its segment, `_group`)."""
     kind, name = queue
     try:
-        state = _group.QueueState.open(token, figures.id)
+        state = _group.QueueState.open(token, sub.id)
     except (posix_ipc.ExistentialError, ShmBusError):
-        return dataclasses.replace(figures, kind=kind, queue=name, alive=False)
+        return dataclasses.replace(sub, kind=kind, queue=name, alive=False)
     try:
-        live = set(registry.live_members(token, figures.id))
+        live = set(registry.live_members(token, sub.id))
         pids = tuple(pid for _, member, pid in state.member_rows() if member in live)
         expires_in = None
         if kind == "durable" and not live:
@@ -184,7 +184,7 @@ def _queue_figures(registry: Registry, token: str, figures: SubscriberStats,
             left = state.expire_after - (time.time() - since if since else 0.0)
             expires_in = max(0.0, left)
         return dataclasses.replace(
-            figures, kind=kind, queue=name, alive=bool(live), member_pids=pids,
+            sub, kind=kind, queue=name, alive=bool(live), member_pids=pids,
             pid=pids[0] if pids else None, in_flight=max(0, state.claimed - tail),
             redelivered=state.redelivered, expires_in=expires_in)
     finally:

@@ -30,37 +30,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import pickle
-import os
-import threading
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any, Protocol, runtime_checkable
 
 import posix_ipc
 
 from . import _codec, _liveness, _ring
-from ._bell import Bell, Ringer
 from ._arena import ArenaReader
 from ._control import ControlBlock
 from . import _core
 from ._errors import (
-    BusNotFound,
     Closed,
-    DeserializationError,
     EmitterDied,
-    InvalidArgument,
     ShmBusError,
     Timeout,
-    shown,
 )
-from ._handle import Handle
-from ._liveness import LifeLock, is_alive
-from ._registry import Registry, validate_name
+from ._liveness import LifeLock
 from ._protocol import Undecodable
+from ._receiver import EndReason, RingReceiver, check_max_n, join_when_there
+from ._registry import Registry, validate_name
 from ._ring import EMITTER_WAITING, SUB_WAITING
 from ._wait import (
     POLL_MAX_SLEEP,
@@ -74,6 +64,7 @@ from ._wait import (
     spin,
     waiter_from_env,
 )
+from ._wakepipe import WakePipe
 
 _loads = pickle.loads
 _decode = _codec.decode
@@ -87,17 +78,6 @@ BATCH_BYTES = 1 << 20
 bytes. Decoding many large events at once makes the allocator fetch (and fault in) fresh
 memory for each batch, which costs more than the batch saves: 64 events of 1 MiB went
 ten times slower in one list than one by one."""
-
-
-class EndReason(Enum):
-    """Why a subscription's stream ended."""
-
-    CLOSED = "closed"
-    """The emitter closed the bus."""
-    EMITTER_DIED = "emitter died"
-    """The emitter process died without closing."""
-    UNSUBSCRIBED = "unsubscribed"
-    """This subscription was closed by its own process."""
 
 
 _Parked = tuple[int, list[Any], "Exception | None"]
@@ -184,48 +164,15 @@ class RawEvent:
         return _codec.decode(self.data)
 
 
-WAIT_STEP = 0.05
-"""The longest `subscribe(wait=)` sleeps between two looks for its bus."""
-
-
-def ring_capacity(name: str, control: ControlBlock, capacity: int | None,
-                  history: bool) -> int:
-    """The capacity of a new ring: `capacity`, or the bus's default; with `history`, at
-    least the bus's history (`EventEmitter(history=K)`), which it must hold whole."""
-    if not isinstance(history, bool):
-        raise InvalidArgument(f"history must be True or False, got {shown(history)}")
-    depth = control.history
-    if history and not depth:
-        raise InvalidArgument(f"bus {name!r} keeps no history for late joiners; its emitter "
-                              "would have to be made with EventEmitter(name, history=K)")
-    if capacity is not None:
-        if history and capacity < depth:
-            raise InvalidArgument(
-                f"a ring of {capacity} slots cannot hold the {depth} events of history bus "
-                f"{name!r} keeps; pass capacity={depth} or more, or leave it out")
-        return capacity
-    return max(control.default_capacity, depth) if history else control.default_capacity
-
-
 def subscribe_local(name: str, *, capacity: int | None = None,
                     wait: float = 0.0, history: bool = False) -> "LocalSubscription":
     """Subscribe to the bus called `name` on this host; see `shmbus.subscribe`."""
     validate_name(name)
-    deadline = deadline_after(wait)
-    pause = 0.002
-    while True:
-        try:
-            return LocalSubscription._join(Registry(), name, capacity, history)
-        except BusNotFound as exc:
-            if deadline is not None and time.monotonic() >= deadline:
-                if wait:
-                    raise BusNotFound(f"{exc} (waited {wait:g} s for it)") from None
-                raise
-        time.sleep(pause if deadline is None else max(0.0, min(pause, deadline - time.monotonic())))
-        pause = min(2 * pause, WAIT_STEP)
+    return join_when_there(
+        lambda: LocalSubscription._join(Registry(), name, capacity, history), wait)
 
 
-class LocalSubscription(Handle):
+class LocalSubscription(RingReceiver):
     """A subscriber's end of a bus: `recv()` events, or iterate until the stream ends."""
 
     _kind = "subscription"
@@ -240,76 +187,28 @@ class LocalSubscription(Handle):
         if capacity is not None:
             _ring.validate_capacity(capacity)
         waiter = waiter_from_env()
-        registry.sweep_some()
-        token, control = registry.open_bus(name)
-        try:
-            wanted = ring_capacity(name, control, capacity, history)
-            record: dict[str, Any] = {"pid": os.getpid(), "created": time.time()}
-            if history:
-                record["history"] = True  # the emitter copies its history in (`_adopt`)
-            sub_id, life, ring = registry.join(name, token, control, wanted, record)
-        except BaseException:
-            control.close()
-            raise
+        token, control, (sub_id, life, ring) = cls._open_bus(
+            registry, name, capacity, history,
+            lambda token, control, wanted, record: registry.join(name, token, control,
+                                                                 wanted, record))
         self = object.__new__(cls)
         self._init(registry, name, token, control, sub_id, life, ring, waiter)
         return self
 
     def _init(self, registry: Registry, name: str, token: str, control: ControlBlock,
               sub_id: int, life: LifeLock, ring: _ring.Ring, waiter: Waiter) -> None:
-        self._registry = registry
-        self._name = name
-        self._token = token
-        self._control = control
-        self._sub_id = sub_id
+        self._init_ring(registry, name, token, control, sub_id, ring)
         self._life = life
-        self._ring = ring
         self._waiter = waiter
-        self._emitter_path = registry.emitter_path(token)
         self._reader = _core.Reader(ring, control)  # the ring protocol's consumer side
-        self._last_seq: int | None = None
         self._parked: _Parked | None = None
         self._surplus: _Parked | None = None  # what an interrupted recv_many left over
         self._large = ArenaReader(token, self._set_pin)
-        self._bell: Bell | None = None  # created by the first async wait
-        self._ringer: Ringer | None = None
-        self._end: EndReason | None = None
-        self._lock = threading.RLock()
-        self._closing = False
+        self._wake_pipe: WakePipe | None = None  # created by the first async wait
         self._left = False  # the registry has forgotten this subscriber
         self._opened()
 
     # -- public -------------------------------------------------------------------------
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def id(self) -> int:
-        """This subscriber's number on its bus."""
-        return self._sub_id
-
-    @property
-    def capacity(self) -> int:
-        return self._ring.capacity
-
-    @property
-    def end_reason(self) -> EndReason | None:
-        """None while the stream may still deliver; else why it ended."""
-        return self._end
-
-    @property
-    def bus_id(self) -> str:
-        """The identity of the bus this reads: a new one whenever an emitter takes the
-        name. With `RawEvent.seq`, it names an event for good (a bridge's message id)."""
-        return self._token
-
-    @property
-    def last_seq(self) -> int | None:
-        """The number of the last event this subscription took from its ring (returned,
-        or about to be after an interruption); None before the first."""
-        return self._last_seq
 
     def recv(self, *, timeout: float | None = None, view: bool = False) -> Any:
         """The next event, waiting for it as long as `timeout` allows (None: forever).
@@ -367,8 +266,7 @@ class LocalSubscription(Handle):
         event than `recv` when events arrive faster than they are handled. Ends and errors
         as `recv`: an undecodable event is raised alone, never inside a list.
         """
-        if isinstance(max_n, bool) or not isinstance(max_n, int) or max_n < 1:
-            raise InvalidArgument(f"max_n must be an int >= 1, got {shown(max_n)}")
+        check_max_n(max_n)
         deadline = None if timeout is None else deadline_after(timeout)
         while True:
             self._park(deadline, max_n)
@@ -381,52 +279,13 @@ class LocalSubscription(Handle):
     def recv_raw(self, max_n: int, *, timeout: float | None = None) -> list[RawEvent]:
         """As `recv_many`, the events as they lay in shared memory, not unpickled (see
         `RawEvent`): an event this process could not unpickle is passed on all the same."""
-        if isinstance(max_n, bool) or not isinstance(max_n, int) or max_n < 1:
-            raise InvalidArgument(f"max_n must be an int >= 1, got {shown(max_n)}")
+        check_max_n(max_n)
         deadline = deadline_after(timeout)
         while True:
             self._park(deadline, max_n, raw=True)
             parked, self._parked = self._parked, None  # see recv
             if parked is not None:
                 return parked[1]
-
-    async def arecv(self, *, timeout: float | None = None) -> Any:
-        """`recv` for asyncio: the event loop runs while this waits.
-
-        Waiting costs no thread and no CPU (see `_bell`). Cancelling the awaiting task
-        is like a timeout: nothing is consumed, the next call returns the next event.
-        """
-        return await self._arecv(self.recv, timeout)
-
-    async def arecv_many(self, max_n: int, *, timeout: float | None = None) -> list[Any]:
-        """`recv_many` for asyncio, waiting as `arecv` does."""
-        values: list[Any] = await self._arecv(functools.partial(self.recv_many, max_n), timeout)
-        return values
-
-    def __aiter__(self) -> AsyncIterator[Any]:
-        return self
-
-    async def __anext__(self) -> Any:
-        try:
-            return await self.arecv()
-        except EmitterDied:
-            raise  # a crash must not pass for the end of the stream
-        except Closed:
-            raise StopAsyncIteration from None
-
-    def __iter__(self) -> Iterator[Any]:
-        return self
-
-    def __next__(self) -> Any:
-        """The next event; iteration ends quietly when the bus was closed and everything
-        read, and raises `EmitterDied` when the emitter died (after everything it
-        finished emitting was read), so that a crash cannot pass unnoticed."""
-        try:
-            return self.recv()
-        except EmitterDied:
-            raise
-        except Closed:
-            raise StopIteration from None
 
     def close(self) -> None:
         """Leave the bus and remove this subscription's ring. Idempotent.
@@ -436,36 +295,25 @@ class LocalSubscription(Handle):
         """
         super().close()
 
-    def _close(self) -> None:
-        self._closing = True
-        with self._lock:  # a recv blocked in another thread leaves within one slice
-            # Every step may be repeated: a close() interrupted halfway is finished by the
-            # next call, or by the one at interpreter exit.
-            if self._closed:
-                return
-            if self._end is None:
-                self._end = EndReason.UNSUBSCRIBED
-            if self._bell is not None:
-                self._bell.close()
-            self._large.close()
-            if not self._ring.detached:
-                self._ring.mark_sub_closed()
-                with contextlib.suppress(posix_ipc.Error):  # closed by an earlier try
-                    self._ring.space.release()  # an emitter blocked on this ring moves on
-                if self._ring.flags[EMITTER_WAITING]:
-                    self._ring_emitter_bell()
-                if self._ringer is not None:
-                    self._ringer.close()
-                self._reader.close()  # before the memory it reads goes
-                self._ring.detach()
-            if not self._left:
-                # Even if a mapping is gone already (a dropped handle is finalized with
-                # what it holds, in any order): the registry and the names are what count.
-                self._registry.leave(self._token, self._sub_id, self._life,
-                                     None if self._control.unmapped else self._control)
-                self._left = True
-            self._control.close()
-            self._closed = True
+    def _leave(self) -> None:
+        if self._wake_pipe is not None:
+            self._wake_pipe.close()
+        self._large.close()
+        if not self._ring.detached:
+            self._ring.mark_sub_closed()
+            with contextlib.suppress(posix_ipc.Error):  # closed by an earlier try
+                self._ring.space.release()  # an emitter blocked on this ring moves on
+            if self._ring.flags[EMITTER_WAITING]:
+                self._wake_emitter_loop()
+            self._close_waker()
+            self._reader.close()  # before the memory it reads goes
+            self._ring.detach()
+        if not self._left:
+            # Even if a mapping is gone already (a dropped handle is finalized with what
+            # it holds, in any order): the registry and the names are what count.
+            self._registry.leave(self._token, self._sub_id, self._life,
+                                 None if self._control.unmapped else self._control)
+            self._left = True
 
     def __repr__(self) -> str:
         return (f"<shmbus.LocalSubscription {self._name!r} #{self._sub_id} "
@@ -520,7 +368,7 @@ class LocalSubscription(Handle):
         elif taken > max_n:  # a batch: the rest is kept for the next calls, in order
             self._parked, self._surplus = _split(parked, max_n, self._surplus)
         if self._reader.emitter_waiting:
-            self._ring_emitter_bell()
+            self._wake_emitter_loop()
 
     def _load_large(self, seq: int, kind: int, ref: bytes) -> Any:
         return self._large.load(seq, kind == _ring.KIND_ARENA, ref)
@@ -587,7 +435,7 @@ class LocalSubscription(Handle):
             if self._parked is parked:
                 self._parked, self._surplus = merged, rest
         if self._reader.emitter_waiting:
-            self._ring_emitter_bell()
+            self._wake_emitter_loop()
 
     def _consume(self, parked: _Parked) -> None:
         # Decoded before `tail` moves, parked before the caller gets it: see the module
@@ -596,8 +444,8 @@ class LocalSubscription(Handle):
         count = len(parked[1]) or 1
         self._last_seq = parked[0] + count - 1
         self._reader.advance(count)
-        if self._reader.emitter_waiting:  # read after the doorbell: see `_bell`
-            self._ring_emitter_bell()
+        if self._reader.emitter_waiting:  # read after the doorbell: see `_wakepipe`
+            self._wake_emitter_loop()
 
     async def _arecv(self, receive: Callable[..., Any], timeout: float | None) -> Any:
         # Each try is synchronous, and cancellation lands only at the `await`: an event
@@ -609,20 +457,20 @@ class LocalSubscription(Handle):
             except Timeout:
                 if expired(deadline):
                     raise Timeout(f"no event on bus {self._name!r} within the timeout") from None
-            await self._await_bell(deadline)
+            await self._await_wake_pipe(deadline)
 
-    async def _await_bell(self, deadline: float | None) -> None:
-        bell = self._listen()
-        if bell is False:
+    async def _await_wake_pipe(self, deadline: float | None) -> None:
+        pipe = self._listen()
+        if pipe is False:
             await asyncio.sleep(POLL_MAX_SLEEP)  # another thread is receiving
-        elif isinstance(bell, Bell):
+        elif isinstance(pipe, WakePipe):
             try:
-                await bell.wait(slice_until(deadline))
+                await pipe.wait(slice_until(deadline))
             finally:
                 self._stop_listening()
 
-    def _listen(self) -> "Bell | bool":
-        """Raise this subscription's flag and return its bell to wait on; True if there
+    def _listen(self) -> "WakePipe | bool":
+        """Raise this subscription's flag and return its wake pipe to wait on; True if there
         is something to look at already; False if another thread holds the ring.
 
         Under the lock, like every touch of the ring: `close()` from another thread
@@ -632,14 +480,15 @@ class LocalSubscription(Handle):
             return False
         try:
             self._check_usable()
-            if self._bell is None:
-                self._bell = Bell(self._registry.bell_path(self._token, self._sub_id))
+            if self._wake_pipe is None:
+                self._wake_pipe = WakePipe(
+                    self._registry.wake_pipe_path(self._token, self._sub_id))
             self._ring.flags[SUB_WAITING] = 1
             fence(self._ring.data)
             if self._reader.ready() is not None or self._control.closed:
                 self._ring.flags[SUB_WAITING] = 0
                 return True
-            return self._bell
+            return self._wake_pipe
         finally:
             self._lock.release()
 
@@ -652,11 +501,6 @@ class LocalSubscription(Handle):
                     self._ring.flags[SUB_WAITING] = 0
             finally:
                 self._lock.release()
-
-    def _ring_emitter_bell(self) -> None:
-        if self._ringer is None:
-            self._ringer = Ringer()
-        self._ringer.ring(self._registry.bell_path(self._token, "emitter"))
 
     def _what(self) -> str:
         return f"bus {self._name!r}"
@@ -685,7 +529,7 @@ class LocalSubscription(Handle):
     def _sleep(self, deadline: float | None) -> bool:
         """One slice of waiting for an event: a spell of spinning on the counter, then
         sleeping on the `data` doorbell with the sleeping flag up so that the emitter
-        rings it (see `_ring`). True if rung, or if there is something to look at."""
+        posts it (see `_ring`). True if posted, or if there is something to look at."""
         if spin(self._reader.ready, min(SPIN, slice_until(deadline))):
             return True
         ready = self._reader.before_wait()
@@ -695,15 +539,6 @@ class LocalSubscription(Handle):
             return self._waiter.sleep(self._ring.data, slice_until(deadline))
         finally:
             self._reader.after_wait()
-
-    def _emitter_gone(self, check_life: bool) -> EndReason | None:
-        if self._control.closed:
-            return EndReason.CLOSED
-        if check_life and not is_alive(self._emitter_path):
-            # It may have closed between the two reads: the flag is set before the lock
-            # is released.
-            return EndReason.CLOSED if self._control.closed else EndReason.EMITTER_DIED
-        return None
 
     def _raise_end(self) -> None:
         if self._end is EndReason.EMITTER_DIED:

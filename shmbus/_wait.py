@@ -60,7 +60,7 @@ a freed slot) costs it no kernel wake-up.
 Kept short on purpose. A spinning side reads a cache line that the working side writes
 for every event, so every one of those writes waits for the line to come back; a side that
 sleeps instead leaves the other running alone for a whole wake-up (tens of microseconds,
-many events), then catches up in one go. With the doorbell rung only for a side that
+many events), then catches up in one go. With the doorbell posted only for a side that
 sleeps (`_ring`), one wake-up costs the other side one post. Measured on 2 cores with the
 compiled core, small events: 0.1 ms of spinning gave 250-270k events/s to one subscriber
 and 90-110k to four; 5 us gave 415-425k and 140-150k; none at all 440-460k and 115-120k."""
@@ -261,7 +261,7 @@ def fence(sem: posix_ipc.Semaphore) -> None:
     """Order a flag stored before this call before the counters read after it.
 
     Plain loads and stores give no store-then-load order, even on x86; a post and a take
-    (net zero tokens) are atomic operations that do. See `_bell`.
+    (net zero tokens) are atomic operations that do. See `_ring` on doorbells.
     """
     sem.release()
     take_posted(sem, 1)

@@ -73,9 +73,9 @@ def test_large_events_never_take_more_than_the_bound():
                 em.emit(event, timeout=0.3)  # the subscriber reads nothing
                 sent += 1
         assert 4 <= sent <= 8
-        figures = shmbus.stats("bounded")
-        assert figures.large_bytes == 8 * MiB
-        assert 0 < figures.large_bytes_held <= 8 * MiB
+        stats = shmbus.stats("bounded")
+        assert stats.large_bytes == 8 * MiB
+        assert 0 < stats.large_bytes_held <= 8 * MiB
         for _ in range(sent):
             assert sub.recv(timeout=5) == event
         em.emit(event, timeout=5)  # room again, once read

@@ -336,13 +336,13 @@ def test_a_large_event_that_cannot_be_loaded_is_undecodable(core: ModuleType, bu
 
 @VALUES
 @pytest.mark.parametrize("core", CORES)
-def test_a_subscriber_is_rung_only_while_it_sleeps_and_once_per_wait(
+def test_a_subscribers_doorbell_is_posted_only_while_it_sleeps_and_once_per_wait(
         core: ModuleType, bus: Bus):
     ring = bus.ring(8)
     fanout, reader = core.Fanout(bus.control), core.Reader(ring, bus.control)
     fanout.add(ring, 0)
     publish(fanout, 0)
-    assert tokens(ring.data) == 0  # nobody sleeps: nobody is rung
+    assert tokens(ring.data) == 0  # nobody sleeps: nothing is posted
     assert take(reader) == [0]
     assert reader.before_wait() is None  # flag up, nothing there
     publish(fanout, 1, 2)
@@ -354,15 +354,15 @@ def test_a_subscriber_is_rung_only_while_it_sleeps_and_once_per_wait(
     reader.after_wait()
     assert reader.before_wait() == 1
     publish(fanout, 4)
-    assert tokens(ring.data) == 2  # a new wait is rung again
+    assert tokens(ring.data) == 2  # a new wait is posted again
     fanout.repost()
-    assert tokens(ring.data) == 3  # even if it was rung for this wait already
+    assert tokens(ring.data) == 3  # even if it was posted for this wait already
     reader.after_wait()
 
 
 @VALUES
 @pytest.mark.parametrize("core", CORES)
-def test_the_emitter_is_rung_only_while_it_sleeps_and_once_per_wait(
+def test_the_emitters_doorbell_is_posted_only_while_it_sleeps_and_once_per_wait(
         core: ModuleType, bus: Bus):
     ring = bus.ring(2)
     fanout, reader = core.Fanout(bus.control), core.Reader(ring, bus.control)
@@ -370,7 +370,7 @@ def test_the_emitter_is_rung_only_while_it_sleeps_and_once_per_wait(
     publish(fanout, 0, 1)
     start = tokens(ring.space)
     assert take(reader, max_n=1) == [0]
-    assert tokens(ring.space) == start  # the emitter does not sleep: nobody is rung
+    assert tokens(ring.space) == start  # the emitter does not sleep: nothing is posted
     fanout.before_wait(ring.sub_id)
     publish(fanout, 2)
     assert take(reader, max_n=1) == [1]
@@ -382,7 +382,8 @@ def test_the_emitter_is_rung_only_while_it_sleeps_and_once_per_wait(
 
 
 @pytest.mark.parametrize("core", CORES)
-def test_wanting_names_the_subscribers_listening_on_their_bell(core: ModuleType, bus: Bus):
+def test_wanting_names_the_subscribers_listening_on_their_wake_pipe(core: ModuleType,
+                                                                  bus: Bus):
     quiet, listening = bus.ring(4), bus.ring(4)
     fanout = core.Fanout(bus.control)
     fanout.add(quiet, 0)
@@ -398,7 +399,7 @@ def test_wanting_names_the_subscribers_listening_on_their_bell(core: ModuleType,
 
 
 @pytest.mark.parametrize("core", CORES)
-def test_reader_sees_the_emitter_waiting_on_its_bell(core: ModuleType, bus: Bus):
+def test_reader_sees_the_emitter_waiting_on_its_wake_pipe(core: ModuleType, bus: Bus):
     ring = bus.ring(4)
     fanout, reader = core.Fanout(bus.control), core.Reader(ring, bus.control)
     fanout.add(ring, 0)
@@ -484,7 +485,7 @@ def test_either_core_reads_what_the_other_wrote(writer: ModuleType, reader_core:
 
 @VALUES
 @pytest.mark.parametrize("writer,reader_core", PAIRS)
-def test_either_core_rings_the_others_doorbells(writer: ModuleType, reader_core: ModuleType,
+def test_either_core_posts_the_others_doorbells(writer: ModuleType, reader_core: ModuleType,
                                                 bus: Bus):
     ring = bus.ring(1)
     fanout, reader = writer.Fanout(bus.control), reader_core.Reader(ring, bus.control)

@@ -27,7 +27,7 @@ QUICKSTART = ["{'step': 0}", "{'step': 1}", "{'step': 2}"]
 PRINTS = {
     "batches.py": ["1 [0, 1, 2] 100"],
     "with_asyncio.py": QUICKSTART,
-    "figures.py": ["10 1", "256 10 0 0.0"],
+    "stats.py": ["10 1", "256 10 0 0.0"],
     "pool.py": ["[0, 1, 4, 9, 16, 25, 36, 49]"],
     "shapes.py": ["1 2 3", "1", "[2, 3, 4]", "[3, 4, 5]"],
 }

@@ -12,7 +12,7 @@ attempt must be refused, and the bus must go on working untouched.
 
 Squatting: the other user creates, first, the names a bus is about to use (the rings and
 semaphores of the next subscriber ids, with valid headers and mode 0666; large-event
-segments). The bus must never write into them, never ring them, never remove them, and
+segments). The bus must never write into them, never post them, never remove them, and
 go on working.
 
 The intruder's own bus, in its own registry, works: the refusals come from ownership,
@@ -572,7 +572,7 @@ def test_rings_squatted_by_another_user_are_never_written(intruder: Intruder,
             squatter.kill()
     for i in squatted:
         assert report[_names.ring_name(token, i)]["touched"] is False, report
-    assert set(report["sem_tokens"].values()) == {0}, report  # no doorbell rung either
+    assert set(report["sem_tokens"].values()) == {0}, report  # no doorbell posted either
 
 
 @pytest.mark.timeout(60)

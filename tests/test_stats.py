@@ -1,4 +1,4 @@
-"""Live figures: read from another process, true to what happened, and harmless."""
+"""Live stats: read from another process, true to what happened, and harmless."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ pytestmark = pytest.mark.timeout(30)
 
 
 def _stats_from_another_process(name: str, out) -> None:
-    figures = shmbus.stats(name)
-    out.put(figures)
+    stats = shmbus.stats(name)
+    out.put(stats)
 
 
-def test_figures_say_who_holds_the_emitter_back(procs) -> None:
+def test_stats_say_who_holds_the_emitter_back(procs) -> None:
     with shmbus.EventEmitter("watched", capacity=8) as em:
         quick = em.subscribe()
         slow = em.subscribe(capacity=4)
@@ -28,24 +28,24 @@ def test_figures_say_who_holds_the_emitter_back(procs) -> None:
 
         out = helpers.context("fork").Queue()
         procs(_stats_from_another_process, "watched", out)
-        figures = out.get(timeout=10)
+        stats = out.get(timeout=10)
 
-        assert figures.name == "watched" and not figures.closed and figures.emitter_alive
-        assert figures.emitted == 4
-        assert figures.bytes_emitted == sum(
+        assert stats.name == "watched" and not stats.closed and stats.emitter_alive
+        assert stats.emitted == 4
+        assert stats.bytes_emitted == sum(
             len(shmbus._codec.encode({"i": i, "pad": "x" * 10})) for i in range(4))
-        by_id = {s.id: s for s in figures.subscribers}
+        by_id = {s.id: s for s in stats.subscribers}
         assert (by_id[quick.id].delivered, by_id[quick.id].fill) == (3, 1)
         assert (by_id[slow.id].delivered, by_id[slow.id].fill) == (0, 4)
         assert by_id[slow.id].capacity == 4
         assert by_id[slow.id].blocked_seconds >= 0.25
         assert by_id[quick.id].blocked_seconds == 0
-        assert all(s.alive for s in figures.subscribers)
+        assert all(s.alive for s in stats.subscribers)
         quick.close()
         slow.close()
 
 
-def test_reading_figures_changes_nothing_a_subscriber_sees() -> None:
+def test_reading_stats_changes_nothing_a_subscriber_sees() -> None:
     with shmbus.EventEmitter("quiet") as em, em.subscribe() as sub:
         for i in range(50):
             em.emit(i)
@@ -73,7 +73,7 @@ def test_a_dead_subscriber_shows_as_dead_until_reaped(procs) -> None:
         ready.get(timeout=10)
         proc.kill()
         proc.join(5)
-        (figures,) = shmbus.stats("mortal").subscribers
-        assert figures.pid == proc.pid and not figures.alive
+        (sub,) = shmbus.stats("mortal").subscribers
+        assert sub.pid == proc.pid and not sub.alive
         assert em.subscriber_count == 0
         assert shmbus.stats("mortal").subscribers == ()

@@ -2,7 +2,7 @@
 
 ## Shape
 
-    shmbus ls [NAME] [--json]        buses and subscribers with their live figures
+    shmbus ls [NAME] [--json]        buses and subscribers with their live stats
     shmbus tail NAME [-n N] [--json] [--capacity C]
                                      print a bus's events as they come, like `tail -f`
     shmbus top [--interval S] [--once | --iterations N]
@@ -17,7 +17,7 @@
                                      publish a bus's events to NATS JetStream
 
 One private module per concept: `_main` (the parser, `main`, and the one place a
-failure is reported), `_common` (exit statuses, stderr lines), `_figures` (`ls`, `top`),
+failure is reported), `_common` (exit statuses, stderr lines), `_stats` (`ls`, `top`),
 `_tail`, `_gc`, `_demo`, `_bench`, `_bridge`. Each command module has an `add_command`
 that adds its subparser and sets the function that runs it.
 

@@ -83,7 +83,7 @@ def run_bridge(args: argparse.Namespace) -> int:
 
 def _bus_is_open(name: str) -> bool:
     try:
-        figures = shmbus.stats(name)
+        stats = shmbus.stats(name)
     except shmbus.BusNotFound:
         return False
-    return figures.emitter_alive and not figures.closed
+    return stats.emitter_alive and not stats.closed

@@ -25,7 +25,7 @@ import sys
 
 import shmbus
 
-from . import _bench, _bridge, _demo, _figures, _gc, _tail, _unsubscribe
+from . import _bench, _bridge, _demo, _gc, _stats, _tail, _unsubscribe
 from ._common import (
     EXIT_BROKEN_PIPE,
     EXIT_FAILED,
@@ -70,7 +70,7 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version",
                         version=f"shmbus {shmbus.__version__} (core: {shmbus.CORE})")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
-    _figures.add_commands(commands)
+    _stats.add_commands(commands)
     _tail.add_command(commands)
     _gc.add_command(commands)
     _unsubscribe.add_command(commands)

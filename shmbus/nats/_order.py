@@ -34,7 +34,7 @@ from typing import Any
 from nats.aio.msg import Msg
 
 from .._errors import Closed, DeserializationError, EmitterDied, EventsLost, ShmBusError
-from .._subscription import EndReason
+from .._receiver import EndReason
 from ._wire import Envelope, decode_body
 
 Position = tuple[str, int]

@@ -61,8 +61,9 @@ from nats.js import JetStreamContext
 from .._errors import Closed, Timeout
 from .._liveness import LifeLock
 from .._member import QueueSubscription
+from .._receiver import EndReason
 from .._registry import Registry
-from .._subscription import EndReason, LocalSubscription
+from .._subscription import LocalSubscription
 from ._publisher import WINDOW, Publisher
 from ._wire import Message, end_message, event_message, subject_for
 

@@ -11,12 +11,13 @@ Three parts, one concept each: the `Feed` (`_feed`) owns the connection, the dur
 pull consumer and the messages fetched ahead, on its own event-loop thread; the `Cursor`
 (`_order`) judges each message by its number; this class hands the outcomes to the
 caller, from any thread or event loop, and owns the lifecycle (`_handle.Handle`: an
-idempotent `close`, fork ownership, the exit hook).
+idempotent `close`, fork ownership, the exit hook). Iteration and `end_reason` are every
+subscription's (`_receiver.Receiver`).
 
 Taking is never waiting. Under the subscription's lock, a call takes what the feed has
 ready (judging, parking and acknowledging it) and returns at once, with events or with
 nothing; only then, outside the lock, does it wait for the change notice (`_notice`) that
-the loop thread rings when messages arrive and `close()` rings when it begins. So a
+the loop thread announces when messages arrive and `close()` when it begins. So a
 thread in `recv` and a task in `arecv` wait the same way, without holding anything:
 two threads receiving at once each take whole outcomes under the lock (never the same
 one twice, never one dropped), and `close()` from any thread wakes every waiter, which
@@ -45,12 +46,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from .._errors import Closed, EmitterDied, InvalidArgument, NatsUnavailable, Timeout, shown
-from .._handle import Handle
-from .._subscription import EndReason
+from .._errors import Closed, InvalidArgument, NatsUnavailable, Timeout, shown
+from .._receiver import EndReason, Receiver, check_max_n
 from .._wait import POLL_MAX_SLEEP, acquire_by, deadline_after, expired
 from ._feed import Feed
 from ._order import RESYNC, SKIP, Cursor, Outcome
@@ -93,7 +92,7 @@ def subscribe_remote(name: str, *, capacity: int | None = None,
         raise NatsUnavailable(f"{exc} (waited {wait:g} s for it)") from exc.__cause__
 
 
-class RemoteSubscription(Handle):
+class RemoteSubscription(Receiver):
     """A subscriber's end of a bridged bus: `recv()` events, or iterate until it ends."""
 
     _kind = "remote subscription"
@@ -141,11 +140,6 @@ class RemoteSubscription(Handle):
     def capacity(self) -> int:
         return self._feed.capacity
 
-    @property
-    def end_reason(self) -> EndReason | None:
-        """None while the stream may still deliver; else why it ended."""
-        return self._end
-
     def recv(self, *, timeout: float | None = None) -> Any:
         """The next event, waiting for it as long as `timeout` allows (None: forever).
 
@@ -162,7 +156,7 @@ class RemoteSubscription(Handle):
         Waits as `recv` does for the first event, never for more; ends and errors as
         `recv`, an error never inside a list.
         """
-        _check_max_n(max_n)
+        check_max_n(max_n)
         return self._receive(max_n, deadline_after(timeout))
 
     async def arecv(self, *, timeout: float | None = None) -> Any:
@@ -175,33 +169,8 @@ class RemoteSubscription(Handle):
 
     async def arecv_many(self, max_n: int, *, timeout: float | None = None) -> list[Any]:
         """`recv_many` for asyncio, waiting as `arecv` does."""
-        _check_max_n(max_n)
+        check_max_n(max_n)
         return await self._areceive(max_n, deadline_after(timeout))
-
-    def __iter__(self) -> Iterator[Any]:
-        return self
-
-    def __next__(self) -> Any:
-        """The next event; iteration ends quietly when the bus was closed and everything
-        received, and raises `EmitterDied` when the emitter died, so that a crash cannot
-        pass for the end of the stream."""
-        try:
-            return self.recv()
-        except EmitterDied:
-            raise
-        except Closed:
-            raise StopIteration from None
-
-    def __aiter__(self) -> AsyncIterator[Any]:
-        return self
-
-    async def __anext__(self) -> Any:
-        try:
-            return await self.arecv()
-        except EmitterDied:
-            raise
-        except Closed:
-            raise StopAsyncIteration from None
 
     def close(self) -> None:
         """Flush acknowledgements and disconnect; delete the consumer if it has no name.
@@ -366,9 +335,4 @@ class RemoteSubscription(Handle):
 
     def _what(self) -> str:
         return repr(self.name)
-
-
-def _check_max_n(max_n: int) -> None:
-    if isinstance(max_n, bool) or not isinstance(max_n, int) or max_n < 1:
-        raise InvalidArgument(f"max_n must be an int >= 1, got {shown(max_n)}")
 

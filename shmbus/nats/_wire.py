@@ -42,8 +42,9 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from .._errors import DeserializationError, InvalidArgument, shown
+from .._receiver import EndReason
 from .._registry import validate_name
-from .._subscription import EndReason, RawEvent
+from .._subscription import RawEvent
 
 REMOTE_SCHEME = "nats://"
 STREAM_PREFIX = "SHMBUS_"

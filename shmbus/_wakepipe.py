@@ -1,19 +1,21 @@
-"""Bells: how a waiter inside an asyncio event loop sleeps on the bus.
+"""Wake pipes: how a waiter inside an asyncio event loop sleeps on the bus.
 
 ## Shape
 
 A POSIX semaphore cannot be watched by an event loop: waiting on one blocks the thread.
-So a side that waits from asyncio (`arecv`, `aemit`) listens on a **bell** instead, a
-named pipe in the bus's registry directory that it creates and owns (`bell.<id>` for a
-subscriber, `bell.emitter` for the emitter), watched with `loop.add_reader`. It says it is
-listening by setting its own flag in the ring header (`sub_waiting` or `emitter_waiting`),
-re-checks the counters, and sleeps; the other side, after it moves a counter, sees the
-flag and writes one byte into the pipe. The waiter then drains the pipe, clears its flag
-and looks at the counters again: a bell, like a semaphore token, only says "look".
+So a side that waits from asyncio (`arecv`, `aemit`) listens on a **wake pipe** instead,
+a named pipe in the bus's registry directory that it creates and owns (`bell.<id>` for a
+subscriber, `bell.emitter` for the emitter: the on-disk names, see
+`Registry.wake_pipe_path`), watched with `loop.add_reader`. It says it is listening by
+setting its own flag in the ring header (`sub_waiting` or `emitter_waiting`), re-checks
+the counters, and sleeps; the other side, after it moves a counter, sees the flag and
+writes one byte into the pipe: it wakes the waiter's loop. The waiter then drains the
+pipe, clears its flag and looks at the counters again: a wake-up, like a semaphore
+token, only says "look".
 
 A waiting task therefore costs no thread and no CPU. It still wakes once per slice
 (`_wait.SLICE`) to check that its peer lives, as the synchronous calls do, which also
-bounds the cost of a ring the other side missed.
+bounds the cost of a wake-up the other side missed.
 
 ## Why not a helper thread per waiter, or polling
 
@@ -25,9 +27,9 @@ event loops watch natively.
 ## Rules
 
 - The listener keeps a write end of its own pipe open, so that the pipe never reads as
-  end-of-file (which would make `add_reader` fire forever) when a ringer closes its end.
-- Ringing never blocks and never fails: a full pipe has rung already, and a missing or
-  unopened one has nobody listening.
+  end-of-file (which would make `add_reader` fire forever) when a waker closes its end.
+- Waking never blocks and never fails: a full pipe has been written to already, and a
+  missing or unopened one has nobody listening.
 """
 
 from __future__ import annotations
@@ -43,8 +45,8 @@ from ._errors import ShmBusError
 from ._platform import files_checked
 
 
-class Bell:
-    """The listening end of one bell, owned by the process that created it.
+class WakePipe:
+    """The listening end of one wake pipe, owned by the process that created it.
 
     Any number of tasks, in any number of event loops, may wait on it at once; `close()`
     may come from any thread. A loop that was closed with a task still waiting here
@@ -68,7 +70,7 @@ class Bell:
             raise
 
     async def wait(self, timeout: float) -> None:
-        """Return once rung, or after `timeout` seconds, or at once if closed."""
+        """Return once woken, or after `timeout` seconds, or at once if closed."""
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
         if not self._add(loop, waiter):
@@ -98,7 +100,7 @@ class Bell:
             _settle_in(loop, futures)
 
     def _add(self, loop: asyncio.AbstractEventLoop, waiter: "asyncio.Future[None]") -> bool:
-        """Register `waiter`; False if the bell is closed (nothing to wait for)."""
+        """Register `waiter`; False if the pipe is closed (nothing to wait for)."""
         with self._mutex:
             if self._closed or self._read_fd is None:
                 return False
@@ -143,14 +145,16 @@ class Bell:
         self._read_fd = self._keep_open_fd = None
 
 
-class Ringer:
-    """The ringing end of the bells one process rings, opened on first use."""
+class Waker:
+    """The writing end of the wake pipes one process writes to, opened on first use."""
 
     def __init__(self) -> None:
         self._fds: dict[str, int] = {}
 
-    def ring(self, path: str) -> None:
-        """Never raises: it runs after an event is committed, and a bell not heard costs
+    def wake(self, path: str) -> None:
+        """Wake whoever listens on the pipe at `path`.
+
+        Never raises: it runs after an event is committed, and a wake-up missed costs
         its listener one slice of latency, while an error here would make the caller
         believe the event was not sent."""
         fd = self._fds.get(path)
@@ -163,7 +167,7 @@ class Ringer:
         try:
             os.write(fd, b"!")
         except OSError as exc:
-            if exc.errno != errno.EAGAIN:  # a full pipe has rung already
+            if exc.errno != errno.EAGAIN:  # a full pipe wakes its listener already
                 self.forget(path)  # the listener went away; its successor is a new pipe
 
     def forget(self, path: str) -> None:
@@ -182,7 +186,7 @@ def _make_fifo(path: str) -> None:
         os.mkfifo(path, 0o600)
     except FileExistsError:
         # Left by a process that died listening (its id is never reused on this bus,
-        # except by the emitter's own bell, whose bus it then owns): take it over.
+        # except by the emitter's own pipe, whose bus it then owns): take it over.
         if not stat.S_ISFIFO(os.lstat(path).st_mode):
             raise ShmBusError(
                 f"{path} exists and is not a pipe; the registry directory has been "

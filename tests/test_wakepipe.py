@@ -1,4 +1,4 @@
-"""asyncio: aemit, arecv and `async for`, which wait on bells instead of semaphores.
+"""asyncio: aemit, arecv and `async for`, which wait on wake pipes instead of semaphores.
 
 Each test runs its coroutine with `asyncio.run`, against real processes on the other side
 where it matters, and checks the loop kept running (a ticker task) while a call waited.
@@ -72,7 +72,7 @@ def test_aemit_waits_for_a_slow_subscriber_without_blocking_the_loop(procs):
                 assert await em.aemit(i) == 1
                 assert threading.active_count() == threads  # no thread per call
             ticker.stop()
-            # The reader's bell wakes aemit as soon as there is room (about 0.25 s in
+            # The reader wakes aemit's pipe as soon as there is room (about 0.25 s in
             # all); were aemit left to its 0.1 s slices, its 50 waits would take 5 s.
             assert time.monotonic() - started < 2.5
             # 200 events at 1 ms each, at most 4 ahead: the loop turned all along.
@@ -218,7 +218,7 @@ def test_many_subscriptions_wait_in_one_loop(procs):
         with shmbus.EventEmitter("crowd", capacity=4) as em:
             subs = [em.subscribe() for _ in range(20)]
             readers = [asyncio.ensure_future(_read_all(sub, 100)) for sub in subs]
-            await asyncio.sleep(0.05)  # every reader is now waiting on its bell
+            await asyncio.sleep(0.05)  # every reader is now waiting on its wake pipe
             for i in range(100):
                 await em.aemit(i)
             results = await asyncio.gather(*readers)
@@ -232,16 +232,17 @@ def test_many_subscriptions_wait_in_one_loop(procs):
     asyncio.run(main())
 
 
-def test_bells_are_removed_with_their_owners(registry_dir):
+def test_wake_pipes_are_removed_with_their_owners(registry_dir):
     async def main() -> None:
-        em = shmbus.EventEmitter("bells", capacity=1)
+        em = shmbus.EventEmitter("wakepipes", capacity=1)
         sub = em.subscribe()
         with pytest.raises(shmbus.Timeout):
-            await sub.arecv(timeout=0.05)  # creates the subscriber's bell
+            await sub.arecv(timeout=0.05)  # creates the subscriber's wake pipe
         await em.aemit(1)
         with pytest.raises(shmbus.Timeout):
-            await em.aemit(2, timeout=0.05)  # creates the emitter's bell
+            await em.aemit(2, timeout=0.05)  # creates the emitter's wake pipe
         bus_dir = os.path.join(registry_dir, "buses", helpers.token_of(em))
+        # "bell.": the pipes' on-disk names (`Registry.wake_pipe_path`).
         assert sorted(n for n in os.listdir(bus_dir) if n.startswith("bell.")) == [
             f"bell.{sub.id}", "bell.emitter"]
         sub.close()
@@ -262,7 +263,7 @@ def test_closing_while_async_calls_wait_ends_them_and_leaves_the_loop_sound():
             return [event async for event in sub]
 
         reading = asyncio.ensure_future(consume())
-        await asyncio.sleep(0.05)  # waiting on its bell
+        await asyncio.sleep(0.05)  # waiting on its wake pipe
         sub.close()
         assert await asyncio.wait_for(reading, 2) == []
 
@@ -288,13 +289,13 @@ def test_closing_while_async_calls_wait_ends_them_and_leaves_the_loop_sound():
     asyncio.run(main())
 
 
-def test_ringing_a_bell_never_raises(tmp_path):
-    from shmbus._bell import Ringer
+def test_waking_a_pipe_never_raises(tmp_path):
+    from shmbus._wakepipe import Waker
 
-    ringer = Ringer()
-    ringer.ring(str(tmp_path))  # a directory: cannot be opened for writing
-    ringer.ring(str(tmp_path / "nobody"))  # no such pipe
-    ringer.close()
+    waker = Waker()
+    waker.wake(str(tmp_path))  # a directory: cannot be opened for writing
+    waker.wake(str(tmp_path / "nobody"))  # no such pipe
+    waker.close()
 
 
 # -- close() from another thread, and loops that die with a call waiting ----------------
@@ -379,7 +380,7 @@ def test_a_loop_closed_with_arecv_waiting_leaves_later_loops_fast():
     with shmbus.EventEmitter("abandoned") as em, em.subscribe() as sub:
         loop = asyncio.new_event_loop()
         task = loop.create_task(sub.arecv())
-        loop.run_until_complete(asyncio.sleep(0.05))  # the task is waiting on the bell
+        loop.run_until_complete(asyncio.sleep(0.05))  # the task is waiting on the wake pipe
         assert not task.done()
         loop.close()  # with the task still waiting: its cleanup never runs
 
@@ -390,7 +391,7 @@ def test_a_loop_closed_with_arecv_waiting_leaves_later_loops_fast():
             return time.monotonic() - began - 0.02
 
         late = [asyncio.run(woken_after()) for _ in range(5)]
-        # A bell that never listens again wakes only at each 0.1 s slice.
+        # A wake pipe that never listens again wakes only at each 0.1 s slice.
         assert max(late) < 0.05, f"arecv woke {late} s after the emit"
 
 

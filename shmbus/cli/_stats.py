@@ -1,4 +1,4 @@
-"""`shmbus ls` and `shmbus top`: the live figures of every bus, once or refreshed.
+"""`shmbus ls` and `shmbus top`: the live stats of every bus, once or refreshed.
 
 ## Shape
 
@@ -13,13 +13,13 @@ A table has one row for the emitter of each bus, one for the shared memory its l
 events take, one for the events it keeps for late joiners if it keeps any (`history`,
 its fill column what it holds of how many), then one per subscriber (a group's or a
 durable subscription's ring is one row: `group NAME (N members)`, `durable NAME`, or
-`durable NAME (expires in S s)` when it has no owner, with its first member's pid), so that the emitter's figures (events emitted,
+`durable NAME (expires in S s)` when it has no owner, with its first member's pid), so that the emitter's stats (events emitted,
 emit rate, total time blocked) sit in the same columns as each subscriber's (events
 delivered, receive rate, time the emitter was blocked on it). In the `large` row, the
 fill column is what the bus's large events hold now against their bound
 (`BusStats.large_bytes_held` of `large_bytes`): at the bound, emit waits for room as it
 does on a full ring. It may pass the bound by events larger than half of it, which take
-a segment each. `--json` has both figures in bytes, as `dataclasses.asdict(BusStats)`
+a segment each. `--json` has both numbers in bytes, as `dataclasses.asdict(BusStats)`
 gives them.
 
 ## Why `top` prints frames one after another when stdout is not a terminal
@@ -61,7 +61,7 @@ FILL_BAR_WIDTH = 12
 def add_commands(commands: Any) -> None:
     """Add `ls` and `top` to the `shmbus` command's subparsers."""
     ls = commands.add_parser(
-        "ls", help="list buses and their subscribers, with live figures",
+        "ls", help="list buses and their subscribers, with live stats",
         description="List every bus of this user (or one, by name) with its emitter and "
         "subscribers: pid, ring capacity and fill, events delivered, how long the "
         "emitter has waited on each subscriber, the shared memory the bus's large "
@@ -70,12 +70,12 @@ def add_commands(commands: Any) -> None:
         "a durable one has an owner and, if not, when it expires.",
     )
     ls.add_argument("name", nargs="?", metavar="NAME", help="show only this bus")
-    ls.add_argument("--json", action="store_true", help="print the figures as JSON")
+    ls.add_argument("--json", action="store_true", help="print the stats as JSON")
     ls.set_defaults(command=run_ls)
 
     top = commands.add_parser(
         "top", help="a live view of every bus: who is holding the emitter back",
-        description="Refresh the figures of every bus every INTERVAL seconds: per "
+        description="Refresh the stats of every bus every INTERVAL seconds: per "
         "subscriber, its ring's fill, events delivered and events/s, and the share of the "
         "time the emitter spent waiting on it. Ctrl-C stops. When stdout is not a "
         "terminal, every frame is printed in turn.",
@@ -108,7 +108,7 @@ def run_ls(args: argparse.Namespace) -> int:
     if not found:
         out.print(f"no buses {where}", markup=False)
         return EXIT_OK
-    out.print(figures_table(found, previous=None, elapsed=None))
+    out.print(stats_table(found, previous=None, elapsed=None))
     subscribers = sum(len(b.subscribers) for b in found)
     out.print(f"{plural(len(found), 'bus', 'buses')}, "
               f"{plural(subscribers, 'subscriber', 'subscribers')} {where}", markup=False)
@@ -116,7 +116,7 @@ def run_ls(args: argparse.Namespace) -> int:
 
 
 def bus_as_json(bus: shmbus.BusStats) -> dict[str, Any]:
-    """The bus's figures as plain JSON values, its total blocked time included."""
+    """The bus's stats as plain JSON values, its total blocked time included."""
     return {**dataclasses.asdict(bus), "blocked_seconds": bus.blocked_seconds}
 
 
@@ -185,7 +185,7 @@ def _frame(current: Snapshot, previous: Snapshot | None, interval: float) -> Ren
     if not current.buses:
         return Group(header, Text("no buses"))
     before = previous.buses if previous is not None else []
-    table = figures_table(current.buses, before, elapsed)
+    table = stats_table(current.buses, before, elapsed)
     verdicts = [v for v in (_culprit(b, before, elapsed) for b in current.buses) if v]
     return Group(header, table, *verdicts)
 
@@ -193,8 +193,8 @@ def _frame(current: Snapshot, previous: Snapshot | None, interval: float) -> Ren
 # -- the table both commands print ----------------------------------------------------
 
 
-def figures_table(buses: list[shmbus.BusStats], previous: list[shmbus.BusStats] | None,
-                  elapsed: float | None) -> Table:
+def stats_table(buses: list[shmbus.BusStats], previous: list[shmbus.BusStats] | None,
+                elapsed: float | None) -> Table:
     """One row per emitter and per subscriber; rate columns only if `previous` is given."""
     rates = previous is not None
     table = Table(box=None, pad_edge=False, header_style="bold")
@@ -232,20 +232,16 @@ def _emitter_cells(bus: shmbus.BusStats, old: shmbus.BusStats | None,
         "",
         f"{bus.emitted:,}",
     ]
-    if rates:
-        cells.append(_rate(bus.emitted, old.emitted if old else None, elapsed))
-    cells.append(f"{bus.blocked_seconds:.2f} s")
-    if rates:
-        cells.append(_share(bus.blocked_seconds, old.blocked_seconds if old else None,
-                            elapsed))
-    return cells
+    return cells + _counter_cells(bus.emitted, old.emitted if old else None,
+                                  bus.blocked_seconds, old.blocked_seconds if old else None,
+                                  elapsed, rates)
 
 
 def _large_events_cells(bus: shmbus.BusStats, rates: bool) -> list[RenderableType]:
     held, bound = bus.large_bytes_held, bus.large_bytes
-    # Figures without a bar: with one, `top` no longer fits 80 columns.
-    figures = Text(f"{human_bytes(held)}/{human_bytes(bound)}", style=_fill_style(held, bound))
-    cells: list[RenderableType] = ["", "large", "", figures, ""]
+    # Numbers without a bar: with one, `top` no longer fits 80 columns.
+    fill = Text(f"{human_bytes(held)}/{human_bytes(bound)}", style=_fill_style(held, bound))
+    cells: list[RenderableType] = ["", "large", "", fill, ""]
     return cells + [""] * (3 if rates else 1)  # no events, rates or blocked time of its own
 
 
@@ -282,12 +278,23 @@ def _subscriber_cells(sub: shmbus.SubscriberStats, old: shmbus.SubscriberStats |
         fill_bar(sub.fill, sub.capacity),
         f"{sub.delivered:,}",
     ]
+    return cells + _counter_cells(sub.delivered, old.delivered if old else None,
+                                  sub.blocked_seconds, old.blocked_seconds if old else None,
+                                  elapsed, rates)
+
+
+def _counter_cells(events: int, old_events: int | None, blocked: float,
+                   old_blocked: float | None, elapsed: float | None,
+                   rates: bool) -> list[RenderableType]:
+    """The columns after the events of an emitter's or a subscriber's row: events/s
+    (with `rates`), the time the emitter was blocked, and (with `rates`) the share of the
+    last interval it was blocked."""
+    cells: list[RenderableType] = []
     if rates:
-        cells.append(_rate(sub.delivered, old.delivered if old else None, elapsed))
-    cells.append(f"{sub.blocked_seconds:.2f} s")
+        cells.append(_rate(events, old_events, elapsed))
+    cells.append(f"{blocked:.2f} s")
     if rates:
-        cells.append(_share(sub.blocked_seconds, old.blocked_seconds if old else None,
-                            elapsed))
+        cells.append(_share(blocked, old_blocked, elapsed))
     return cells
 
 

@@ -1,4 +1,4 @@
-"""`shmbus ls` and `shmbus top`: the figures the library reads, as tables and JSON."""
+"""`shmbus ls` and `shmbus top`: the stats the library reads, as tables and JSON."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import shmbus
-from shmbus.cli._figures import human_bytes
+from shmbus.cli._stats import human_bytes
 from tests.cli.command import assert_one_error_line, row, run_cli
 
 
@@ -27,7 +27,7 @@ StuckBus = tuple[shmbus.Subscription, shmbus.Subscription]
 
 @pytest.fixture
 def stuck_bus() -> Iterator[StuckBus]:
-    """Bus 'figs', emitter and two subscribers in this process, figures known exactly.
+    """Bus 'figs', emitter and two subscribers in this process, stats known exactly.
 
     `reader` (capacity 8) read 3 of the 4 events; `stuck` (capacity 4) read none, and
     a 5th emit waited 0.3 s for room in its full ring before timing out.
@@ -58,7 +58,7 @@ def test_ls_on_an_empty_registry_says_there_are_no_buses(registry: Path) -> None
 
 
 @pytest.mark.timeout(60)
-def test_ls_json_gives_the_real_figures(registry: Path, stuck_bus: StuckBus) -> None:
+def test_ls_json_gives_the_real_stats(registry: Path, stuck_bus: StuckBus) -> None:
     reader, stuck = stuck_bus
 
     result = run_cli(registry, "ls", "--json")
@@ -188,13 +188,13 @@ def test_top_on_an_empty_registry_says_so(registry: Path) -> None:
 
 @pytest.fixture
 def held_large_event() -> Iterator[shmbus.BusStats]:
-    """Bus 'big' with a 1 MiB event that its one subscriber has not read; its figures."""
+    """Bus 'big' with a 1 MiB event that its one subscriber has not read; its stats."""
     with shmbus.EventEmitter("big", large_bytes=32 * 2**20) as em, \
             shmbus.subscribe("big"):
         em.emit(bytes(2**20))
-        figures = shmbus.stats("big")
-        assert figures.large_bytes_held > 0, figures
-        yield figures
+        stats = shmbus.stats("big")
+        assert stats.large_bytes_held > 0, stats
+        yield stats
 
 
 @pytest.mark.timeout(60)
@@ -212,7 +212,7 @@ def test_ls_and_top_show_what_large_events_hold_against_their_bound(
 
 
 @pytest.mark.timeout(60)
-def test_ls_json_gives_the_large_events_figures_in_bytes(
+def test_ls_json_gives_the_large_events_stats_in_bytes(
         registry: Path, held_large_event: shmbus.BusStats) -> None:
     result = run_cli(registry, "ls", "--json")
 
