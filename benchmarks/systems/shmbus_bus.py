@@ -55,6 +55,7 @@ class _Emitter(EmitterPort):
 class _Receiver(ReceiverPort):
     def __init__(self, name: str, batched: bool, view: bool) -> None:
         self.sub = shmbus.subscribe(name)
+        assert isinstance(self.sub, shmbus.LocalSubscription)  # a local name: for `view`
         self.batched = batched
         self.view = view
 
