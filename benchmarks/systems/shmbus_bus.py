@@ -54,8 +54,9 @@ class _Emitter(EmitterPort):
 
 class _Receiver(ReceiverPort):
     def __init__(self, name: str, batched: bool, view: bool) -> None:
-        self.sub = shmbus.subscribe(name)
-        assert isinstance(self.sub, shmbus.LocalSubscription)  # a local name: for `view`
+        sub = shmbus.subscribe(name)
+        assert isinstance(sub, shmbus.LocalSubscription)  # a local name; it takes `view`
+        self.sub: shmbus.LocalSubscription = sub
         self.batched = batched
         self.view = view
 
