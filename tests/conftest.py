@@ -31,6 +31,9 @@ pytest_plugins = [
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--chaos-seed", default=None, help="replay a chaos run with this seed")
+    parser.addoption("--chaos-seconds", type=float, default=12.0,
+                     help="how long each timed chaos test runs (default 12; the repeated "
+                          "passes of scripts/check run shorter ones)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
