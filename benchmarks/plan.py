@@ -19,8 +19,10 @@ REFERENCE = "shmbus"
 BOUND = 256
 DEFAULT_RUNS = 3
 QUICK_RUNS = 1
-DEFAULT_EVENTS = {"small": 50_000, "large": 300, "numpy": 50, "large-slow": 300,
-                  "numpy-slow": 30, "latency": 2_000, "growth": 200_000}
+DEFAULT_EVENTS = {"small": 50_000, "large": 1_500, "numpy": 150, "large-slow": 1_000,
+                  "numpy-slow": 100, "latency": 2_000, "growth": 200_000}
+"""Enough events that the fast systems run for about half a second or more: runs of a
+tenth of a second (300 events of 1 MiB) swung by a third between runs on 2 cores."""
 QUICK_EVENTS = {"small": 2_000, "large": 30, "numpy": 6, "large-slow": 30, "numpy-slow": 6,
                 "latency": 300, "growth": 20_000}
 LATENCY_INTERVAL = 500e-6
