@@ -47,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import pickle
 import random
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -218,8 +219,13 @@ class QueueSubscription(RingReceiver):
         """
         deadline = deadline_after(timeout)
         while True:
-            self._park(deadline, 1, False)
-            parked, self._parked = self._parked, None  # see LocalSubscription.recv
+            try:
+                self._park(deadline, 1, False)
+            except BaseException:
+                self._handing = 0  # see LocalSubscription.recv
+                raise
+            parked, self._parked = self._parked, None
+            self._handing = 0
             if parked is not None:
                 if parked.error is None:
                     return parked.values[0]
@@ -231,8 +237,13 @@ class QueueSubscription(RingReceiver):
         check_max_n(max_n)
         deadline = deadline_after(timeout)
         while True:
-            self._park(deadline, max_n, False)
+            try:
+                self._park(deadline, max_n, False)
+            except BaseException:
+                self._handing = 0  # see LocalSubscription.recv
+                raise
             parked, self._parked = self._parked, None
+            self._handing = 0
             if parked is not None:
                 if parked.error is None:
                     return parked.values
@@ -243,8 +254,13 @@ class QueueSubscription(RingReceiver):
         check_max_n(max_n)
         deadline = deadline_after(timeout)
         while True:
-            self._park(deadline, max_n, True)
+            try:
+                self._park(deadline, max_n, True)
+            except BaseException:
+                self._handing = 0  # see LocalSubscription.recv
+                raise
             parked, self._parked = self._parked, None
+            self._handing = 0
             if parked is not None:
                 values: list[RawEvent] = parked.values
                 return values
@@ -341,12 +357,14 @@ class QueueSubscription(RingReceiver):
         if not (self._lock.acquire(blocking=False) or acquire_by(self._lock, deadline)):
             raise Timeout(f"another thread is receiving from {self._what()}")
         try:
+            self._await_hand_over()
             if self._closed:
                 self._check_usable()
             if self._suspect:
                 self._reconcile()
             if self._parked is not None or self._surplus is not None:
                 self._hand_out_leftovers(want)
+                self._handing = threading.get_ident()
                 return
             self._suspect = True
             start = self._start_seq()
@@ -356,6 +374,7 @@ class QueueSubscription(RingReceiver):
                 start = self._claim_or_wait(want, deadline)
             self._decode(start, want, raw)
             self._suspect = False
+            self._handing = threading.get_ident()
         finally:
             self._lock.release()
 

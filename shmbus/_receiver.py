@@ -165,6 +165,20 @@ class RingReceiver(Receiver):
     _waker: Waker | None
     _lock: threading.RLock
     _closing: bool
+    _handing = 0
+    """The thread (its ident) that parked, under the lock, what its call returns, and has
+    not taken it back yet, after letting the lock go; 0 if none. Meanwhile no other
+    thread touches `_parked` (`_await_hand_over`): taken for leftovers of an interrupted
+    call, or a half-filled list replaced under it, those events came out twice, or never.
+    Taking them back is a swap with no call in it, so no other thread and no signal
+    handler runs between the look and the store; a call interrupted before it clears
+    this on its way out, and leaves them to the next call."""
+
+    def _await_hand_over(self) -> None:
+        """With the lock: let another thread take back what it parked (a few bytecodes,
+        and no lock, stand between it and that) before `_parked` is looked at."""
+        while self._handing and self._handing != threading.get_ident():
+            time.sleep(0)
 
     @staticmethod
     def _open_bus(registry: Registry, name: str, capacity: int | None, history: bool,

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import pickle
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -232,25 +233,37 @@ class LocalSubscription(RingReceiver):
             # stands in the way (a closed subscription, another thread receiving, events
             # left over). What it consumed is parked before the lock is let go.
             try:
-                seq = None
-                if not (self._closed or self._epoch != _liveness.fork_epoch
-                        or self._parked is not None or self._surplus is not None):
-                    seq = self._reader.ready()
-                    if seq is not None:
-                        self._take(seq, 1, False)
-            finally:
-                self._lock.release()
+                try:
+                    seq = None
+                    if not (self._closed or self._epoch != _liveness.fork_epoch
+                            or self._handing or self._parked is not None
+                            or self._surplus is not None):
+                        seq = self._reader.ready()
+                        if seq is not None:
+                            self._take(seq, 1, False)
+                            self._handing = threading.get_ident()
+                finally:
+                    self._lock.release()
+            except BaseException:
+                self._handing = 0  # what it parked is the next call's (see `_handing`)
+                raise
             if seq is not None:
                 parked, self._parked = self._parked, None
-                if parked is not None:  # unless another thread took it meanwhile
+                self._handing = 0
+                if parked is not None:
                     if parked[2] is None:
                         return parked[1][0]
                     raise parked[2]
         while True:
-            self._park(deadline, 1, view)
+            try:
+                self._park(deadline, 1, view)
+            except BaseException:
+                self._handing = 0
+                raise
             # No call may stand between taking the parked events and returning them: an
             # interruption there would drop events that are already consumed.
             parked, self._parked = self._parked, None
+            self._handing = 0
             if parked is not None:
                 # The usual case falls through to the return: some Pythons check for
                 # signals on a jump taken, and `parked` lives only in this frame.
@@ -269,8 +282,13 @@ class LocalSubscription(RingReceiver):
         check_max_n(max_n)
         deadline = None if timeout is None else deadline_after(timeout)
         while True:
-            self._park(deadline, max_n)
-            parked, self._parked = self._parked, None  # see recv
+            try:
+                self._park(deadline, max_n)
+            except BaseException:
+                self._handing = 0  # see recv
+                raise
+            parked, self._parked = self._parked, None
+            self._handing = 0
             if parked is not None:
                 if parked[2] is None:
                     return parked[1]
@@ -282,8 +300,13 @@ class LocalSubscription(RingReceiver):
         check_max_n(max_n)
         deadline = deadline_after(timeout)
         while True:
-            self._park(deadline, max_n, raw=True)
-            parked, self._parked = self._parked, None  # see recv
+            try:
+                self._park(deadline, max_n, raw=True)
+            except BaseException:
+                self._handing = 0  # see recv
+                raise
+            parked, self._parked = self._parked, None
+            self._handing = 0
             if parked is not None:
                 return parked[1]
 
@@ -329,6 +352,7 @@ class LocalSubscription(RingReceiver):
         if not (self._lock.acquire() if deadline is None else acquire_by(self._lock, deadline)):
             raise Timeout(f"another thread is receiving from {self._name!r}")
         try:
+            self._await_hand_over()
             if self._closed:
                 self._check_usable()
             if view and self._large.viewed >= MAX_VIEWED_EVENTS:
@@ -342,6 +366,7 @@ class LocalSubscription(RingReceiver):
                 if self._hand_out_leftovers(max_n):
                     if not raw:
                         self._top_up(max_n, view)
+                    self._handing = threading.get_ident()
                     return
             seq = self._reader.ready()
             if seq is None:
@@ -350,6 +375,7 @@ class LocalSubscription(RingReceiver):
                 self._consume(self._read_raw(seq, min(max_n, self._reader.available())))
             else:
                 self._take(seq, max_n, view)
+            self._handing = threading.get_ident()
         finally:
             self._lock.release()
 
