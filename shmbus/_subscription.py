@@ -24,6 +24,14 @@ Either way the end is seen within one slice plus one probe of the emitter's lock
 subscription until it is returned. A `KeyboardInterrupt` that lands before `tail` moves
 leaves the event unread; one that lands after it makes the next `recv` return the parked
 event. Either way the caller sees each event exactly once.
+
+## Threads
+
+Any number of threads may receive from one subscription; each event goes to one of
+them. A call takes events under the subscription's lock and parks them; it takes them
+back after letting the lock go, in bytecode with no call in it, so no other thread runs
+in between. Until it has, other threads leave `_parked` alone (`_handing`): otherwise a
+thread could take another's events as if an interrupted call had left them.
 """
 
 from __future__ import annotations
