@@ -63,7 +63,8 @@ def draw(results: dict[str, Any]) -> Any:
     for ax in flat[panels:]:
         ax.set_visible(False)
     handles = [Rectangle((0, 0), 1, 1, color=colors[s]) for s in systems]
-    figure.legend(handles, systems, loc="lower center", ncol=len(systems), frameon=False)
+    columns = min(len(systems), 5)  # more in a row run past the figure's edges
+    figure.legend(handles, systems, loc="lower center", ncol=columns, frameon=False)
     machine = results["machine"]
     figure.suptitle(
         f"shmbus and peers: one emitter, every event to every subscriber, bound 256\n"
