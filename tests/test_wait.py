@@ -150,6 +150,7 @@ def _compiled_held_acquire():
     return _ringcore.held_acquire
 
 
+@no_timed_wait
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.parametrize("held", [
     pytest.param(None, id="python"),
