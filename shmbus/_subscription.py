@@ -416,9 +416,10 @@ class LocalSubscription(RingReceiver):
     def _hand_out_leftovers(self, max_n: int) -> bool:
         """Park at most `max_n` of the events an interrupted call consumed; True if any.
 
-        `_parked` comes first, then `_surplus`, in order. Another thread may take
-        `_parked` (outside the lock) at any moment, so it is replaced only if it is still
-        the one looked at, with no call between the check and the store.
+        `_parked` comes first, then `_surplus`, in order. A signal handler that receives
+        from this subscription (the lock is re-entrant) may take `_parked` at any call,
+        so it is replaced only if it is still the one looked at, with no call between
+        the check and the store.
         """
         parked = self._parked
         if parked is not None and self._parked_was_consumed(parked):
