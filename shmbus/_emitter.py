@@ -208,7 +208,7 @@ class EventEmitter(Handle):
         else:  # `_encode`'s usual case, inline
             payload = _codec.encode(event)
             if len(payload) > self._inline_max:
-                payload = self._encode(event)
+                payload = self._encode_large(event)
         deadline = None if timeout is None else deadline_after(timeout)
         if type(payload) is bytes and self._lock.acquire(False):
             # The usual emit, flat (every call costs here): a small event, no other thread
@@ -470,22 +470,24 @@ class EventEmitter(Handle):
         """The event's pickle: bytes if it fits in a slot, else `Parts` for the arena."""
         # In parts while the events are large: see `_codec`. Threads may race on the
         # flag; it only picks the cheaper of two correct encodings.
-        payload: bytes | _codec.Parts
         if not self._expect_large:
             payload = _codec.encode(event)
             if len(payload) <= self._inline_max:
                 return payload  # the usual case, first
-        else:
-            payload = _codec.encode_in_parts(event)
-        large = len(payload) > self._inline_max
-        self._expect_large = large
-        if large:
-            if not isinstance(payload, _codec.Parts):
-                payload = _codec.encode_in_parts(event)  # its buffers out of band, once
-            return payload if isinstance(payload, _codec.Parts) else _codec.Parts([payload], [], [])
-        if isinstance(payload, _codec.Parts):
-            return _codec.encode(event)  # small after all: in band, in a slot
-        return payload
+            return self._encode_large(event)
+        parts = _codec.encode_in_parts(event)
+        if len(parts) > self._inline_max:
+            return parts if isinstance(parts, _codec.Parts) else _codec.Parts([parts], [], [])
+        self._expect_large = False
+        return _codec.encode(event)  # small after all: in band, in a slot
+
+    def _encode_large(self, event: Any) -> "_codec.Parts":
+        """An event whose pickle did not fit in a slot, pickled again in parts (its
+        buffers out of band, written once into the arena); the next ones are expected
+        large too."""
+        self._expect_large = True
+        parts = _codec.encode_in_parts(event)
+        return parts if isinstance(parts, _codec.Parts) else _codec.Parts([parts], [], [])
 
     def _enter(self, deadline: float | None) -> None:
         if self._closed or self.inherited:
