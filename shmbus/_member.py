@@ -357,7 +357,7 @@ class QueueSubscription(RingReceiver):
         if not (self._lock.acquire(blocking=False) or acquire_by(self._lock, deadline)):
             raise Timeout(f"another thread is receiving from {self._what()}")
         try:
-            self._await_hand_over()
+            self._await_hand_over(deadline)
             if self._closed:
                 self._check_usable()
             if self._suspect:

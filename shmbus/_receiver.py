@@ -38,7 +38,7 @@ from enum import Enum
 from typing import Any, TypeVar
 
 from ._control import ControlBlock
-from ._errors import BusNotFound, Closed, EmitterDied, InvalidArgument, shown
+from ._errors import BusNotFound, Closed, EmitterDied, InvalidArgument, Timeout, shown
 from ._handle import Handle
 from ._liveness import is_alive
 from ._registry import Registry
@@ -174,10 +174,13 @@ class RingReceiver(Receiver):
     handler runs between the look and the store; a call interrupted before it clears
     this on its way out, and leaves them to the next call."""
 
-    def _await_hand_over(self) -> None:
+    def _await_hand_over(self, deadline: float | None) -> None:
         """With the lock: let another thread take back what it parked (a few bytecodes,
-        and no lock, stand between it and that) before `_parked` is looked at."""
+        and no lock, stand between it and that) before `_parked` is looked at; as long
+        as `deadline` allows, should that thread be held up in a signal handler."""
         while self._handing and self._handing != threading.get_ident():
+            if deadline is not None and time.monotonic() >= deadline:
+                raise Timeout(f"another thread is receiving from {self._name!r}")
             time.sleep(0)
 
     @staticmethod

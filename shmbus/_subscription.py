@@ -244,8 +244,7 @@ class LocalSubscription(RingReceiver):
                 try:
                     seq = None
                     if not (self._closed or self._epoch != _liveness.fork_epoch
-                            or self._handing or self._parked is not None
-                            or self._surplus is not None):
+                            or self._parked is not None or self._surplus is not None):
                         seq = self._reader.ready()
                         if seq is not None:
                             self._take(seq, 1, False)
@@ -360,7 +359,7 @@ class LocalSubscription(RingReceiver):
         if not (self._lock.acquire() if deadline is None else acquire_by(self._lock, deadline)):
             raise Timeout(f"another thread is receiving from {self._name!r}")
         try:
-            self._await_hand_over()
+            self._await_hand_over(deadline)
             if self._closed:
                 self._check_usable()
             if view and self._large.viewed >= MAX_VIEWED_EVENTS:
