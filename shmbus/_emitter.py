@@ -169,6 +169,9 @@ class EventEmitter(Handle):
         self._inline_max = _ring.SLOT_SIZE - _ring.SLOT_HEADER_SIZE
         self._arena = Arena(self._token, self._control)
         self._expect_large = False
+        self._plain = self._history is None
+        """Whether `emit` tries `Fanout.fast_emit` first: not while large events or a
+        history need the general way, nor once `close()` began."""
         self._batch_misses = 0  # chunks to go before `_batch_of` tries again
         self._wake_pipe: WakePipe | None = None  # created by the first aemit that has to wait
         self._waker = Waker()
@@ -203,43 +206,18 @@ class EventEmitter(Handle):
         ever sees it. Raises `SerializationError` (before touching any ring) if the
         event cannot be pickled, and `Closed` after `close()`.
         """
-        if self._expect_large:
-            payload = self._encode(event)
-        else:  # `_encode`'s usual case, inline
-            payload = _codec.encode(event)
-            if len(payload) > self._inline_max:
-                payload = self._encode_large(event)
-        deadline = None if timeout is None else deadline_after(timeout)
-        if type(payload) is bytes and self._lock.acquire(False):
-            # The usual emit, flat (every call costs here): a small event, no other thread
-            # in the emitter, no large event in flight, no history kept, every ring with
-            # room. Anything else goes the general way below, which waits as it must.
-            try:
-                if not (self._closed or self._epoch != _liveness.fork_epoch
-                        or self._arena.in_flight or self._history is not None):
-                    if (self._control.words[GENERATION_WORD] != self._generation
-                            or time.monotonic() >= self._next_sweep):
-                        self._refresh()  # `_look`, inline
-                    try:
-                        reached = self._fanout.publish_inline(payload)
-                    except BaseException:
-                        # Committed and then interrupted, or not: either way every
-                        # sleeper's doorbell is posted (once more at worst: a spurious
-                        # wake-up).
-                        self._fanout.repost()
-                        raise
-                    if reached >= 0:
-                        if self._fanout.wanting:
-                            self._wake_loops()
-                        return reached
-            finally:
-                self._lock.release()
-        self._enter(deadline)
-        try:
-            self._look()
-            return self._send([payload], deadline)[1]
-        finally:
-            self._lock.release()
+        if self._plain and not self._arena.in_flight:
+            # The usual emit, in one call of the ring protocol (every emit costs here):
+            # a small event, no other thread in the emitter, no large event in flight,
+            # no history kept, the rings as last listed, every ring with room.
+            done = self._fanout.fast_emit(event, timeout, self._lock)
+            if isinstance(done, int):
+                if self._fanout.wanting:
+                    with self._lock:
+                        self._wake_loops()
+                return done
+            return self._emit(event, done, timeout)
+        return self._emit(event, None, timeout)
 
     def emit_many(self, events: Iterable[Any], *, timeout: float | None = None) -> int:
         """Deliver every one of `events`, in order; as `emit`, the number of subscribers
@@ -419,6 +397,7 @@ class EventEmitter(Handle):
                  if _platform.semaphore_exists(_names.space_sem_name(self._token, i))]
         if any(i not in self._outlets for i in ready):
             self._generation = -1  # the next look lists the rings again
+            self._fanout.fresh_for(-1, 0.0)
         return len(ready)
 
     def close(self) -> None:
@@ -430,6 +409,7 @@ class EventEmitter(Handle):
 
     def _close(self) -> None:
         self._closing = True
+        self._plain = False
         with self._lock:
             # Every step may be repeated: a close() interrupted halfway is finished by the
             # next call, or by the one at interpreter exit.
@@ -466,6 +446,23 @@ class EventEmitter(Handle):
 
     # -- emit, step by step -----------------------------------------------------------
 
+    def _emit(self, event: Any, pickled: bytes | None, timeout: float | None) -> int:
+        """`emit` the general way, which waits as it must; `pickled` is the event's
+        pickle if `fast_emit` made one."""
+        if pickled is None:
+            payload = self._encode(event)
+        elif len(pickled) > self._inline_max:
+            payload = self._encode_large(event)
+        else:
+            payload = pickled
+        deadline = None if timeout is None else deadline_after(timeout)
+        self._enter(deadline)
+        try:
+            self._look()
+            return self._send([payload], deadline)[1]
+        finally:
+            self._lock.release()
+
     def _encode(self, event: Any) -> "bytes | _codec.Parts":
         """The event's pickle: bytes if it fits in a slot, else `Parts` for the arena."""
         # In parts while the events are large: see `_codec`. Threads may race on the
@@ -479,13 +476,14 @@ class EventEmitter(Handle):
         if len(parts) > self._inline_max:
             return parts if isinstance(parts, _codec.Parts) else _codec.Parts([parts], [], [])
         self._expect_large = False
+        self._plain = self._history is None
         return _codec.encode(event)  # small after all: in band, in a slot
 
     def _encode_large(self, event: Any) -> "_codec.Parts":
         """An event whose pickle did not fit in a slot, pickled again in parts (its
         buffers out of band, written once into the arena); the next ones are expected
         large too."""
-        self._expect_large = True
+        self._expect_large, self._plain = True, False
         parts = _codec.encode_in_parts(event)
         return parts if isinstance(parts, _codec.Parts) else _codec.Parts([parts], [], [])
 
@@ -612,7 +610,9 @@ class EventEmitter(Handle):
     def _wake_loops(self) -> None:
         """Wake the event loops of the subscribers waiting from asyncio (`_wakepipe`)."""
         for sub_id in self._fanout.wanting:
-            self._waker.wake(self._outlets[sub_id].wake_pipe)
+            outlet = self._outlets.get(sub_id)
+            if outlet is not None:  # not dropped since the publish that listed it
+                self._waker.wake(outlet.wake_pipe)
 
     def _place(self, seq: int, payloads: "list[bytes | _codec.Parts]", deadline: float | None,
                wait: bool) -> list[bytes]:
@@ -862,6 +862,7 @@ class EventEmitter(Handle):
         if now >= self._next_sweep:
             self._next_sweep = now + SWEEP_INTERVAL
             self._drop_departed()
+        self._fanout.fresh_for(generation, self._next_sweep - now)
 
     def _adopt(self, sub_id: int) -> None:
         try:

@@ -59,13 +59,16 @@ post-and-take, once per `publish` or `take` whatever the number of rings, and in
 
 from __future__ import annotations
 
+import pickle
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 import posix_ipc
 
-from . import _platform
-from ._control import BYTES_WORD, COMMITTED_WORD, ControlBlock
+from . import _codec, _liveness, _platform
+from ._control import BYTES_WORD, COMMITTED_WORD, GENERATION_WORD, ControlBlock
 from ._errors import DeserializationError
 from ._ring import (
     EMITTER_SLEEPING,
@@ -73,6 +76,8 @@ from ._ring import (
     KIND_BATCH,
     KIND_INLINE,
     SUB_SLEEPING,
+    SLOT_HEADER_SIZE,
+    SLOT_SIZE,
     SUB_WAITING,
     TAIL_WORD,
     Ring,
@@ -82,6 +87,9 @@ from ._ring import (
 from ._wait import fence
 
 NAME = "python"
+
+_INLINE_MAX = SLOT_SIZE - SLOT_HEADER_SIZE
+"""The largest pickle `fast_emit` publishes: one that fits in a slot."""
 
 Decode = Callable[[Any], Any]
 LoadLarge = Callable[[int, int, bytes], Any]
@@ -120,6 +128,9 @@ class Fanout:
         self._all: list[_Target] = []  # self._targets' values, for the hot path
         self._waits = 0  # the number of the emitter's last wait
         self._closed = False
+        self._epoch = _liveness.fork_epoch
+        self._generation = -1  # `fast_emit` publishes while the control block says this
+        self._fresh_until = 0.0  # and until then (`time.monotonic()`)
         self.wanting: list[int] = []
         """After `publish`: the subscribers (ids) waiting on their wake pipe, to be woken."""
 
@@ -189,6 +200,43 @@ class Fanout:
         """`publish` of one event whose pickle fits in a slot: the usual emit."""
         return self.publish(inline_slot(self._words[COMMITTED_WORD], pickle), 1, len(pickle))
 
+    def fast_emit(self, event: Any, timeout: float | None, lock: threading.RLock
+                  ) -> int | bytes | None:
+        """The usual `emit`, in one call: `event` pickled (as `_codec.plain_pickle`) and
+        published inline, if it fits in a slot, `timeout` is a plain number or None (no
+        argument to complain about), `lock` (the emitter's) is free, the rings are as
+        the caller last listed them (`fresh_for`) and every ring has room. Returns how
+        many rings got it; or, having published nothing, its pickle (bytes) for the
+        caller to emit the general way, or None if it has none to give.
+
+        Atomic as `publish`: an interruption after the commit posts the doorbells again
+        (`repost`) before it propagates."""
+        if (self._closed or self._epoch != _liveness.fork_epoch
+                or not (timeout is None or type(timeout) in (float, int) and timeout >= 0)):
+            return None
+        data = _codec.plain_pickle(event)
+        if data is None or len(data) > _INLINE_MAX or not lock.acquire(False):
+            return data
+        try:
+            if (self._closed or self._words[GENERATION_WORD] != self._generation
+                    or time.monotonic() >= self._fresh_until):
+                return data
+            try:
+                reached = self.publish_inline(data)
+            except BaseException:
+                self.repost()  # committed or not: a spurious wake-up at worst
+                raise
+            return reached if reached >= 0 else data
+        finally:
+            lock.release()
+
+    def fresh_for(self, generation: int, seconds: float) -> None:
+        """Let `fast_emit` publish while the control block's generation is `generation`,
+        for `seconds` from now: until then the caller's list of rings stands (a negative
+        `generation` stops it until the next call)."""
+        self._generation = generation
+        self._fresh_until = time.monotonic() + seconds
+
     def repost(self) -> None:
         """Post the doorbell of every subscriber that sleeps, even if it was posted for
         this wait: after an interrupted `publish` that had committed, and at the end."""
@@ -254,6 +302,14 @@ class Reader:
         self._posted = 0  # the emitter's wait (number) last posted for
         self.emitter_waiting = False
         """After `take` or `advance`: the emitter waits on its wake pipe for room here."""
+        self.parked: Any = None
+        """The caller's parking place (see `take_one`): what it consumed and has not
+        handed out yet. The protocol only stores it, and never reads what is there."""
+        self.handing = 0
+        """The thread (ident) whose `take_one` parked an event and has not taken it back
+        (the caller clears it); 0 if none."""
+        self._epoch = _liveness.fork_epoch
+        self._closed = False
 
     @property
     def start(self) -> int | None:
@@ -326,6 +382,49 @@ class Reader:
                 self._consume(taken)
         return taken
 
+    def take_one(self, lock: threading.RLock, timeout: float | None) -> int:
+        """The usual recv, in one call: with `lock` (the caller's, taken only if free),
+        decode the next event if it is ready and small, park it as `(seq, [event],
+        None)` in `parked` and mark `handing` with this thread, then consume it. Returns
+        1; 2 if the emitter waits on its wake pipe for room (see `emitter_waiting`); or
+        0, having done nothing, wherever the caller's general way must decide: nothing
+        ready, a large event or a batch, an event that does not decode, something parked
+        or handed over already, `timeout` not a plain number or None, `lock` held.
+
+        Parked before `tail` moves: a caller interrupted after this call finds the
+        event in `parked` (see `_subscription` on interruptions)."""
+        if (self.parked is not None or self.handing or self._closed
+                or self._epoch != _liveness.fork_epoch
+                or not (timeout is None or type(timeout) in (float, int) and timeout >= 0)
+                or self.ready() is None or not lock.acquire(False)):
+            return 0
+        try:
+            seq = self.ready()
+            if seq is None or self.parked is not None or self.handing or self._closed:
+                return 0
+            if _platform.NEEDS_FENCES:
+                fence(self.ring.data)  # `committed` before the slot
+            kind, count, payload = self.ring.slot(seq)
+            if kind != KIND_INLINE:
+                return 0
+            tail = self.tail
+            try:
+                event = pickle.loads(payload)
+            except BaseException:
+                try:
+                    _codec.decode(payload)
+                except DeserializationError:
+                    return 0  # the event's own fault: the general way reports it
+                raise  # an interruption, with nothing consumed
+            if self._closed or self.tail != tail or self.parked is not None:
+                return 0  # what the unpickler ran closed the ring, or received
+            self.parked = (seq, [event], None)
+            self.handing = threading.get_ident()
+            self._consume(1)
+            return 2 if self.emitter_waiting else 1
+        finally:
+            lock.release()
+
     def resync(self) -> int:
         """After an interruption: take `tail` from the ring again; the next event's
         sequence number (`start` + `tail`). The ring must have been adopted."""
@@ -373,6 +472,7 @@ class Reader:
 
     def close(self) -> None:
         """Let go of the ring and the control block (see the module docstring)."""
+        self._closed = True
 
 
 _post = posix_ipc.Semaphore.release

@@ -174,11 +174,15 @@ class RingReceiver(Receiver):
     handler runs between the look and the store; a call interrupted before it clears
     this on its way out, and leaves them to the next call."""
 
+    def _handing_thread(self) -> int:
+        """`_handing`, wherever the subclass keeps it."""
+        return self._handing
+
     def _await_hand_over(self, deadline: float | None) -> None:
         """With the lock: let another thread take back what it parked (a few bytecodes,
         and no lock, stand between it and that) before `_parked` is looked at; as long
         as `deadline` allows, should that thread be held up in a signal handler."""
-        while self._handing and self._handing != threading.get_ident():
+        while self._handing_thread() not in (0, threading.get_ident()):
             if deadline is not None and time.monotonic() >= deadline:
                 raise Timeout(f"another thread is receiving from {self._name!r}")
             time.sleep(0)

@@ -59,10 +59,12 @@
 #include <Python.h>
 
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
 
 _Static_assert(ATOMIC_LLONG_LOCK_FREE == 2 && ATOMIC_INT_LOCK_FREE == 2,
                "shared counters need lock-free 8- and 4-byte atomics");
@@ -80,7 +82,11 @@ _Static_assert(sizeof(unsigned long long) == 8, "a counter is 8 bytes");
 #define RING_SUB_WAITING 80  /* the wake-pipe flags (asyncio waiters) */
 #define RING_EMITTER_WAITING 84
 #define CONTROL_COMMITTED 16
+#define CONTROL_GENERATION 32 /* moved by every subscriber that joins or leaves */
 #define CONTROL_BYTES 48
+#define SLOT_SIZE 512         /* _ring.SLOT_SIZE: `fast_emit` publishes what fits in one */
+#define PICKLE_PROTOCOL 5     /* _codec.PROTOCOL */
+#define STACK_GLOBAL 0x93     /* the pickle opcode of a reference to a class or function */
 #define CONTROL_MIN_SIZE 64
 #define KIND_INLINE 0
 #define KIND_ARENA 1
@@ -122,6 +128,11 @@ next_number(uint32_t number)
 typedef struct {
     PyObject *Undecodable;          /* shmbus._protocol.Undecodable */
     PyObject *DeserializationError; /* shmbus._errors.DeserializationError */
+    PyObject *dumps;                /* pickle.dumps */
+    PyObject *loads;                /* pickle.loads */
+    PyObject *decode;               /* shmbus._codec.decode */
+    PyObject *protocol;             /* PICKLE_PROTOCOL, as an int */
+    PyObject *str_acquire;
     PyObject *str_borrow;
     PyObject *str_release;
     PyObject *str_slot;
@@ -250,6 +261,24 @@ post(PyObject *release)
     return 0;
 }
 
+/* Bumped in the child of every fork(): objects made before it belong to the parent
+   (`Handle.inherited`), and their fast paths step aside for the Python that says so. */
+static uint64_t forks;
+
+static void
+count_fork(void)
+{
+    forks++;
+}
+
+static int64_t
+monotonic_ns(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
+}
+
 /* ================================ Fanout ========================================== */
 
 typedef struct {
@@ -275,6 +304,9 @@ typedef struct {
     Py_ssize_t allocated;
     uint32_t waits;       /* the number of the emitter's last wait */
     PyObject *wanting;    /* a list: the subscribers waiting on their wake pipe */
+    uint64_t forks;       /* `forks` when made: a fork child leaves `fast_emit` alone */
+    long long generation; /* `fast_emit` publishes while the control block says this */
+    int64_t fresh_until;  /* and until then (monotonic_ns) */
 } FanoutObject;
 
 static void
@@ -388,6 +420,8 @@ Fanout_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     }
     self->control = memory.base;
     self->control_token = memory.token;
+    self->forks = forks;
+    self->generation = -1;
     self->wanting = PyList_New(0);
     if (self->wanting == NULL) {
         Py_DECREF(self);
@@ -757,13 +791,35 @@ Fanout_publish(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
     return commit(self, seq + count, nbytes);
 }
 
-static PyObject *
-Fanout_publish_inline(PyObject *op, PyObject *payload)
+/* Write one event's slot, its pickle inline, into every ring at `seq`: 0, or -1 with an
+   exception if it does not fit in a ring's slots. */
+static int
+write_inline(FanoutObject *self, uint64_t seq, const Py_buffer *pickle)
 {
-    FanoutObject *self = (FanoutObject *)op;
-    if (!fanout_usable(self)) {
-        return NULL;
+    size_t length = SLOT_HEADER + (size_t)pickle->len;
+    for (Py_ssize_t i = 0; i < self->count; i++) {
+        if (length > self->targets[i].slot_size) {
+            PyErr_SetString(PyExc_ValueError, "the pickle does not fit in a slot");
+            return -1;
+        }
     }
+    uint32_t header[2] = {KIND_INLINE, (uint32_t)pickle->len}; /* after the u64 seq */
+    for (Py_ssize_t i = 0; i < self->count; i++) {
+        Target *target = &self->targets[i];
+        uint8_t *slot = target->base + RING_HEADER
+                        + (size_t)(seq % target->capacity) * target->slot_size;
+        memcpy(slot, &seq, 8);
+        memcpy(slot + 8, header, 8);
+        memcpy(slot + SLOT_HEADER, pickle->buf, (size_t)pickle->len);
+    }
+    return 0;
+}
+
+/* `publish_inline`: how many rings got the event, or -1 - the id of a full ring (then
+   nothing was written), or NULL. */
+static PyObject *
+publish_one(FanoutObject *self, PyObject *payload)
+{
     Py_buffer pickle;
     if (PyObject_GetBuffer(payload, &pickle, PyBUF_SIMPLE) < 0) {
         return NULL;
@@ -771,29 +827,198 @@ Fanout_publish_inline(PyObject *op, PyObject *payload)
     uint64_t seq = atomic_load_explicit(word64(self->control, CONTROL_COMMITTED),
                                         memory_order_relaxed);
     long long full = 0;
-    size_t length = SLOT_HEADER + (size_t)pickle.len;
-    int room = room_everywhere(self, seq, length, &full);
-    for (Py_ssize_t i = 0; room > 0 && i < self->count; i++) {
-        if (length > self->targets[i].slot_size) {
-            PyErr_SetString(PyExc_ValueError, "the pickle does not fit in a slot");
-            room = -1;
-        }
+    int room = room_everywhere(self, seq, SLOT_HEADER + (size_t)pickle.len, &full);
+    if (room > 0 && write_inline(self, seq, &pickle) < 0) {
+        room = -1;
     }
+    Py_ssize_t length = pickle.len;
+    PyBuffer_Release(&pickle);
     if (room <= 0) {
-        PyBuffer_Release(&pickle);
         return room < 0 ? NULL : PyLong_FromLongLong(-1 - full);
     }
-    uint32_t header[2] = {KIND_INLINE, (uint32_t)pickle.len}; /* after the u64 seq */
-    for (Py_ssize_t i = 0; i < self->count; i++) {
-        Target *target = &self->targets[i];
-        uint8_t *slot = target->base + RING_HEADER
-                        + (size_t)(seq % target->capacity) * target->slot_size;
-        memcpy(slot, &seq, 8);
-        memcpy(slot + 8, header, 8);
-        memcpy(slot + SLOT_HEADER, pickle.buf, (size_t)pickle.len);
+    return commit(self, seq + 1, (uint64_t)length);
+}
+
+static PyObject *
+Fanout_publish_inline(PyObject *op, PyObject *payload)
+{
+    FanoutObject *self = (FanoutObject *)op;
+    if (!fanout_usable(self)) {
+        return NULL;
     }
-    PyBuffer_Release(&pickle);
-    return commit(self, seq + 1, (uint64_t)pickle.len);
+    return publish_one(self, payload);
+}
+
+/* -- fast_emit: the usual emit, in one call ------------------------------------------ */
+
+/* Whether `timeout` is one `emit` takes without a word: None or a number >= 0 (an
+   exact int or float; anything else goes the general way, which says what is wrong). */
+static int
+plain_timeout(PyObject *timeout)
+{
+    if (timeout == Py_None) {
+        return 1;
+    }
+    if (PyFloat_CheckExact(timeout)) {
+        return PyFloat_AS_DOUBLE(timeout) >= 0.0; /* NaN is not */
+    }
+    if (PyLong_CheckExact(timeout)) {
+        int overflow;
+        long long value = PyLong_AsLongLongAndOverflow(timeout, &overflow);
+        if (value == -1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            return 0;
+        }
+        return overflow > 0 || (overflow == 0 && value >= 0);
+    }
+    return 0;
+}
+
+/* `_codec.plain_pickle`: the event's pickle, or None where plain pickling does not serve
+   (it raised an Exception, or the pickle names `__main__`); NULL if an interruption
+   (a BaseException) propagates. */
+static PyObject *
+plain_pickle(core_state *state, PyObject *event)
+{
+    PyObject *args[2] = {event, state->protocol};
+    PyObject *data = PyObject_Vectorcall(state->dumps, args, 2, NULL);
+    if (data == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+            return NULL;
+        }
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    const char *bytes = PyBytes_AS_STRING(data);
+    size_t length = (size_t)PyBytes_GET_SIZE(data);
+    if (memchr(bytes, STACK_GLOBAL, length) != NULL
+        && memmem(bytes, length, "__main__", 8) != NULL) {
+        Py_DECREF(data);
+        Py_RETURN_NONE;
+    }
+    return data;
+}
+
+/* `lock.acquire(False)`: 1 if taken, 0 if another thread holds it, -1 on an error. */
+static int
+try_lock(core_state *state, PyObject *lock)
+{
+    PyObject *args[3] = {NULL, lock, Py_False};
+    PyObject *got = PyObject_VectorcallMethod(state->str_acquire, args + 1,
+                                              2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    if (got == NULL) {
+        return -1;
+    }
+    int taken = got == Py_True;
+    Py_DECREF(got);
+    return taken;
+}
+
+/* `lock.release()`, keeping an exception already set; -1 if it fails. */
+static int
+unlock(core_state *state, PyObject *lock)
+{
+    int failing = PyErr_Occurred() != NULL;
+    held_error held = hold_error();
+    PyObject *args[2] = {NULL, lock};
+    PyObject *result = PyObject_VectorcallMethod(state->str_release, args + 1,
+                                                 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_XDECREF(result);
+    if (failing) {
+        PyErr_Clear();
+        restore_error(held);
+        return -1;
+    }
+    drop_error(held);
+    return result == NULL ? -1 : 0;
+}
+
+/* Whether the rings are as the emitter last listed them (`fresh_for`). */
+static int
+fresh(FanoutObject *self)
+{
+    uint64_t generation = atomic_load_explicit(word64(self->control, CONTROL_GENERATION),
+                                               memory_order_acquire);
+    return self->generation >= 0 && generation == (uint64_t)self->generation
+           && monotonic_ns() < self->fresh_until;
+}
+
+/* With the emitter's lock: publish the event if the rings are fresh and have room. How
+   many rings got it; None if it was not published; NULL with the error (the doorbells
+   posted again if it was committed, as `repost`). */
+static PyObject *
+publish_if_fresh(FanoutObject *self, PyObject *data)
+{
+    if (self->control == NULL || !fresh(self)) {
+        Py_RETURN_NONE;
+    }
+    PyObject *reached = publish_one(self, data);
+    if (reached == NULL) {
+        held_error held = hold_error();
+        if (post_doorbells(self, 1) < 0) {
+            PyErr_Clear();
+        }
+        restore_error(held);
+        return NULL;
+    }
+    if (PyLong_AsLongLong(reached) < 0) {
+        Py_DECREF(reached);
+        Py_RETURN_NONE;
+    }
+    return reached;
+}
+
+static PyObject *
+Fanout_fast_emit(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    FanoutObject *self = (FanoutObject *)op;
+    core_state *state = state_of(Py_TYPE(op));
+    if (!positional("fast_emit", nargs, 3, 3)) {
+        return NULL;
+    }
+    if (self->control == NULL || self->forks != forks || !plain_timeout(args[1])) {
+        Py_RETURN_NONE;
+    }
+    PyObject *data = plain_pickle(state, args[0]);
+    if (data == NULL || data == Py_None || PyBytes_GET_SIZE(data) > SLOT_SIZE - SLOT_HEADER) {
+        return data;
+    }
+    int locked = try_lock(state, args[2]);
+    if (locked <= 0) {
+        if (locked < 0) {
+            Py_CLEAR(data);
+        }
+        return data;
+    }
+    PyObject *reached = publish_if_fresh(self, data);
+    if (unlock(state, args[2]) < 0) {
+        Py_XDECREF(reached);
+        Py_DECREF(data);
+        return NULL;
+    }
+    if (reached == Py_None) {
+        Py_DECREF(reached);
+        return data;
+    }
+    Py_DECREF(data);
+    return reached;
+}
+
+static PyObject *
+Fanout_fresh_for(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    FanoutObject *self = (FanoutObject *)op;
+    if (!positional("fresh_for", nargs, 2, 2)) {
+        return NULL;
+    }
+    long long generation = PyLong_AsLongLong(args[0]);
+    double seconds = PyFloat_AsDouble(args[1]);
+    if ((generation == -1 || seconds == -1.0) && PyErr_Occurred()) {
+        return NULL;
+    }
+    self->generation = generation;
+    self->fresh_until = monotonic_ns() + (int64_t)(seconds < 1e9 ? seconds * 1e9 : 1e18);
+    Py_RETURN_NONE;
 }
 
 static PyObject *
@@ -868,6 +1093,12 @@ static PyMethodDef Fanout_methods[] = {
     {"publish_inline", Fanout_publish_inline, METH_O,
      "publish_inline(pickle): publish(inline_slot(committed, pickle), 1, len(pickle))\n"
      "without making the slot first: the usual emit, in one call."},
+    {"fast_emit", (PyCFunction)(void (*)(void))Fanout_fast_emit, METH_FASTCALL,
+     "fast_emit(event, timeout, lock): the usual emit in one call; how many rings got\n"
+     "it, or, if it was not published, its pickle, or None (see shmbus._protocol)."},
+    {"fresh_for", (PyCFunction)(void (*)(void))Fanout_fresh_for, METH_FASTCALL,
+     "fresh_for(generation, seconds): let fast_emit publish while the control block's\n"
+     "generation is that, for that long."},
     {"repost", Fanout_repost, METH_NOARGS,
      "repost(): post every sleeping subscriber's doorbell again."},
     {"before_wait", Fanout_before_wait, METH_O,
@@ -925,6 +1156,9 @@ typedef struct {
     PyObject *ring_token;
     PyObject *control_token;
     PyObject *post_space; /* ring.space.release */
+    PyObject *parked;     /* the caller's parking place (`take_one`); NULL is None */
+    unsigned long handing; /* the thread whose `take_one` parked, until the caller clears it */
+    uint64_t forks;       /* `forks` when made: a fork child leaves `take_one` alone */
 } ReaderObject;
 
 static int
@@ -945,19 +1179,27 @@ Reader_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(self->ring_token);
     Py_VISIT(self->control_token);
     Py_VISIT(self->post_space);
+    Py_VISIT(self->parked);
     Py_VISIT(Py_TYPE(op));
     return 0;
+}
+
+/* `close()`: let go of the memory. `ring` stays: it is the caller's, and says nothing
+   about the memory; so does `parked`, which a thread may be about to take back. */
+static void
+reader_let_go(ReaderObject *self)
+{
+    self->base = self->control = NULL;
+    Py_CLEAR(self->post_space);
+    Py_CLEAR(self->ring_token);
+    Py_CLEAR(self->control_token);
 }
 
 static int
 Reader_clear(PyObject *op)
 {
-    ReaderObject *self = (ReaderObject *)op;
-    self->base = self->control = NULL;
-    Py_CLEAR(self->post_space);
-    Py_CLEAR(self->ring_token);
-    Py_CLEAR(self->control_token);
-    /* `ring` stays: it is the caller's, and says nothing about the memory. */
+    reader_let_go((ReaderObject *)op);
+    Py_CLEAR(((ReaderObject *)op)->parked);
     return 0;
 }
 
@@ -986,6 +1228,7 @@ Reader_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     self->ring = Py_NewRef(ring);
+    self->forks = forks;
     Borrowed ring_memory, control_memory;
     if (unsigned_attr(ring, "capacity", &self->capacity) < 0
         || unsigned_attr(ring, "slot_size", &self->slot_size) < 0) {
@@ -1451,6 +1694,132 @@ Reader_take(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
     return failed ? NULL : PyLong_FromSsize_t(taken);
 }
 
+/* -- take_one: the usual recv, in one call ------------------------------------------ */
+
+/* `(seq, [event], None)`: one event as the subscription parks it. */
+static PyObject *
+parked_one(uint64_t seq, PyObject *event)
+{
+    PyObject *number = PyLong_FromUnsignedLongLong(seq);
+    PyObject *events = PyList_New(1);
+    PyObject *parked = number && events ? PyTuple_New(3) : NULL;
+    if (parked == NULL) {
+        Py_XDECREF(number);
+        Py_XDECREF(events);
+        return NULL;
+    }
+    PyList_SET_ITEM(events, 0, Py_NewRef(event));
+    PyTuple_SET_ITEM(parked, 0, number);
+    PyTuple_SET_ITEM(parked, 1, events);
+    PyTuple_SET_ITEM(parked, 2, Py_NewRef(Py_None));
+    return parked;
+}
+
+/* With the caller's lock: take the next event as `take_one` says; 1, 2 or 0, or -1 with
+   an exception (nothing consumed). */
+static int
+take_one_locked(ReaderObject *self, core_state *state)
+{
+    uint64_t seq;
+    if (self->base == NULL || self->parked != NULL || self->handing != 0
+        || !reader_ready(self, &seq)) {
+        return 0;
+    }
+    Slot slot;
+    int valid = read_slot(self, seq, &slot);
+    if (valid <= 0 || slot.kind != KIND_INLINE || slot.joined != NULL) {
+        PyMem_Free(valid > 0 ? slot.joined : NULL);
+        return valid < 0 ? -1 : 0; /* the general way says what is wrong, or takes it */
+    }
+    /* Held for the call: what the unpickler runs cannot unmap the ring under us. */
+    PyObject *ring_token = Py_NewRef(self->ring_token);
+    PyObject *control_token = Py_NewRef(self->control_token);
+    uint64_t tail = self->tail;
+    int result = 0;
+    PyObject *event = loads_in_place(self, state->loads, &slot);
+    if (event == NULL) {
+        enum decoded how;
+        PyObject *undecodable = decode_again(state, &slot, state->decode, &how);
+        result = undecodable == NULL ? -1 : 0; /* the event's own fault: the general way */
+        Py_XDECREF(undecodable);
+    }
+    else if (self->base != NULL && self->tail == tail && self->parked == NULL) {
+        /* (otherwise what the unpickler ran closed the ring, or received) */
+        PyObject *parked = parked_one(seq, event);
+        if (parked == NULL) {
+            result = -1;
+        }
+        else {
+            self->parked = parked;
+            self->handing = PyThread_get_thread_ident();
+            if (reader_consume(self, 1) < 0) {
+                PyErr_Clear(); /* a sleeping emitter looks again within a slice */
+            }
+            result = self->emitter_waiting ? 2 : 1;
+        }
+    }
+    Py_XDECREF(event);
+    Py_DECREF(ring_token);
+    Py_DECREF(control_token);
+    return result;
+}
+
+static PyObject *
+Reader_take_one(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    ReaderObject *self = (ReaderObject *)op;
+    core_state *state = state_of(Py_TYPE(op));
+    uint64_t seq;
+    if (!positional("take_one", nargs, 2, 2)) {
+        return NULL;
+    }
+    if (self->base == NULL || self->forks != forks || self->parked != NULL
+        || self->handing != 0 || !plain_timeout(args[1]) || !reader_ready(self, &seq)) {
+        return PyLong_FromLong(0);
+    }
+    int locked = try_lock(state, args[0]);
+    if (locked <= 0) {
+        return locked < 0 ? NULL : PyLong_FromLong(0);
+    }
+    int taken = take_one_locked(self, state);
+    if (unlock(state, args[0]) < 0 || taken < 0) {
+        return NULL;
+    }
+    return PyLong_FromLong(taken);
+}
+
+static PyObject *
+Reader_get_parked(PyObject *op, void *Py_UNUSED(closure))
+{
+    PyObject *parked = ((ReaderObject *)op)->parked;
+    return Py_NewRef(parked != NULL ? parked : Py_None);
+}
+
+static int
+Reader_set_parked(PyObject *op, PyObject *value, void *Py_UNUSED(closure))
+{
+    ReaderObject *self = (ReaderObject *)op;
+    Py_XSETREF(self->parked, value == NULL || value == Py_None ? NULL : Py_NewRef(value));
+    return 0;
+}
+
+static PyObject *
+Reader_get_handing(PyObject *op, void *Py_UNUSED(closure))
+{
+    return PyLong_FromUnsignedLong(((ReaderObject *)op)->handing);
+}
+
+static int
+Reader_set_handing(PyObject *op, PyObject *value, void *Py_UNUSED(closure))
+{
+    unsigned long handing = value == NULL ? 0 : PyLong_AsUnsignedLong(value);
+    if (handing == (unsigned long)-1 && PyErr_Occurred()) {
+        return -1;
+    }
+    ((ReaderObject *)op)->handing = handing;
+    return 0;
+}
+
 static PyObject *
 Reader_resync(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
@@ -1528,7 +1897,7 @@ Reader_after_wait(PyObject *op, PyObject *Py_UNUSED(ignored))
 static PyObject *
 Reader_close(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
-    (void)Reader_clear(op);
+    reader_let_go((ReaderObject *)op);
     Py_RETURN_NONE;
 }
 
@@ -1540,6 +1909,9 @@ static PyMethodDef Reader_methods[] = {
     {"take", (PyCFunction)(void (*)(void))Reader_take, METH_FASTCALL,
      "take(into, max_n, loads, decode, load_large, large_limit): decode up to max_n\n"
      "ready events into `into`, then consume them all at once; how many."},
+    {"take_one", (PyCFunction)(void (*)(void))Reader_take_one, METH_FASTCALL,
+     "take_one(lock, timeout): the usual recv in one call: the next small event parked\n"
+     "in `parked`; 1, 2 (the emitter's loop waits), or 0 (see shmbus._protocol)."},
     {"resync", Reader_resync, METH_NOARGS,
      "resync(): take `tail` from the ring again; the next event's sequence number."},
     {"slot", Reader_slot, METH_O, "slot(seq): (kind, count, payload) of that event's slot."},
@@ -1559,6 +1931,12 @@ static PyGetSetDef Reader_getset[] = {
     {"emitter_waiting", Reader_get_emitter_waiting, NULL,
      "After `take` or `advance`: the emitter waits on its wake pipe for room here.", NULL},
     {"ring", Reader_get_ring, NULL, "The ring read.", NULL},
+    {"parked", Reader_get_parked, Reader_set_parked,
+     "The caller's parking place: what `take_one` consumed and the caller has not\n"
+     "handed out yet. The protocol only stores it.", NULL},
+    {"handing", Reader_get_handing, Reader_set_handing,
+     "The thread (ident) whose `take_one` parked an event and has not taken it back\n"
+     "(the caller clears it); 0 if none.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -1662,6 +2040,9 @@ check_layout(void)
         {"shmbus._ring", "LAYOUT_VERSION", 3},
         {"shmbus._control", "_COMMITTED", CONTROL_COMMITTED},
         {"shmbus._control", "_BYTES", CONTROL_BYTES},
+        {"shmbus._control", "_GENERATION", CONTROL_GENERATION},
+        {"shmbus._ring", "SLOT_SIZE", SLOT_SIZE},
+        {"shmbus._codec", "PROTOCOL", PICKLE_PROTOCOL},
     };
     for (size_t i = 0; i < sizeof(constants) / sizeof(constants[0]); i++) {
         PyObject *module = PyImport_ImportModule(constants[i].module);
@@ -1719,10 +2100,25 @@ ringcore_exec(PyObject *module)
     }
     state->Undecodable = imported("shmbus._protocol", "Undecodable");
     state->DeserializationError = imported("shmbus._errors", "DeserializationError");
+    static int fork_counted;
+    if (!fork_counted) {
+        if (pthread_atfork(NULL, NULL, count_fork) != 0) {
+            PyErr_SetString(PyExc_ImportError, "pthread_atfork failed");
+            return -1;
+        }
+        fork_counted = 1;
+    }
+    state->dumps = imported("pickle", "dumps");
+    state->loads = imported("pickle", "loads");
+    state->decode = imported("shmbus._codec", "decode");
+    state->protocol = PyLong_FromLong(PICKLE_PROTOCOL);
+    state->str_acquire = PyUnicode_InternFromString("acquire");
     state->str_borrow = PyUnicode_InternFromString("borrow");
     state->str_release = PyUnicode_InternFromString("release");
     state->str_slot = PyUnicode_InternFromString("slot");
     if (state->Undecodable == NULL || state->DeserializationError == NULL
+        || state->dumps == NULL || state->loads == NULL || state->decode == NULL
+        || state->protocol == NULL || state->str_acquire == NULL
         || state->str_borrow == NULL || state->str_release == NULL || state->str_slot == NULL) {
         return -1;
     }
@@ -1740,6 +2136,9 @@ ringcore_traverse(PyObject *module, visitproc visit, void *arg)
     core_state *state = PyModule_GetState(module);
     Py_VISIT(state->Undecodable);
     Py_VISIT(state->DeserializationError);
+    Py_VISIT(state->dumps);
+    Py_VISIT(state->loads);
+    Py_VISIT(state->decode);
     return 0;
 }
 
@@ -1749,6 +2148,11 @@ ringcore_clear(PyObject *module)
     core_state *state = PyModule_GetState(module);
     Py_CLEAR(state->Undecodable);
     Py_CLEAR(state->DeserializationError);
+    Py_CLEAR(state->dumps);
+    Py_CLEAR(state->loads);
+    Py_CLEAR(state->decode);
+    Py_CLEAR(state->protocol);
+    Py_CLEAR(state->str_acquire);
     Py_CLEAR(state->str_borrow);
     Py_CLEAR(state->str_release);
     Py_CLEAR(state->str_slot);

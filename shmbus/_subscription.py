@@ -20,8 +20,9 @@ Either way the end is seen within one slice plus one probe of the emitter's lock
 
 ## What is atomic under interruption
 
-`recv` decodes the event *before* it advances `tail`, and parks the result on the
-subscription until it is returned. A `KeyboardInterrupt` that lands before `tail` moves
+`recv` decodes the event *before* it advances `tail`, and parks the result until it is
+returned, in the ring protocol's `Reader.parked` (so that the compiled core's
+`take_one` can park the usual event in the same call that consumes it). A `KeyboardInterrupt` that lands before `tail` moves
 leaves the event unread; one that lands after it makes the next `recv` return the parked
 event. Either way the caller sees each event exactly once.
 
@@ -30,8 +31,9 @@ event. Either way the caller sees each event exactly once.
 Any number of threads may receive from one subscription; each event goes to one of
 them. A call takes events under the subscription's lock and parks them; it takes them
 back after letting the lock go, in bytecode with no call in it, so no other thread runs
-in between. Until it has, other threads leave `_parked` alone (`_handing`): otherwise a
-thread could take another's events as if an interrupted call had left them.
+in between. Until it has, other threads leave the parked events alone
+(`Reader.handing`): otherwise a thread could take another's events as if an interrupted
+call had left them.
 """
 
 from __future__ import annotations
@@ -210,7 +212,6 @@ class LocalSubscription(RingReceiver):
         self._life = life
         self._waiter = waiter
         self._reader = _core.Reader(ring, control)  # the ring protocol's consumer side
-        self._parked: _Parked | None = None
         self._surplus: _Parked | None = None  # what an interrupted recv_many left over
         self._large = ArenaReader(token, self._set_pin)
         self._wake_pipe: WakePipe | None = None  # created by the first async wait
@@ -234,43 +235,35 @@ class LocalSubscription(RingReceiver):
         full). So keep a view only while you work on it, and `.copy()` what you keep;
         holding views of more than `MAX_VIEWED_EVENTS` events at once is refused.
         """
-        deadline = None if timeout is None else deadline_after(timeout)
-        if (not view and self._parked is None and self._surplus is None
-                and self._lock.acquire(False)):
-            # The usual case, flat (every call costs here): an event is ready and nothing
-            # stands in the way (a closed subscription, another thread receiving, events
-            # left over). What it consumed is parked before the lock is let go.
+        if not view and self._surplus is None:
+            # The usual case, in one call of the ring protocol (every call costs here): a
+            # small event ready, nothing parked, no other thread receiving. It parks
+            # the event in the reader and consumes it; it is taken back below with no
+            # call in between (see the module docstring).
             try:
-                try:
-                    seq = None
-                    if not (self._closed or self._epoch != _liveness.fork_epoch
-                            or self._parked is not None or self._surplus is not None):
-                        seq = self._reader.ready()
-                        if seq is not None:
-                            self._take(seq, 1, False)
-                            self._handing = threading.get_ident()
-                finally:
-                    self._lock.release()
+                taken = self._reader.take_one(self._lock, timeout)
+                if taken == 2:
+                    self._wake_emitter_loop()
             except BaseException:
-                self._handing = 0  # what it parked is the next call's (see `_handing`)
+                self._reader.handing = 0  # what it parked is the next call's
                 raise
-            if seq is not None:
-                parked, self._parked = self._parked, None
-                self._handing = 0
-                if parked is not None:
-                    if parked[2] is None:
-                        return parked[1][0]
-                    raise parked[2]
+            if taken:
+                parked: _Parked | None
+                parked, self._reader.parked = self._reader.parked, None
+                self._reader.handing = 0
+                if parked is not None:  # (else a signal handler's recv took it)
+                    return parked[1][0]
+        deadline = None if timeout is None else deadline_after(timeout)
         while True:
             try:
                 self._park(deadline, 1, view)
             except BaseException:
-                self._handing = 0
+                self._reader.handing = 0
                 raise
             # No call may stand between taking the parked events and returning them: an
             # interruption there would drop events that are already consumed.
-            parked, self._parked = self._parked, None
-            self._handing = 0
+            parked, self._reader.parked = self._reader.parked, None
+            self._reader.handing = 0
             if parked is not None:
                 # The usual case falls through to the return: some Pythons check for
                 # signals on a jump taken, and `parked` lives only in this frame.
@@ -292,10 +285,11 @@ class LocalSubscription(RingReceiver):
             try:
                 self._park(deadline, max_n)
             except BaseException:
-                self._handing = 0  # see recv
+                self._reader.handing = 0  # see recv
                 raise
-            parked, self._parked = self._parked, None
-            self._handing = 0
+            parked: _Parked | None
+            parked, self._reader.parked = self._reader.parked, None
+            self._reader.handing = 0
             if parked is not None:
                 if parked[2] is None:
                     return parked[1]
@@ -310,12 +304,20 @@ class LocalSubscription(RingReceiver):
             try:
                 self._park(deadline, max_n, raw=True)
             except BaseException:
-                self._handing = 0  # see recv
+                self._reader.handing = 0  # see recv
                 raise
-            parked, self._parked = self._parked, None
-            self._handing = 0
+            parked: _Parked | None
+            parked, self._reader.parked = self._reader.parked, None
+            self._reader.handing = 0
             if parked is not None:
                 return parked[1]
+
+    @property
+    def last_seq(self) -> int | None:
+        """The number of the last event this subscription took from its ring (returned,
+        or about to be after an interruption); None before the first."""
+        start, tail = self._reader.start, self._reader.tail
+        return None if start is None or not tail else start + tail - 1
 
     def close(self) -> None:
         """Leave the bus and remove this subscription's ring. Idempotent.
@@ -353,7 +355,7 @@ class LocalSubscription(RingReceiver):
 
     def _park(self, deadline: float | None, max_n: int, view: bool = False,
               raw: bool = False) -> None:
-        """Leave the next events, consumed, in `self._parked`: between 1 and `max_n`."""
+        """Leave the next events, consumed, in `self._reader.parked`: between 1 and `max_n`."""
         if self._closed or self._epoch != _liveness.fork_epoch:  # see `Handle.inherited`
             self._check_usable()
         if not (self._lock.acquire() if deadline is None else acquire_by(self._lock, deadline)):
@@ -369,11 +371,11 @@ class LocalSubscription(RingReceiver):
                         "the emitter needs. Drop them (del array) or copy what you keep "
                         "(array.copy()) before asking for more views."
                     )
-            if self._parked is not None or self._surplus is not None:
+            if self._reader.parked is not None or self._surplus is not None:
                 if self._hand_out_leftovers(max_n):
                     if not raw:
                         self._top_up(max_n, view)
-                    self._handing = threading.get_ident()
+                    self._reader.handing = threading.get_ident()
                     return
             seq = self._reader.ready()
             if seq is None:
@@ -382,7 +384,7 @@ class LocalSubscription(RingReceiver):
                 self._consume(self._read_raw(seq, min(max_n, self._reader.available())))
             else:
                 self._take(seq, max_n, view)
-            self._handing = threading.get_ident()
+            self._reader.handing = threading.get_ident()
         finally:
             self._lock.release()
 
@@ -390,16 +392,15 @@ class LocalSubscription(RingReceiver):
         """The ready events, taken by the ring protocol (`Reader.take`) into `_parked`."""
         # Parked before anything is consumed: `take` fills the list, then moves `tail`.
         values: list[Any] = []
-        parked = self._parked = (seq, values, None)
+        parked = self._reader.parked = (seq, values, None)
         taken = self._reader.take(values, max_n, _loads, _decode,
                                   self._load_view if view else self._load_large,
                                   BATCH_BYTES)
-        self._last_seq = seq + taken - 1
         first = values[0]
         if isinstance(first, Undecodable):
-            self._parked = (seq, [], first.error)
+            self._reader.parked = (seq, [], first.error)
         elif taken > max_n:  # a batch: the rest is kept for the next calls, in order
-            self._parked, self._surplus = _split(parked, max_n, self._surplus)
+            self._reader.parked, self._surplus = _split(parked, max_n, self._surplus)
         if self._reader.emitter_waiting:
             self._wake_emitter_loop()
 
@@ -420,12 +421,12 @@ class LocalSubscription(RingReceiver):
         so it is replaced only if it is still the one looked at, with no call between
         the check and the store.
         """
-        parked = self._parked
+        parked = self._reader.parked
         if parked is not None and self._parked_was_consumed(parked):
             if len(parked[1]) > max_n:
                 head, rest = _split(parked, max_n, self._surplus)
-                if self._parked is parked:
-                    self._parked, self._surplus = head, rest
+                if self._reader.parked is parked:
+                    self._reader.parked, self._surplus = head, rest
             return True
         surplus = self._surplus
         if surplus is not None and self._reader.resync() <= surplus[0]:
@@ -434,17 +435,17 @@ class LocalSubscription(RingReceiver):
             self._surplus = surplus = None
         if surplus is not None:
             if surplus[2] is not None:
-                self._parked, self._surplus = surplus, None
+                self._reader.parked, self._surplus = surplus, None
                 return True
             head, rest = _split(surplus, max_n, None)
-            self._parked, self._surplus = head, rest
+            self._reader.parked, self._surplus = head, rest
             return True
         return False
 
     def _top_up(self, max_n: int, view: bool) -> None:
         """After leftovers were parked: add events ready in the ring, up to `max_n` in
         all, so that `recv_many` returns all that are ready (as its docstring says)."""
-        parked = self._parked
+        parked = self._reader.parked
         if (parked is None or parked[2] is not None or len(parked[1]) >= max_n
                 or self._surplus is not None):
             return
@@ -466,17 +467,16 @@ class LocalSubscription(RingReceiver):
         else:
             head, rest = _split(more, room, None)
             merged: _Parked = (parked[0], parked[1] + head[1], None)
-            if self._parked is parked:
-                self._parked, self._surplus = merged, rest
+            if self._reader.parked is parked:
+                self._reader.parked, self._surplus = merged, rest
         if self._reader.emitter_waiting:
             self._wake_emitter_loop()
 
     def _consume(self, parked: _Parked) -> None:
         # Decoded before `tail` moves, parked before the caller gets it: see the module
         # docstring on interruptions.
-        self._parked = parked
+        self._reader.parked = parked
         count = len(parked[1]) or 1
-        self._last_seq = parked[0] + count - 1
         self._reader.advance(count)
         if self._reader.emitter_waiting:  # read after the doorbell: see `_wakepipe`
             self._wake_emitter_loop()
@@ -607,11 +607,14 @@ class LocalSubscription(RingReceiver):
             with contextlib.suppress(ValueError):  # detached meanwhile: nobody to tell
                 self._ring.pin(seq)
 
+    def _handing_thread(self) -> int:
+        return self._reader.handing  # the parking place is the reader's (`take_one`)
+
     def _parked_was_consumed(self, parked: _Parked) -> bool:
         # After an interruption: did `tail` move past the parked event before it landed?
         if self._reader.resync() > parked[0]:
             return True
-        self._parked = None
+        self._reader.parked = None
         return False
 
 

@@ -12,6 +12,7 @@ import importlib
 import os
 import pickle
 import struct
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
@@ -499,3 +500,192 @@ def test_either_core_posts_the_others_doorbells(writer: ModuleType, reader_core:
     assert take(reader) == ["wake"]
     assert tokens(ring.space) == space + 1
     fanout.after_wait(ring.sub_id)
+
+
+# -- the usual emit and recv, in one call each -------------------------------------------
+
+
+class _HeldElsewhere:
+    """An RLock held by another thread for the `with` block (this thread's own hold
+    would not count: the lock is re-entrant)."""
+
+    def __init__(self, lock: Any) -> None:
+        self.lock = lock
+        self._taken, self._done = threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._hold)
+
+    def _hold(self) -> None:
+        with self.lock:
+            self._taken.set()
+            self._done.wait(10)
+
+    def __enter__(self) -> "_HeldElsewhere":
+        self._thread.start()
+        assert self._taken.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join(10)
+
+
+def _generation(bus: Bus) -> int:
+    return bus.control.words[_control.GENERATION_WORD]
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_fast_emit_publishes_only_while_the_rings_are_fresh_and_the_lock_free(
+        core: ModuleType, bus: Bus):
+    ring = bus.ring(8)
+    fanout, reader = core.Fanout(bus.control), core.Reader(ring, bus.control)
+    fanout.add(ring, 0)
+    lock = threading.RLock()
+    pickled = pickle.dumps("a", 5)
+    assert fanout.fast_emit("a", None, lock) == pickled  # never told the rings are fresh
+    fanout.fresh_for(_generation(bus), 60.0)
+    assert fanout.fast_emit("a", 1.5, lock) == 1
+    assert fanout.fast_emit("b", 0, lock) == 1
+    with _HeldElsewhere(lock):
+        assert fanout.fast_emit("c", None, lock) == pickle.dumps("c", 5)
+    bus.control.words[_control.GENERATION_WORD] += 1  # a subscriber came or went
+    assert fanout.fast_emit("c", None, lock) == pickle.dumps("c", 5)
+    fanout.fresh_for(_generation(bus), 0.0)  # a sweep is due
+    assert fanout.fast_emit("c", None, lock) == pickle.dumps("c", 5)
+    fanout.fresh_for(-1, 60.0)  # look again, whatever the generation
+    assert fanout.fast_emit("c", None, lock) == pickle.dumps("c", 5)
+    assert fanout.committed == 2 and take(reader) == ["a", "b"]
+    assert lock.acquire(False), "fast_emit left the lock held"
+    lock.release()
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_fast_emit_leaves_what_it_cannot_publish_to_the_general_way(
+        core: ModuleType, bus: Bus, monkeypatch: pytest.MonkeyPatch):
+    ring = bus.ring(2)
+    fanout = core.Fanout(bus.control)
+    fanout.add(ring, 0)
+    fanout.fresh_for(_generation(bus), 60.0)
+    lock = threading.RLock()
+    for timeout in (-1, float("nan"), "1", True, [1]):
+        assert fanout.fast_emit("a", timeout, lock) is None  # `emit` says what is wrong
+    assert fanout.fast_emit(lambda: 1, None, lock) is None  # pickled by value only
+    import __main__
+    local = type("Local", (), {"__module__": "__main__", "__qualname__": "Local"})
+    monkeypatch.setattr(__main__, "Local", local, raising=False)
+    assert fanout.fast_emit(local(), None, lock) is None  # names __main__: by value
+    big = "x" * (_ring.SLOT_SIZE - _ring.SLOT_HEADER_SIZE)
+    assert fanout.fast_emit(big, None, lock) == pickle.dumps(big, 5)  # not in a slot
+    with pytest.raises(KeyboardInterrupt):
+        fanout.fast_emit(_InterruptingPickle(), None, lock)
+    assert fanout.committed == 0
+    assert fanout.fast_emit(1, None, lock) == 1 and fanout.fast_emit(2, None, lock) == 1
+    assert fanout.fast_emit(3, None, lock) == pickle.dumps(3, 5)  # the ring is full
+    assert fanout.committed == 2
+
+
+class _InterruptingPickle:
+    def __reduce__(self) -> Any:
+        raise KeyboardInterrupt  # as a Ctrl-C landing in the pickler
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_take_one_parks_the_next_event_then_consumes_it(core: ModuleType, bus: Bus):
+    ring = bus.ring(8)
+    fanout, reader = core.Fanout(bus.control), core.Reader(ring, bus.control)
+    fanout.add(ring, 0)
+    lock = threading.RLock()
+    assert reader.take_one(lock, None) == 0 and reader.parked is None  # nothing ready
+    publish(fanout, "a", "b")
+    assert reader.take_one(lock, 2.5) == 1
+    assert reader.parked == (0, ["a"], None) and reader.handing == threading.get_ident()
+    assert reader.tail == 1 and ring.tail == 1
+    assert reader.take_one(lock, None) == 0  # "a" is not handed out yet
+    assert reader.tail == 1
+    reader.parked, reader.handing = None, 0
+    assert reader.take_one(lock, 0) == 1 and reader.parked == (1, ["b"], None)
+    assert lock.acquire(False), "take_one left the lock held"
+    lock.release()
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_take_one_leaves_the_rest_to_the_general_way(core: ModuleType, bus: Bus):
+    ring = bus.ring(8)
+    fanout, reader = core.Fanout(bus.control), core.Reader(ring, bus.control)
+    fanout.add(ring, 0)
+    lock = threading.RLock()
+    fanout.publish_inline(UNLOADABLE)
+    fanout.publish_inline(pickle.dumps(_Interrupting(), 5))
+    batch = pickle.dumps([1, 2], 5)
+    fanout.publish(_ring.batch_slot(2, 2, batch), 2, len(batch))
+    for timeout in (-1, float("nan"), "1", True):
+        assert reader.take_one(lock, timeout) == 0
+    with _HeldElsewhere(lock):
+        assert reader.take_one(lock, None) == 0
+    assert reader.take_one(lock, None) == 0  # undecodable: reported the general way
+    assert reader.tail == 0 and reader.parked is None and reader.handing == 0
+    take(reader, max_n=1)
+    assert reader.take_one(lock, None) == 0  # raises KeyboardInterrupt itself: likewise
+    assert reader.tail == 1 and reader.parked is None
+    take(reader, max_n=1)
+    assert reader.take_one(lock, None) == 0  # a batch: the general way splits it
+    assert reader.tail == 2 and take(reader) == [1, 2]
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_an_interruption_in_take_ones_unpickling_consumes_nothing(
+        core: ModuleType, bus: Bus):
+    ring = bus.ring(8)
+    fanout, reader = core.Fanout(bus.control), core.Reader(ring, bus.control)
+    fanout.add(ring, 0)
+    _InterruptedOnce.left = 1
+    fanout.publish_inline(pickle.dumps(_InterruptedOnce(), 5))
+    lock = threading.RLock()
+    with pytest.raises(KeyboardInterrupt):
+        reader.take_one(lock, None)
+    assert reader.tail == 0 and reader.parked is None and reader.handing == 0
+    assert reader.take_one(lock, None) == 1 and reader.parked[1] == ["again"]
+    assert lock.acquire(False)
+    lock.release()
+
+
+class _InterruptedOnce:
+    """Its first unpickling is interrupted, as by a Ctrl-C; the next one works."""
+
+    left = 0
+
+    def __reduce__(self) -> Any:
+        return (_interrupted_once, ())
+
+
+def _interrupted_once() -> str:
+    if _InterruptedOnce.left:
+        _InterruptedOnce.left -= 1
+        raise KeyboardInterrupt
+    return "again"
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_take_one_says_when_the_emitter_waits_on_its_wake_pipe(core: ModuleType, bus: Bus):
+    ring = bus.ring(4)
+    fanout, reader = core.Fanout(bus.control), core.Reader(ring, bus.control)
+    fanout.add(ring, 0)
+    publish(fanout, 0)
+    ring.flags[_ring.EMITTER_WAITING] = 1
+    assert reader.take_one(threading.RLock(), None) == 2
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_a_fork_child_leaves_the_fast_paths_alone(core: ModuleType, bus: Bus):
+    ring = bus.ring(8)
+    fanout, reader = core.Fanout(bus.control), core.Reader(ring, bus.control)
+    fanout.add(ring, 0)
+    fanout.fresh_for(_generation(bus), 60.0)
+    publish(fanout, "a")
+    pid = os.fork()
+    if pid == 0:
+        lock = threading.RLock()
+        os._exit(0 if fanout.fast_emit("b", None, lock) is None
+                 and reader.take_one(lock, None) == 0 else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "a fork child used a parent's fast path"
+    assert fanout.committed == 1 and reader.tail == 0
