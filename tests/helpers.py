@@ -110,8 +110,8 @@ def subscribe_and_hold(name: str, ready: Any, capacity: int | None = None) -> No
 
 def held_back(sub: Any) -> int:
     """Events `sub` took from its ring but has not returned yet (the rest of a batch)."""
-    return sum(len(part[1]) for part in (sub._parked, sub._surplus)
-               if part is not None)
+    parked = sub._reader.parked if hasattr(sub, "_reader") else sub._parked
+    return sum(len(part[1]) for part in (parked, sub._surplus) if part is not None)
 
 
 def token_of(emitter: Any) -> str:
