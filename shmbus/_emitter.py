@@ -212,9 +212,13 @@ class EventEmitter(Handle):
             # no history kept, the rings as last listed, every ring with room.
             done = self._fanout.fast_emit(event, timeout, self._lock)
             if isinstance(done, int):
-                if self._fanout.wanting:
-                    with self._lock:
+                if self._fanout.wanting and self._lock.acquire(timeout=UPKEEP_HOLD):
+                    # Delivered already: never held up long by another thread's emit
+                    # (whose own publish wakes the loops again).
+                    try:
                         self._wake_loops()
+                    finally:
+                        self._lock.release()
                 return done
             return self._emit(event, done, timeout)
         return self._emit(event, None, timeout)

@@ -10,14 +10,23 @@ Two halves, one per side, and nothing else in shmbus reads or writes the counter
   (the one store that makes them exist), and posts the `data` doorbell of each
   subscriber that sleeps. If a ring is full it writes nothing and says which; waiting
   for room is the emitter's business (`_emitter`), and so is everything that is not per
-  event. `publish_inline` is the same for one small event, without its slot made first:
-  the usual `emit`, in one call.
+  event. `publish_inline` is the same for one small event, without its slot made first;
+  `fast_emit` is the whole usual `emit` in one call (pickling, the emitter's lock, and
+  whether the emitter's list of rings is still fresh: `fresh_for`), and hands anything
+  unusual back to the emitter untouched.
 - `Reader`, a subscriber's side of its ring. `ready` says whether the next event has
   been committed; `take` decodes the ready events into a list the subscription owns
   (those in their slots itself, large ones through a callback into `_arena`), then
   moves `tail` past them and posts the `space` doorbell if the emitter sleeps on it;
   `slot` and `advance` serve the one caller that does not decode (raw reads for a
-  bridge).
+  bridge). `take_one` is the whole usual `recv` in one call: it parks the event in
+  `parked`, the subscription's parking place, before it consumes it (see `_subscription`
+  on interruptions), and leaves anything unusual to the subscription.
+
+Why the two fast paths live here: the per-call bookkeeping in Python (a lock, a few
+checks, a tuple) cost more than the ring protocol itself, and in the compiled core it
+is a few hundred nanoseconds. Each declines, doing nothing, wherever the general way
+must decide, so the rules stay in one place: `_emitter` and `_subscription`.
 
 Each half also raises and lowers its own side's sleeping flag around a wait
 (`before_wait`, `after_wait`): the waits themselves are the caller's (`_wait`), but who

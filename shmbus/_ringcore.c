@@ -15,6 +15,9 @@
  *   (no copy), appends the events to the caller's list, then release-stores `tail` and
  *   posts the emitter's doorbell if it sleeps.
  *
+ * `Fanout.fast_emit` and `Reader.take_one` are the usual emit and recv whole, the
+ * caller's lock and checks included: in Python those cost more than the protocol.
+ *
  * Everything that is not per event stays in Python: joining, reaping, waiting (`_wait`),
  * errors and their messages (a slot that makes no sense is handed to `Ring.slot`, which
  * says why).
@@ -1012,9 +1015,15 @@ Fanout_fresh_for(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     long long generation = PyLong_AsLongLong(args[0]);
-    double seconds = PyFloat_AsDouble(args[1]);
-    if ((generation == -1 || seconds == -1.0) && PyErr_Occurred()) {
+    if (generation == -1 && PyErr_Occurred()) {
         return NULL;
+    }
+    double seconds = PyFloat_AsDouble(args[1]);
+    if (seconds == -1.0 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (!(seconds >= 0.0)) { /* negative or NaN: not fresh at all */
+        seconds = 0.0;
     }
     self->generation = generation;
     self->fresh_until = monotonic_ns() + (int64_t)(seconds < 1e9 ? seconds * 1e9 : 1e18);
@@ -1305,6 +1314,9 @@ static PyObject *
 Reader_get_start(PyObject *op, void *Py_UNUSED(closure))
 {
     ReaderObject *self = (ReaderObject *)op;
+    if (self->have_start) { /* known for good, even once closed (`last_seq`) */
+        return PyLong_FromUnsignedLongLong(self->start);
+    }
     if (!reader_usable(self)) {
         return NULL;
     }

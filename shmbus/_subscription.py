@@ -245,14 +245,18 @@ class LocalSubscription(RingReceiver):
                 if taken == 2:
                     self._wake_emitter_loop()
             except BaseException:
-                self._reader.handing = 0  # what it parked is the next call's
+                if self._reader.handing == threading.get_ident():
+                    self._reader.handing = 0  # what it parked is the next call's
                 raise
             if taken:
                 parked: _Parked | None
                 parked, self._reader.parked = self._reader.parked, None
                 self._reader.handing = 0
                 if parked is not None:  # (else a signal handler's recv took it)
-                    return parked[1][0]
+                    if parked[2] is None and not parked[1][1:]:  # no call on the way
+                        return parked[1][0]
+                    self._reader.parked = parked  # a handler's leftovers: the general way
+
         deadline = None if timeout is None else deadline_after(timeout)
         while True:
             try:
