@@ -317,6 +317,9 @@ class Reader:
         self.handing = 0
         """The thread (ident) whose `take_one` parked an event and has not taken it back
         (the caller clears it); 0 if none."""
+        self.surplus: Any = None
+        """The caller's place for events it consumed ahead of `parked` (the rest of a
+        batch): `take_one` does nothing while it holds any. Never read otherwise."""
         self._epoch = _liveness.fork_epoch
         self._closed = False
 
@@ -397,19 +400,21 @@ class Reader:
         None)` in `parked` and mark `handing` with this thread, then consume it. Returns
         1; 2 if the emitter waits on its wake pipe for room (see `emitter_waiting`); or
         0, having done nothing, wherever the caller's general way must decide: nothing
-        ready, a large event or a batch, an event that does not decode, something parked
-        or handed over already, `timeout` not a plain number or None, `lock` held.
+        ready, a large event or a batch, an event that does not decode, something parked,
+        left over (`surplus`) or handed over already, `timeout` not a plain number or
+        None, `lock` held.
 
         Parked before `tail` moves: a caller interrupted after this call finds the
         event in `parked` (see `_subscription` on interruptions)."""
-        if (self.parked is not None or self.handing or self._closed
-                or self._epoch != _liveness.fork_epoch
+        if (self.parked is not None or self.surplus is not None or self.handing
+                or self._closed or self._epoch != _liveness.fork_epoch
                 or not (timeout is None or type(timeout) in (float, int) and timeout >= 0)
                 or self.ready() is None or not lock.acquire(False)):
             return 0
         try:
             seq = self.ready()
-            if seq is None or self.parked is not None or self.handing or self._closed:
+            if (seq is None or self.parked is not None or self.surplus is not None
+                    or self.handing or self._closed):
                 return 0
             if _platform.NEEDS_FENCES:
                 fence(self.ring.data)  # `committed` before the slot

@@ -1166,6 +1166,7 @@ typedef struct {
     PyObject *control_token;
     PyObject *post_space; /* ring.space.release */
     PyObject *parked;     /* the caller's parking place (`take_one`); NULL is None */
+    PyObject *surplus;    /* the caller's leftovers, ahead of the ring; NULL is None */
     unsigned long handing; /* the thread whose `take_one` parked, until the caller clears it */
     uint64_t forks;       /* `forks` when made: a fork child leaves `take_one` alone */
 } ReaderObject;
@@ -1189,6 +1190,7 @@ Reader_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(self->control_token);
     Py_VISIT(self->post_space);
     Py_VISIT(self->parked);
+    Py_VISIT(self->surplus);
     Py_VISIT(Py_TYPE(op));
     return 0;
 }
@@ -1209,6 +1211,7 @@ Reader_clear(PyObject *op)
 {
     reader_let_go((ReaderObject *)op);
     Py_CLEAR(((ReaderObject *)op)->parked);
+    Py_CLEAR(((ReaderObject *)op)->surplus);
     return 0;
 }
 
@@ -1733,8 +1736,8 @@ static int
 take_one_locked(ReaderObject *self, core_state *state)
 {
     uint64_t seq;
-    if (self->base == NULL || self->parked != NULL || self->handing != 0
-        || !reader_ready(self, &seq)) {
+    if (self->base == NULL || self->parked != NULL || self->surplus != NULL
+        || self->handing != 0 || !reader_ready(self, &seq)) {
         return 0;
     }
     Slot slot;
@@ -1786,7 +1789,8 @@ Reader_take_one(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     if (self->base == NULL || self->forks != forks || self->parked != NULL
-        || self->handing != 0 || !plain_timeout(args[1]) || !reader_ready(self, &seq)) {
+        || self->surplus != NULL || self->handing != 0 || !plain_timeout(args[1])
+        || !reader_ready(self, &seq)) {
         return PyLong_FromLong(0);
     }
     int locked = try_lock(state, args[0]);
@@ -1812,6 +1816,21 @@ Reader_set_parked(PyObject *op, PyObject *value, void *Py_UNUSED(closure))
 {
     ReaderObject *self = (ReaderObject *)op;
     Py_XSETREF(self->parked, value == NULL || value == Py_None ? NULL : Py_NewRef(value));
+    return 0;
+}
+
+static PyObject *
+Reader_get_surplus(PyObject *op, void *Py_UNUSED(closure))
+{
+    PyObject *surplus = ((ReaderObject *)op)->surplus;
+    return Py_NewRef(surplus != NULL ? surplus : Py_None);
+}
+
+static int
+Reader_set_surplus(PyObject *op, PyObject *value, void *Py_UNUSED(closure))
+{
+    ReaderObject *self = (ReaderObject *)op;
+    Py_XSETREF(self->surplus, value == NULL || value == Py_None ? NULL : Py_NewRef(value));
     return 0;
 }
 
@@ -1946,6 +1965,9 @@ static PyGetSetDef Reader_getset[] = {
     {"parked", Reader_get_parked, Reader_set_parked,
      "The caller's parking place: what `take_one` consumed and the caller has not\n"
      "handed out yet. The protocol only stores it.", NULL},
+    {"surplus", Reader_get_surplus, Reader_set_surplus,
+     "The caller's leftovers, consumed ahead of `parked`: `take_one` does nothing\n"
+     "while it holds any. The protocol only stores it.", NULL},
     {"handing", Reader_get_handing, Reader_set_handing,
      "The thread (ident) whose `take_one` parked an event and has not taken it back\n"
      "(the caller clears it); 0 if none.", NULL},

@@ -212,7 +212,6 @@ class LocalSubscription(RingReceiver):
         self._life = life
         self._waiter = waiter
         self._reader = _core.Reader(ring, control)  # the ring protocol's consumer side
-        self._surplus: _Parked | None = None  # what an interrupted recv_many left over
         self._large = ArenaReader(token, self._set_pin)
         self._wake_pipe: WakePipe | None = None  # created by the first async wait
         self._left = False  # the registry has forgotten this subscriber
@@ -235,7 +234,7 @@ class LocalSubscription(RingReceiver):
         full). So keep a view only while you work on it, and `.copy()` what you keep;
         holding views of more than `MAX_VIEWED_EVENTS` events at once is refused.
         """
-        if not view and self._surplus is None:
+        if not view:
             # The usual case, in one call of the ring protocol (every call costs here): a
             # small event ready, nothing parked, no other thread receiving. It parks
             # the event in the reader and consumes it; it is taken back below with no
@@ -375,7 +374,7 @@ class LocalSubscription(RingReceiver):
                         "the emitter needs. Drop them (del array) or copy what you keep "
                         "(array.copy()) before asking for more views."
                     )
-            if self._reader.parked is not None or self._surplus is not None:
+            if self._reader.parked is not None or self._reader.surplus is not None:
                 if self._hand_out_leftovers(max_n):
                     if not raw:
                         self._top_up(max_n, view)
@@ -393,7 +392,7 @@ class LocalSubscription(RingReceiver):
             self._lock.release()
 
     def _take(self, seq: int, max_n: int, view: bool) -> None:
-        """The ready events, taken by the ring protocol (`Reader.take`) into `_parked`."""
+        """The ready events, taken by the ring protocol (`Reader.take`) into `parked`."""
         # Parked before anything is consumed: `take` fills the list, then moves `tail`.
         values: list[Any] = []
         parked = self._reader.parked = (seq, values, None)
@@ -404,7 +403,7 @@ class LocalSubscription(RingReceiver):
         if isinstance(first, Undecodable):
             self._reader.parked = (seq, [], first.error)
         elif taken > max_n:  # a batch: the rest is kept for the next calls, in order
-            self._reader.parked, self._surplus = _split(parked, max_n, self._surplus)
+            self._reader.parked, self._reader.surplus = _split(parked, max_n, self._reader.surplus)
         if self._reader.emitter_waiting:
             self._wake_emitter_loop()
 
@@ -420,29 +419,29 @@ class LocalSubscription(RingReceiver):
     def _hand_out_leftovers(self, max_n: int) -> bool:
         """Park at most `max_n` of the events an interrupted call consumed; True if any.
 
-        `_parked` comes first, then `_surplus`, in order. A signal handler that receives
-        from this subscription (the lock is re-entrant) may take `_parked` at any call,
+        `parked` comes first, then `surplus` (both the reader's), in order. A signal handler that receives
+        from this subscription (the lock is re-entrant) may take `parked` at any call,
         so it is replaced only if it is still the one looked at, with no call between
         the check and the store.
         """
         parked = self._reader.parked
         if parked is not None and self._parked_was_consumed(parked):
             if len(parked[1]) > max_n:
-                head, rest = _split(parked, max_n, self._surplus)
+                head, rest = _split(parked, max_n, self._reader.surplus)
                 if self._reader.parked is parked:
-                    self._reader.parked, self._surplus = head, rest
+                    self._reader.parked, self._reader.surplus = head, rest
             return True
-        surplus = self._surplus
+        surplus = self._reader.surplus
         if surplus is not None and self._reader.resync() <= surplus[0]:
             # A top-up interrupted before `tail` moved past what it decoded (see
             # `_top_up`): none of it was consumed, and the ring hands it out again.
-            self._surplus = surplus = None
+            self._reader.surplus = surplus = None
         if surplus is not None:
             if surplus[2] is not None:
-                self._reader.parked, self._surplus = surplus, None
+                self._reader.parked, self._reader.surplus = surplus, None
                 return True
             head, rest = _split(surplus, max_n, None)
-            self._reader.parked, self._surplus = head, rest
+            self._reader.parked, self._reader.surplus = head, rest
             return True
         return False
 
@@ -451,28 +450,28 @@ class LocalSubscription(RingReceiver):
         all, so that `recv_many` returns all that are ready (as its docstring says)."""
         parked = self._reader.parked
         if (parked is None or parked[2] is not None or len(parked[1]) >= max_n
-                or self._surplus is not None):
+                or self._reader.surplus is not None):
             return
         seq = self._reader.ready()
         if seq is None:
             return
-        # The new events land in `_surplus` before `tail` moves past them, and move to
-        # `_parked` in one store: an interruption anywhere loses and repeats nothing.
+        # The new events land in `surplus` before `tail` moves past them, and move to
+        # `parked` in one store: an interruption anywhere loses and repeats nothing.
         more: _Parked = (seq, [], None)
-        self._surplus = more
+        self._reader.surplus = more
         room = max_n - len(parked[1])
         taken = self._reader.take(more[1], room, pickle.loads, _codec.decode,
                                   self._load_view if view else self._load_large,
                                   BATCH_BYTES)
         if not taken:
-            self._surplus = None
+            self._reader.surplus = None
         elif isinstance(more[1][0], Undecodable):
-            self._surplus = (seq, [], more[1][0].error)  # raised by the next call
+            self._reader.surplus = (seq, [], more[1][0].error)  # raised by the next call
         else:
             head, rest = _split(more, room, None)
             merged: _Parked = (parked[0], parked[1] + head[1], None)
             if self._reader.parked is parked:
-                self._reader.parked, self._surplus = merged, rest
+                self._reader.parked, self._reader.surplus = merged, rest
         if self._reader.emitter_waiting:
             self._wake_emitter_loop()
 

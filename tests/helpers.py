@@ -110,8 +110,10 @@ def subscribe_and_hold(name: str, ready: Any, capacity: int | None = None) -> No
 
 def held_back(sub: Any) -> int:
     """Events `sub` took from its ring but has not returned yet (the rest of a batch)."""
-    parked = sub._reader.parked if hasattr(sub, "_reader") else sub._parked
-    return sum(len(part[1]) for part in (parked, sub._surplus) if part is not None)
+    held = sub._reader if hasattr(sub, "_reader") else sub  # a local one's, or a member's
+    parked, surplus = ((held.parked, held.surplus) if held is not sub
+                       else (sub._parked, sub._surplus))
+    return sum(len(part[1]) for part in (parked, surplus) if part is not None)
 
 
 def token_of(emitter: Any) -> str:

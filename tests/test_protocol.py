@@ -602,6 +602,9 @@ def test_take_one_parks_the_next_event_then_consumes_it(core: ModuleType, bus: B
     assert reader.take_one(lock, None) == 0  # "a" is not handed out yet
     assert reader.tail == 1
     reader.parked, reader.handing = None, 0
+    reader.surplus = (0, ["left over"], None)  # an interrupted call's: they come first
+    assert reader.take_one(lock, None) == 0 and reader.tail == 1
+    reader.surplus = None
     assert reader.take_one(lock, 0) == 1 and reader.parked == (1, ["b"], None)
     assert lock.acquire(False), "take_one left the lock held"
     lock.release()
