@@ -12,6 +12,7 @@ receivers compete for messages) and does not exist on macOS.
 from __future__ import annotations
 
 import pickle
+import os
 import statistics
 import time
 from typing import Any
@@ -19,7 +20,9 @@ from typing import Any
 import multiprocess
 import posix_ipc
 
-NAME = "/sb_bench_mq"
+NAME = f"/sb_bench_mq_{os.getpid()}"
+"""One queue per run, removed at the end: a run killed midway leaves one name that no
+later run trips over."""
 EVENTS, WARMUP, GAP = 2000, 100, 0.0005
 
 
