@@ -419,23 +419,24 @@ class LocalSubscription(RingReceiver):
     def _hand_out_leftovers(self, max_n: int) -> bool:
         """Park at most `max_n` of the events an interrupted call consumed; True if any.
 
-        `parked` comes first, then `surplus` (both the reader's), in order. A signal handler that receives
-        from this subscription (the lock is re-entrant) may take `parked` at any call,
-        so it is replaced only if it is still the one looked at, with no call between
-        the check and the store.
+        `parked` comes first, then `surplus` (both the reader's), in order. A signal
+        handler that receives from this subscription (the lock is re-entrant) may take
+        `parked` at any call, so it is replaced only if it is still the one looked at,
+        with no call between the check and the store.
         """
-        parked = self._reader.parked
-        if parked is not None and self._parked_was_consumed(parked):
-            if len(parked[1]) > max_n:
-                head, rest = _split(parked, max_n, self._reader.surplus)
-                if self._reader.parked is parked:
-                    self._reader.parked, self._reader.surplus = head, rest
-            return True
         surplus = self._reader.surplus
         if surplus is not None and self._reader.resync() <= surplus[0]:
             # A top-up interrupted before `tail` moved past what it decoded (see
             # `_top_up`): none of it was consumed, and the ring hands it out again.
+            # Dropped first: joined to the rest of `parked` below, it would come out twice.
             self._reader.surplus = surplus = None
+        parked = self._reader.parked
+        if parked is not None and self._parked_was_consumed(parked):
+            if len(parked[1]) > max_n:
+                head, rest = _split(parked, max_n, surplus)
+                if self._reader.parked is parked:
+                    self._reader.parked, self._reader.surplus = head, rest
+            return True
         if surplus is not None:
             if surplus[2] is not None:
                 self._reader.parked, self._reader.surplus = surplus, None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import time
 import pytest
 
 import shmbus
+from shmbus import _codec
 from tests import helpers
 
 pytestmark = [pytest.mark.usefixtures("wait_mode"), pytest.mark.timeout(60)]
@@ -467,6 +469,26 @@ def test_events_left_by_two_interrupted_calls_come_out_once_in_order():
         while len(got) < 10:
             got += sub.recv_many(3, timeout=1)
         assert got == list(range(10))
+        with pytest.raises(shmbus.Timeout):
+            sub.recv(timeout=0)
+
+
+def test_a_top_up_interrupted_before_tail_moved_is_not_handed_out_twice():
+    # Found by an adversarial run on the pure-Python core: recv_many's top-up decoded
+    # events into the leftovers and was interrupted before `tail` moved past them; a
+    # recv() then split the parked events and joined those unconsumed ones to the rest,
+    # and they came out from the leftovers and again from the ring.
+    with shmbus.EventEmitter("topup") as em, em.subscribe() as sub:
+        for i in range(6):
+            em.emit(i)
+        consumed: list = []
+        assert sub._reader.take(consumed, 3, pickle.loads, _codec.decode, None, 1 << 20) == 3
+        sub._reader.parked = (0, consumed, None)  # consumed, not handed out yet
+        sub._reader.surplus = (3, [3, 4], None)  # decoded, `tail` not moved past them
+        got = [sub.recv(timeout=1)]  # splits the parked events
+        while len(got) < 6:
+            got += sub.recv_many(10, timeout=1)
+        assert got == list(range(6))
         with pytest.raises(shmbus.Timeout):
             sub.recv(timeout=0)
 
