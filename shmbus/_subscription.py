@@ -100,10 +100,26 @@ tuple, not a class: every `recv` makes one, and a tuple costs a sixth as much.""
 
 def _split(parked: _Parked, max_n: int, behind: "_Parked | None"
            ) -> "tuple[_Parked, _Parked | None]":
-    """The first `max_n` of `parked`, and the rest followed by `behind`."""
+    """The first `max_n` of `parked`, and the rest followed by `behind`, whose error (an
+    undecodable event) keeps its place among them as an `Undecodable` (see `_head`)."""
     seq, values, _ = parked
-    rest = values[max_n:] + (behind[1] if behind is not None else [])
+    rest = values[max_n:]
+    if behind is not None:
+        rest = rest + (behind[1] if behind[2] is None else [Undecodable(behind[2])])
     return (seq, values[:max_n], None), ((seq + max_n, rest, None) if rest else None)
+
+
+def _head(parked: _Parked, max_n: int) -> "tuple[_Parked, _Parked | None]":
+    """`_split(parked, max_n, None)`, ending before an `Undecodable` among the values:
+    that event is reported alone, as a parcel of its own, once it comes first."""
+    seq, values, _ = parked
+    for index, value in enumerate(values[:max_n]):
+        if isinstance(value, Undecodable):
+            if index == 0:
+                rest = values[1:]
+                return (seq, [], value.error), ((seq + 1, rest, None) if rest else None)
+            return _split(parked, index, None)
+    return _split(parked, max_n, None)
 
 
 @runtime_checkable
@@ -441,7 +457,7 @@ class LocalSubscription(RingReceiver):
             if surplus[2] is not None:
                 self._reader.parked, self._reader.surplus = surplus, None
                 return True
-            head, rest = _split(surplus, max_n, None)
+            head, rest = _head(surplus, max_n)
             self._reader.parked, self._reader.surplus = head, rest
             return True
         return False

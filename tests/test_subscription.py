@@ -493,6 +493,33 @@ def test_a_top_up_interrupted_before_tail_moved_is_not_handed_out_twice():
             sub.recv(timeout=0)
 
 
+def test_an_undecodable_event_left_behind_split_leftovers_is_still_reported_in_its_place():
+    # Leftovers of an interrupted recv_many (three events, then an undecodable one that a
+    # top-up consumed) met by recv(): the split must keep the error where it was.
+    with shmbus.EventEmitter("undecodable") as em, em.subscribe() as sub:
+        for event in (0, 1, 2, _FailsToLoad(), 4):
+            em.emit(event)
+        consumed: list = []
+        assert sub._reader.take(consumed, 3, pickle.loads, _codec.decode, None, 1 << 20) == 3
+        bad: list = []
+        assert sub._reader.take(bad, 1, pickle.loads, _codec.decode, None, 1 << 20) == 1
+        sub._reader.parked = (0, consumed, None)
+        sub._reader.surplus = (3, [], bad[0].error)
+        assert [sub.recv(timeout=1) for _ in range(3)] == [0, 1, 2]
+        with pytest.raises(shmbus.DeserializationError):
+            sub.recv(timeout=1)
+        assert sub.recv(timeout=1) == 4
+
+
+class _FailsToLoad:
+    def __reduce__(self):
+        return (_refuse, ())
+
+
+def _refuse() -> None:
+    raise ValueError("this event cannot be loaded here")
+
+
 def _emit_then_die(name: str, count: int, ready) -> None:
     em = shmbus.EventEmitter(name)
     ready.put("created")
