@@ -65,6 +65,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
@@ -1804,33 +1805,20 @@ Reader_take_one(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
     return PyLong_FromLong(taken);
 }
 
+/* `parked` and `surplus`: the caller's places, kept for it (closure: the field's offset;
+   NULL stands for None). */
 static PyObject *
-Reader_get_parked(PyObject *op, void *Py_UNUSED(closure))
+Reader_get_held(PyObject *op, void *closure)
 {
-    PyObject *parked = ((ReaderObject *)op)->parked;
-    return Py_NewRef(parked != NULL ? parked : Py_None);
+    PyObject *held = *(PyObject **)(void *)((char *)op + (uintptr_t)closure);
+    return Py_NewRef(held != NULL ? held : Py_None);
 }
 
 static int
-Reader_set_parked(PyObject *op, PyObject *value, void *Py_UNUSED(closure))
+Reader_set_held(PyObject *op, PyObject *value, void *closure)
 {
-    ReaderObject *self = (ReaderObject *)op;
-    Py_XSETREF(self->parked, value == NULL || value == Py_None ? NULL : Py_NewRef(value));
-    return 0;
-}
-
-static PyObject *
-Reader_get_surplus(PyObject *op, void *Py_UNUSED(closure))
-{
-    PyObject *surplus = ((ReaderObject *)op)->surplus;
-    return Py_NewRef(surplus != NULL ? surplus : Py_None);
-}
-
-static int
-Reader_set_surplus(PyObject *op, PyObject *value, void *Py_UNUSED(closure))
-{
-    ReaderObject *self = (ReaderObject *)op;
-    Py_XSETREF(self->surplus, value == NULL || value == Py_None ? NULL : Py_NewRef(value));
+    PyObject **field = (PyObject **)(void *)((char *)op + (uintptr_t)closure);
+    Py_XSETREF(*field, value == NULL || value == Py_None ? NULL : Py_NewRef(value));
     return 0;
 }
 
@@ -1962,12 +1950,14 @@ static PyGetSetDef Reader_getset[] = {
     {"emitter_waiting", Reader_get_emitter_waiting, NULL,
      "After `take` or `advance`: the emitter waits on its wake pipe for room here.", NULL},
     {"ring", Reader_get_ring, NULL, "The ring read.", NULL},
-    {"parked", Reader_get_parked, Reader_set_parked,
+    {"parked", Reader_get_held, Reader_set_held,
      "The caller's parking place: what `take_one` consumed and the caller has not\n"
-     "handed out yet. The protocol only stores it.", NULL},
-    {"surplus", Reader_get_surplus, Reader_set_surplus,
+     "handed out yet. The protocol only stores it.",
+     (void *)(uintptr_t)offsetof(ReaderObject, parked)},
+    {"surplus", Reader_get_held, Reader_set_held,
      "The caller's leftovers, consumed ahead of `parked`: `take_one` does nothing\n"
-     "while it holds any. The protocol only stores it.", NULL},
+     "while it holds any. The protocol only stores it.",
+     (void *)(uintptr_t)offsetof(ReaderObject, surplus)},
     {"handing", Reader_get_handing, Reader_set_handing,
      "The thread (ident) whose `take_one` parked an event and has not taken it back\n"
      "(the caller clears it); 0 if none.", NULL},
