@@ -564,6 +564,11 @@ class LocalSubscription(RingReceiver):
         if self._end is not None:
             self._raise_end()
         while True:
+            # Before each sleep too: a thread that got the lock ahead of `close()` (it
+            # is not fair) must not sleep a slice first, or K blocked threads held
+            # `close()` up for K - 1 slices.
+            if self._closing:
+                raise Closed(f"this subscription to {self._name!r} was closed")
             got = self._sleep(deadline)
             if self._closing:
                 raise Closed(f"this subscription to {self._name!r} was closed")

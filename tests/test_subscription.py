@@ -520,6 +520,33 @@ def _refuse() -> None:
     raise ValueError("this event cannot be loaded here")
 
 
+def test_close_releases_every_thread_blocked_in_recv_within_a_slice_or_so():
+    # Found by an adversarial run: the subscription's lock is not fair, so threads queued
+    # on it got it ahead of close() and each slept a slice first: K threads, K-1 slices.
+    from shmbus import _wait
+
+    with shmbus.EventEmitter("closing") as em:
+        sub = em.subscribe()
+        ended: list = []
+
+        def receive() -> None:
+            try:
+                sub.recv(timeout=30)
+            except shmbus.Closed:
+                ended.append(time.monotonic())
+
+        threads = [threading.Thread(target=receive) for _ in range(12)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.3)  # all of them blocked
+        began = time.monotonic()
+        sub.close()
+        for thread in threads:
+            thread.join(10)
+        assert len(ended) == 12
+        assert max(ended) - began < 6 * _wait.SLICE, "close() released them a slice apart"
+
+
 def _emit_then_die(name: str, count: int, ready) -> None:
     em = shmbus.EventEmitter(name)
     ready.put("created")
