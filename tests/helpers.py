@@ -84,6 +84,9 @@ def collect_in_batches(name: str, out: Any, ready: Any, capacity: int | None,
 
     sub = shmbus.subscribe(name, capacity=capacity)
     ready.put(sub.id)
+    # A head start for the emitter: the ring is full at the first call, so a batch of
+    # max_n comes out however the two processes happen to be scheduled afterwards.
+    time.sleep(0.3)
     events: list = []
     sizes = []
     while True:
