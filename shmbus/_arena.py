@@ -25,8 +25,8 @@ it has been read, and a subscriber lets go of its mapping as soon as it reads fr
 new one. It only ever grows, so in steady state one arena serves every event and nothing
 is mapped or faulted in per event. If the bound is reached, or `/dev/shm` has no room
 for a larger one, `emit` waits for the slowest subscriber exactly as for a full ring:
-same timeout, same all-or-nothing. Shared memory held for large events is therefore at most the bound,
-plus events larger than half of it: each of those gets a segment of its own
+same timeout, same all-or-nothing. Shared memory held for large events is therefore at
+most the bound, plus events larger than half of it: each of those gets a segment of its own
 (`/sb_<token>_x<nonce>`), which the subscriber maps, reads and unmaps at once, and the
 emitter removes as soon as everyone has read it.
 

@@ -231,11 +231,11 @@ class EventEmitter(Handle):
         but markedly cheaper per event: the events are taken from `events` (any iterable,
         a generator too), pickled and committed in chunks of up to a quarter of the
         smallest ring (fewer events where large ones would not fit in the bus's
-        large-event memory together), each chunk all-or-nothing like one `emit`, and other threads'
-        emits wait until the last chunk is out. A `Timeout` or a `SerializationError`
-        (an event that cannot be pickled) can stop it between chunks: then the events
-        before were emitted and the rest were not, and the error's `emitted` says how
-        many were. An interruption (`KeyboardInterrupt`) can too, and carries no count:
+        large-event memory together), each chunk all-or-nothing like one `emit`, and
+        other threads' emits wait until the last chunk is out. A `Timeout` or a
+        `SerializationError` (an event that cannot be pickled) can stop it between
+        chunks: then the events before were emitted and the rest were not, and the
+        error's `emitted` says how many were. An interruption (`KeyboardInterrupt`) can too, and carries no count:
         subscribers see whole chunks, in order, never part of one. If `events` itself
         raises, the events it gave before are emitted, then its exception propagates,
         its `emitted` saying how many went out.

@@ -21,10 +21,10 @@ Either way the end is seen within one slice plus one probe of the emitter's lock
 ## What is atomic under interruption
 
 `recv` decodes the event *before* it advances `tail`, and parks the result until it is
-returned, in the ring protocol's `Reader.parked` (so that the compiled core's
-`take_one` can park the usual event in the same call that consumes it). A `KeyboardInterrupt` that lands before `tail` moves
-leaves the event unread; one that lands after it makes the next `recv` return the parked
-event. Either way the caller sees each event exactly once.
+returned, in the ring protocol's `Reader.parked` (so that the compiled core's `take_one`
+can park the usual event in the same call that consumes it). A `KeyboardInterrupt` that
+lands before `tail` moves leaves the event unread; one that lands after it makes the
+next `recv` return the parked event. Either way the caller sees each event exactly once.
 
 ## Threads
 
@@ -419,7 +419,8 @@ class LocalSubscription(RingReceiver):
         if isinstance(first, Undecodable):
             self._reader.parked = (seq, [], first.error)
         elif taken > max_n:  # a batch: the rest is kept for the next calls, in order
-            self._reader.parked, self._reader.surplus = _split(parked, max_n, self._reader.surplus)
+            self._reader.parked, self._reader.surplus = _split(parked, max_n,
+                                                               self._reader.surplus)
         if self._reader.emitter_waiting:
             self._wake_emitter_loop()
 
