@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any, overload
 import posix_ipc
 
 from . import _codec, _core, _liveness, _names, _platform, _ring
-from ._control import GENERATION_WORD, HISTORY_HELD_WORD
+from ._control import HISTORY_HELD_WORD
 from ._wakepipe import WakePipe, Waker
 from ._arena import DEFAULT_LARGE_BYTES, Arena, validate_large_bytes
 from ._errors import Closed, InvalidArgument, SerializationError, ShmBusError, Timeout, shown
@@ -164,14 +164,10 @@ class EventEmitter(Handle):
         self._lock = threading.RLock()
         self._outlets: dict[int, _Outlet] = {}
         self._fanout = _core.Fanout(self._control)  # the rings, as the ring protocol writes them
-        self._generation = -1
         self._next_sweep = 0.0
         self._inline_max = _ring.SLOT_SIZE - _ring.SLOT_HEADER_SIZE
         self._arena = Arena(self._token, self._control)
         self._expect_large = False
-        self._plain = self._history is None
-        """Whether `emit` tries `Fanout.fast_emit` first: not while large events or a
-        history need the general way, nor once `close()` began."""
         self._batch_misses = 0  # chunks to go before `_batch_of` tries again
         self._wake_pipe: WakePipe | None = None  # created by the first aemit that has to wait
         self._waker = Waker()
@@ -206,7 +202,7 @@ class EventEmitter(Handle):
         ever sees it. Raises `SerializationError` (before touching any ring) if the
         event cannot be pickled, and `Closed` after `close()`.
         """
-        if self._plain and not self._arena.in_flight:
+        if not (self._expect_large or self._arena.in_flight or self._history is not None):
             # The usual emit, in one call of the ring protocol (every emit costs here):
             # a small event, no other thread in the emitter, no large event in flight,
             # no history kept, the rings as last listed, every ring with room.
@@ -400,8 +396,7 @@ class EventEmitter(Handle):
         ready = [i for i in live
                  if _platform.semaphore_exists(_names.space_sem_name(self._token, i))]
         if any(i not in self._outlets for i in ready):
-            self._generation = -1  # the next look lists the rings again
-            self._fanout.fresh_for(-1, 0.0)
+            self._fanout.fresh_for(-1, 0.0)  # the next look lists the rings again
         return len(ready)
 
     def close(self) -> None:
@@ -413,7 +408,6 @@ class EventEmitter(Handle):
 
     def _close(self) -> None:
         self._closing = True
-        self._plain = False
         with self._lock:
             # Every step may be repeated: a close() interrupted halfway is finished by the
             # next call, or by the one at interpreter exit.
@@ -480,14 +474,13 @@ class EventEmitter(Handle):
         if len(parts) > self._inline_max:
             return parts if isinstance(parts, _codec.Parts) else _codec.Parts([parts], [], [])
         self._expect_large = False
-        self._plain = self._history is None
         return _codec.encode(event)  # small after all: in band, in a slot
 
     def _encode_large(self, event: Any) -> "_codec.Parts":
         """An event whose pickle did not fit in a slot, pickled again in parts (its
         buffers out of band, written once into the arena); the next ones are expected
         large too."""
-        self._expect_large, self._plain = True, False
+        self._expect_large = True
         parts = _codec.encode_in_parts(event)
         return parts if isinstance(parts, _codec.Parts) else _codec.Parts([parts], [], [])
 
@@ -696,8 +689,7 @@ class EventEmitter(Handle):
 
     def _look(self) -> None:
         """Bring the rings up to date if subscribers came or went, or a sweep is due."""
-        if (self._control.words[GENERATION_WORD] != self._generation
-                or time.monotonic() >= self._next_sweep):
+        if not self._fanout.fresh:
             self._refresh()
 
     def _chunk_size(self) -> int:
@@ -861,7 +853,6 @@ class EventEmitter(Handle):
             self._drop(self._outlets[sub_id])
         for sub_id in sorted(ids - set(self._outlets)):
             self._adopt(sub_id)
-        self._generation = generation
         now = time.monotonic()
         if now >= self._next_sweep:
             self._next_sweep = now + SWEEP_INTERVAL

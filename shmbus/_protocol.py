@@ -227,8 +227,7 @@ class Fanout:
         if data is None or len(data) > _INLINE_MAX or not lock.acquire(False):
             return data
         try:
-            if (self._closed or self._words[GENERATION_WORD] != self._generation
-                    or time.monotonic() >= self._fresh_until):
+            if not self.fresh:
                 return data
             try:
                 reached = self.publish_inline(data)
@@ -238,6 +237,12 @@ class Fanout:
             return reached if reached >= 0 else data
         finally:
             lock.release()
+
+    @property
+    def fresh(self) -> bool:
+        """Whether the caller's list of rings stands (see `fresh_for`)."""
+        return (not self._closed and self._words[GENERATION_WORD] == self._generation
+                and time.monotonic() < self._fresh_until)
 
     def fresh_for(self, generation: int, seconds: float) -> None:
         """Let `fast_emit` publish while the control block's generation is `generation`,

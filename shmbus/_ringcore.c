@@ -451,6 +451,15 @@ Fanout_get_closed(PyObject *op, void *Py_UNUSED(closure))
     return PyBool_FromLong(((FanoutObject *)op)->control == NULL);
 }
 
+static int fresh(FanoutObject *self);
+
+static PyObject *
+Fanout_get_fresh(PyObject *op, void *Py_UNUSED(closure))
+{
+    FanoutObject *self = (FanoutObject *)op;
+    return PyBool_FromLong(self->control != NULL && fresh(self));
+}
+
 static PyObject *
 Fanout_get_wanting(PyObject *op, void *Py_UNUSED(closure))
 {
@@ -1122,6 +1131,8 @@ static PyMethodDef Fanout_methods[] = {
 static PyGetSetDef Fanout_getset[] = {
     {"committed", Fanout_get_committed, NULL, "The next event's sequence number.", NULL},
     {"closed", Fanout_get_closed, NULL, "Whether close() ran.", NULL},
+    {"fresh", Fanout_get_fresh, NULL,
+     "Whether the caller's list of rings stands (see fresh_for).", NULL},
     {"wanting", Fanout_get_wanting, NULL,
      "After `publish`: the subscribers (ids) waiting on their wake pipe, to be woken.",
      NULL},

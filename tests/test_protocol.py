@@ -542,12 +542,15 @@ def test_fast_emit_publishes_only_while_the_rings_are_fresh_and_the_lock_free(
     lock = threading.RLock()
     pickled = pickle.dumps("a", 5)
     assert fanout.fast_emit("a", None, lock) == pickled  # never told the rings are fresh
+    assert not fanout.fresh
     fanout.fresh_for(_generation(bus), 60.0)
+    assert fanout.fresh
     assert fanout.fast_emit("a", 1.5, lock) == 1
     assert fanout.fast_emit("b", 0, lock) == 1
     with _HeldElsewhere(lock):
         assert fanout.fast_emit("c", None, lock) == pickle.dumps("c", 5)
     bus.control.words[_control.GENERATION_WORD] += 1  # a subscriber came or went
+    assert not fanout.fresh
     assert fanout.fast_emit("c", None, lock) == pickle.dumps("c", 5)
     fanout.fresh_for(_generation(bus), 0.0)  # a sweep is due
     assert fanout.fast_emit("c", None, lock) == pickle.dumps("c", 5)
