@@ -7,7 +7,9 @@ before the file is visible (it is locked under a temporary name, then renamed in
 until it closes. Anyone asks "is it alive?" by trying to take the same lock without
 blocking: if the try fails, the owner lives; if it succeeds, the owner is dead and the
 prober now holds the lock, which makes it the one process that cleans up after the dead
-owner (iceoryx2 has a separate owner lock for this; here it is the same lock).
+owner (iceoryx2 has a separate owner lock for this; here it is the same lock). A mere
+look (`is_alive`) takes it shared, for microseconds, and a cleaner waits such looks out:
+a dead owner must not pass for alive because someone else was looking at that moment.
 
 ## Why not PIDs, heartbeats or `fcntl` locks
 
@@ -39,6 +41,7 @@ import errno
 import fcntl
 import os
 import threading
+import time
 import weakref
 
 from ._platform import files_checked
@@ -47,6 +50,11 @@ _guard = threading.RLock()
 _open: "weakref.WeakValueDictionary[int, LifeLock]" = weakref.WeakValueDictionary()
 """Every descriptor this module has open, for a fork child to close. Weak, so that a
 lock object dropped on the floor is finalized, which closes its descriptor."""
+
+PROBE_PATIENCE = 0.05
+"""How long a cleaner waits for probers to let go of a dead owner's lock. A probe holds
+it for microseconds; only a prober stopped mid-probe (SIGSTOP) holds it longer, and then
+the owner looks alive until the next try, as it did before a cleaner looked."""
 
 fork_epoch = 0
 """Bumped in every fork child. An object that remembers the epoch it was made in knows,
@@ -87,10 +95,26 @@ class LifeLock:
         lock = cls._open_existing(path)
         if lock is None:
             return None
-        if not lock.try_flock(fcntl.LOCK_EX) or not _same_file(lock.fd, path):
+        if not lock._take_from_probers() or not _same_file(lock.fd, path):
             lock.release()  # alive; or unlinked between open and flock: cleaned already
             return None
         return lock
+
+    def _take_from_probers(self) -> bool:
+        """The exclusive lock, waiting out anyone who holds it only to probe (`is_alive`
+        holds it shared for a few microseconds): whether it was had.
+
+        Failing on a prober would call a dead owner alive, and a durable subscription's
+        next owner would be refused because an emitter happened to be looking."""
+        deadline = time.monotonic() + PROBE_PATIENCE
+        while not self.try_flock(fcntl.LOCK_EX):
+            # Shared is had only if no owner or cleaner holds it exclusively. (Trying it
+            # may drop nothing we need: we hold no lock on this descriptor yet.)
+            if not self.try_flock(fcntl.LOCK_SH) or time.monotonic() > deadline:
+                return False
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            time.sleep(PROBE_PATIENCE / 50)
+        return True
 
     @classmethod
     def _open_existing(cls, path: str) -> "LifeLock | None":

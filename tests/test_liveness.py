@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
+import threading
 import time
 
 import pytest
@@ -82,3 +84,32 @@ def test_the_same_process_can_probe_its_own_subscription():
     with shmbus.EventEmitter("self") as em, em.subscribe():
         assert em.subscriber_count == 1
         assert em.subscriber_count == 1  # probing did not release the lock
+
+
+def test_a_look_at_a_dead_owner_does_not_make_it_pass_for_alive(tmp_path):
+    """A cleaner that met a prober mid-look called the dead owner alive, so a durable
+    subscription's next owner was refused while an emitter was looking (seen in CI)."""
+    path = str(tmp_path / "dead")
+    _liveness.LifeLock.create(path, b"{}").release()  # its owner is gone
+    looking = _liveness.LifeLock(path, os.O_RDONLY)
+    assert looking.try_flock(fcntl.LOCK_SH)  # a prober, halfway through `is_alive`
+    done = threading.Timer(_liveness.PROBE_PATIENCE / 5, looking.release)
+    done.start()
+    try:
+        cleaner = _liveness.LifeLock.take_if_dead(path)
+        assert cleaner is not None
+        cleaner.release()
+    finally:
+        done.cancel()
+        looking.release()
+
+
+def test_a_live_owner_is_not_taken_from_however_long_one_waits(tmp_path):
+    path = str(tmp_path / "live")
+    owner = _liveness.LifeLock.create(path, b"{}")
+    try:
+        started = time.monotonic()
+        assert _liveness.LifeLock.take_if_dead(path) is None
+        assert time.monotonic() - started < _liveness.PROBE_PATIENCE  # no waiting
+    finally:
+        owner.release()
