@@ -34,11 +34,30 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--chaos-seconds", type=float, default=12.0,
                      help="how long each timed chaos test runs (default 12; the repeated "
                           "passes of scripts/check run shorter ones)")
+    parser.addoption("--wait-modes", default="timed,poll",
+                     help="the wait strategies the `wait_mode` tests run with (default "
+                          "timed,poll; scripts/check's pure-Python pass runs timed only, "
+                          "since its macOS-rules pass runs that core with poll)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "chaos: randomized kill/stop runs (tests/chaos)")
     _run_alone(config)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    wanted = set(config.getoption("--wait-modes").split(","))
+    unknown = wanted - {"timed", "poll"}
+    if unknown:
+        raise pytest.UsageError(f"--wait-modes: unknown {sorted(unknown)}; use timed, poll")
+    kept, dropped = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        mode = callspec.params.get("wait_mode") if callspec is not None else None
+        (dropped if mode is not None and mode not in wanted else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 def _run_alone(config: pytest.Config) -> None:
