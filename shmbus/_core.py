@@ -67,10 +67,11 @@ def _plug_in(chosen: ModuleType) -> None:
 
 
 if TYPE_CHECKING:
-    from ._protocol import NAME, Fanout, Reader
+    from ._protocol import NAME, Fanout, Reader, fast_recv
 else:
     _chosen = _implementation(os.environ.get(CORE_ENV, ""))
     NAME, Fanout, Reader = _chosen.NAME, _chosen.Fanout, _chosen.Reader
+    fast_recv = _chosen.fast_recv  # applied once, as classes are made: `use` leaves it
     _plug_in(_chosen)
 
-__all__ = ["NAME", "Fanout", "Reader", "use"]
+__all__ = ["NAME", "Fanout", "Reader", "fast_recv", "use"]

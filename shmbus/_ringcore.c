@@ -60,6 +60,7 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 
 #include <errno.h>
 #include <pthread.h>
@@ -140,6 +141,7 @@ typedef struct {
     PyObject *str_borrow;
     PyObject *str_release;
     PyObject *str_slot;
+    PyObject *Reader;               /* the type, which `fast_recv` serves */
 } core_state;
 
 static core_state *
@@ -1791,29 +1793,35 @@ take_one_locked(ReaderObject *self, core_state *state)
     return result;
 }
 
+/* `take_one(lock, timeout)`: 1, 2 or 0 as it says, or -1 with an exception. */
+static int
+reader_take_one(ReaderObject *self, core_state *state, PyObject *lock, PyObject *timeout)
+{
+    uint64_t seq;
+    if (self->base == NULL || self->forks != forks || self->parked != NULL
+        || self->surplus != NULL || self->handing != 0 || !plain_timeout(timeout)
+        || !reader_ready(self, &seq)) {
+        return 0;
+    }
+    int locked = try_lock(state, lock);
+    if (locked <= 0) {
+        return locked;
+    }
+    int taken = take_one_locked(self, state);
+    if (unlock(state, lock) < 0) {
+        return -1;
+    }
+    return taken;
+}
+
 static PyObject *
 Reader_take_one(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
 {
-    ReaderObject *self = (ReaderObject *)op;
-    core_state *state = state_of(Py_TYPE(op));
-    uint64_t seq;
     if (!positional("take_one", nargs, 2, 2)) {
         return NULL;
     }
-    if (self->base == NULL || self->forks != forks || self->parked != NULL
-        || self->surplus != NULL || self->handing != 0 || !plain_timeout(args[1])
-        || !reader_ready(self, &seq)) {
-        return PyLong_FromLong(0);
-    }
-    int locked = try_lock(state, args[0]);
-    if (locked <= 0) {
-        return locked < 0 ? NULL : PyLong_FromLong(0);
-    }
-    int taken = take_one_locked(self, state);
-    if (unlock(state, args[0]) < 0 || taken < 0) {
-        return NULL;
-    }
-    return PyLong_FromLong(taken);
+    int taken = reader_take_one((ReaderObject *)op, state_of(Py_TYPE(op)), args[0], args[1]);
+    return taken < 0 ? NULL : PyLong_FromLong(taken);
 }
 
 /* `parked` and `surplus`: the caller's places, kept for it (closure: the field's offset;
@@ -1993,6 +2001,241 @@ static PyType_Spec Reader_spec = {
     .slots = Reader_slots,
 };
 
+/* ================================ fast_recv ======================================== */
+
+/* `fast_recv(general, reader=, lock=, wake=)`: a subscription's `recv`, as a method
+   descriptor whose usual call is `take_one` and the take-back in one C call, with no
+   Python frame (which costs as much as the rest of the call). It reads the instance's
+   attributes the subscription names for it; every call it does not finish whole (a
+   keyword other than `timeout` or `view=False`, nothing ready, leftovers, an error) is
+   `general`'s, with the same arguments, having consumed nothing. `_protocol.fast_recv`
+   is its pure-Python twin: `general` alone, whose own fast path uses `take_one`. */
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *general;            /* the method, whole: every call not finished here */
+    PyObject *reader, *lock, *wake; /* the names of the instance's attributes */
+    PyObject *str_timeout, *str_view;
+} FastRecvObject;
+
+/* The parked event if it is one plain event, taken back (the caller's); else NULL, and
+   whatever is parked stays for the general way. */
+static PyObject *
+take_back(ReaderObject *reader)
+{
+    PyObject *parked = reader->parked;
+    reader->handing = 0;
+    if (parked == NULL) {
+        return NULL; /* a signal handler's recv took it */
+    }
+    PyObject *events = PyTuple_GET_ITEM(parked, 1);
+    if (PyTuple_GET_ITEM(parked, 2) != Py_None || !PyList_CheckExact(events)
+        || PyList_GET_SIZE(events) != 1) {
+        return NULL;
+    }
+    PyObject *event = Py_NewRef(PyList_GET_ITEM(events, 0));
+    reader->parked = NULL;
+    Py_DECREF(parked);
+    return event;
+}
+
+/* After an error with an event parked by this thread: what it parked is the next
+   call's (the `except` of `LocalSubscription.recv`). */
+static void
+release_hand_over(ReaderObject *reader)
+{
+    if (reader->handing == PyThread_get_thread_ident()) {
+        reader->handing = 0;
+    }
+}
+
+/* The call's one instance, its timeout and whether `view` is false; 0 if the call is
+   not the usual one. */
+static int
+usual_call(FastRecvObject *self, PyObject *const *args, Py_ssize_t nargs,
+           PyObject *kwnames, PyObject **timeout)
+{
+    *timeout = Py_None;
+    if (nargs != 1) {
+        return 0;
+    }
+    Py_ssize_t count = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *name = PyTuple_GET_ITEM(kwnames, i);
+        PyObject *value = args[nargs + i];
+        if (name == self->str_timeout) {
+            *timeout = value;
+        }
+        else if (name != self->str_view || value != Py_False) {
+            return 0; /* `view=True`, or a name the general way must judge */
+        }
+    }
+    return 1;
+}
+
+static PyObject *
+FastRecv_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    FastRecvObject *self = (FastRecvObject *)op;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *timeout;
+    if (!usual_call(self, args, nargs, kwnames, &timeout)) {
+        return PyObject_Vectorcall(self->general, args, nargsf, kwnames);
+    }
+    PyObject *instance = args[0];
+    PyObject *reader = PyObject_GetAttr(instance, self->reader);
+    if (reader == NULL) {
+        return NULL;
+    }
+    core_state *state = state_of(Py_TYPE(op));
+    PyObject *event = NULL;
+    int taken = 0;
+    PyObject *lock = NULL;
+    if (Py_IS_TYPE(reader, (PyTypeObject *)state->Reader)) { /* (else the other core's: the general way) */
+        lock = PyObject_GetAttr(instance, self->lock);
+        taken = lock == NULL ? -1 : reader_take_one((ReaderObject *)reader, state, lock,
+                                                    timeout);
+    }
+    if (taken == 2) {
+        PyObject *woken = PyObject_CallMethodNoArgs(instance, self->wake);
+        taken = woken == NULL ? -1 : 1;
+        Py_XDECREF(woken);
+    }
+    if (taken < 0) {
+        release_hand_over((ReaderObject *)reader);
+    }
+    else if (taken == 1) {
+        event = take_back((ReaderObject *)reader);
+    }
+    Py_XDECREF(lock);
+    Py_DECREF(reader);
+    if (taken < 0 || event != NULL) {
+        return event;
+    }
+    return PyObject_Vectorcall(self->general, args, nargsf, kwnames);
+}
+
+static PyObject *
+FastRecv_get(PyObject *op, PyObject *instance, PyObject *Py_UNUSED(owner))
+{
+    if (instance == NULL || instance == Py_None) {
+        return Py_NewRef(op);
+    }
+    return PyMethod_New(op, instance);
+}
+
+static PyObject *
+FastRecv_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *names[] = {"general", "reader", "lock", "wake", NULL};
+    PyObject *general, *reader, *lock, *wake;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O$UUU:fast_recv", names, &general,
+                                     &reader, &lock, &wake)) {
+        return NULL;
+    }
+    if (!PyCallable_Check(general)) {
+        PyErr_SetString(PyExc_TypeError, "fast_recv: general must be callable");
+        return NULL;
+    }
+    FastRecvObject *self = (FastRecvObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->vectorcall = FastRecv_vectorcall;
+    self->general = Py_NewRef(general);
+    self->reader = Py_NewRef(reader);
+    self->lock = Py_NewRef(lock);
+    self->wake = Py_NewRef(wake);
+    PyUnicode_InternInPlace(&self->reader);
+    PyUnicode_InternInPlace(&self->lock);
+    PyUnicode_InternInPlace(&self->wake);
+    self->str_timeout = PyUnicode_InternFromString("timeout");
+    self->str_view = PyUnicode_InternFromString("view");
+    if (self->str_timeout == NULL || self->str_view == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static int
+FastRecv_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(((FastRecvObject *)op)->general);
+    return 0;
+}
+
+static int
+FastRecv_clear(PyObject *op)
+{
+    FastRecvObject *self = (FastRecvObject *)op;
+    Py_CLEAR(self->general);
+    Py_CLEAR(self->reader);
+    Py_CLEAR(self->lock);
+    Py_CLEAR(self->wake);
+    Py_CLEAR(self->str_timeout);
+    Py_CLEAR(self->str_view);
+    return 0;
+}
+
+static void
+FastRecv_dealloc(PyObject *op)
+{
+    PyTypeObject *type = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    (void)FastRecv_clear(op);
+    type->tp_free(op);
+    Py_DECREF(type);
+}
+
+/* What `help()`, `inspect.signature` and tracebacks read are `general`'s. */
+static PyObject *
+FastRecv_general_attribute(PyObject *op, void *closure)
+{
+    PyObject *general = ((FastRecvObject *)op)->general;
+    if (general == NULL) {
+        Py_RETURN_NONE;
+    }
+    return PyObject_GetAttrString(general, (const char *)closure);
+}
+
+static PyGetSetDef FastRecv_getset[] = {
+    {"__doc__", FastRecv_general_attribute, NULL, NULL, "__doc__"},
+    {"__name__", FastRecv_general_attribute, NULL, NULL, "__name__"},
+    {"__qualname__", FastRecv_general_attribute, NULL, NULL, "__qualname__"},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMemberDef FastRecv_members[] = {
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(FastRecvObject, vectorcall), READONLY,
+     NULL},
+    {"__wrapped__", T_OBJECT, offsetof(FastRecvObject, general), READONLY,
+     "The method whole, which every call not finished here goes to."},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot FastRecv_slots[] = {
+    {Py_tp_new, FastRecv_new},
+    {Py_tp_dealloc, FastRecv_dealloc},
+    {Py_tp_traverse, FastRecv_traverse},
+    {Py_tp_clear, FastRecv_clear},
+    {Py_tp_call, PyVectorcall_Call},
+    {Py_tp_descr_get, FastRecv_get},
+    {Py_tp_getset, FastRecv_getset},
+    {Py_tp_members, FastRecv_members},
+    {0, NULL},
+};
+
+static PyType_Spec FastRecv_spec = {
+    .name = "shmbus._ringcore.fast_recv",
+    .basicsize = sizeof(FastRecvObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE
+             | Py_TPFLAGS_HAVE_VECTORCALL | Py_TPFLAGS_METHOD_DESCRIPTOR,
+    .slots = FastRecv_slots,
+};
+
 /* ================================ the held wait ==================================== */
 
 /* The signals a wait in the main thread holds back: every one but those a thread raises
@@ -2159,10 +2402,12 @@ ringcore_exec(PyObject *module)
     }
     if (PyModule_AddObjectRef(module, "Undecodable", state->Undecodable) < 0
         || PyModule_AddStringConstant(module, "NAME", "c") < 0
-        || add_type(module, &Fanout_spec) < 0 || add_type(module, &Reader_spec) < 0) {
+        || add_type(module, &Fanout_spec) < 0 || add_type(module, &Reader_spec) < 0
+        || add_type(module, &FastRecv_spec) < 0) {
         return -1;
     }
-    return 0;
+    state->Reader = PyObject_GetAttrString(module, "Reader");
+    return state->Reader == NULL ? -1 : 0;
 }
 
 static int
@@ -2174,6 +2419,7 @@ ringcore_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(state->dumps);
     Py_VISIT(state->loads);
     Py_VISIT(state->decode);
+    Py_VISIT(state->Reader);
     return 0;
 }
 
@@ -2191,6 +2437,7 @@ ringcore_clear(PyObject *module)
     Py_CLEAR(state->str_borrow);
     Py_CLEAR(state->str_release);
     Py_CLEAR(state->str_slot);
+    Py_CLEAR(state->Reader);
     return 0;
 }
 

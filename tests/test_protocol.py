@@ -9,6 +9,7 @@ directions: they share a layout and doorbell rules, not just an API.
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import pickle
 import struct
@@ -695,3 +696,85 @@ def test_a_fork_child_leaves_the_fast_paths_alone(core: ModuleType, bus: Bus):
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0, "a fork child used a parent's fast path"
     assert fanout.committed == 1 and reader.tail == 0
+
+
+class _Receiving:
+    """A stand-in subscription for `fast_recv`: its general way only records the call."""
+
+    def __init__(self, reader: Any) -> None:
+        self._r, self._l = reader, threading.RLock()
+        self.woken = 0
+        self.general: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+
+    def _wake(self) -> None:
+        self.woken += 1
+
+    def recv(self, *args: Any, **kwargs: Any) -> str:
+        self.general.append((args, kwargs))
+        return "general"
+
+
+def _receiving(core: ModuleType, reader: Any) -> _Receiving:
+    method = core.fast_recv(_Receiving.recv, reader="_r", lock="_l", wake="_wake")
+    return type("Receiving", (_Receiving,), {"recv": method})(reader)
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_fast_recv_leaves_every_call_it_does_not_finish_to_the_general_way(
+        core: ModuleType, bus: Bus):
+    ring = bus.ring(8)
+    fanout, reader = core.Fanout(bus.control), core.Reader(ring, bus.control)
+    fanout.add(ring, 0)
+    sub = _receiving(core, reader)
+    publish(fanout, "a")
+    calls = [((), {"timeout": 1, "view": True}), ((2.0,), {}), ((), {"timeout": -1}),
+             ((), {"timeout": "1"}), ((), {"wait": 1})]
+    for args, kwargs in calls:
+        assert sub.recv(*args, **kwargs) == "general"
+    assert sub.general == calls
+    assert reader.tail == 0 and reader.parked is None  # nothing consumed on the way
+    reader.surplus = (0, ["left over"], None)
+    assert sub.recv() == "general" and reader.tail == 0
+    if core is _protocol:
+        assert core.fast_recv(_Receiving.recv, reader="", lock="", wake="") \
+            is _Receiving.recv  # the Python core's fast path is in the method itself
+
+
+@_NOT_BUILT
+def test_fast_recv_finishes_the_usual_call_in_the_compiled_core(bus: Bus):
+    core = _RINGCORE
+    ring = bus.ring(8)
+    fanout, reader = core.Fanout(bus.control), core.Reader(ring, bus.control)
+    fanout.add(ring, 0)
+    sub = _receiving(core, reader)
+    publish(fanout, "a", "b")
+    assert sub.recv() == "a" and sub.recv(timeout=1.5, view=False) == "b"
+    assert sub.general == [] and reader.tail == 2 and reader.parked is None
+    assert reader.handing == 0 and sub._l.acquire(False), "fast_recv left the lock held"
+    sub._l.release()
+    assert sub.recv(timeout=0) == "general"  # nothing ready: the general way waits
+    publish(fanout, "c")
+    ring.flags[_ring.EMITTER_WAITING] = 1
+    assert sub.recv() == "c" and sub.woken == 1
+    ring.flags[_ring.EMITTER_WAITING] = 0
+    _InterruptedOnce.left = 1
+    fanout.publish_inline(pickle.dumps(_InterruptedOnce(), 5))
+    with pytest.raises(KeyboardInterrupt):
+        sub.recv()
+    assert reader.tail == 3 and reader.parked is None and reader.handing == 0
+    assert sub.recv() == "again"
+    python_reader = _protocol.Reader(ring, bus.control)
+    publish(fanout, "d")
+    assert _receiving(core, python_reader).recv() == "general"  # the other core's
+    assert ring.tail == 4  # "d" not consumed
+    python_reader.close()
+
+
+@_NOT_BUILT
+def test_fast_recv_reads_as_the_method_it_stands_for():
+    method = shmbus.LocalSubscription.__dict__["recv"]
+    assert type(method) is _RINGCORE.fast_recv or shmbus.CORE == "python"
+    assert shmbus.LocalSubscription.recv.__name__ == "recv"
+    assert "The next event" in (shmbus.LocalSubscription.recv.__doc__ or "")
+    assert list(inspect.signature(shmbus.LocalSubscription.recv).parameters) == [
+        "self", "timeout", "view"]
