@@ -1745,9 +1745,11 @@ parked_one(uint64_t seq, PyObject *event)
 }
 
 /* With the caller's lock: take the next event as `take_one` says; 1, 2 or 0, or -1 with
-   an exception (nothing consumed). */
+   an exception (nothing consumed). With `direct`, a 1 leaves the event there instead of
+   parked (for a caller in C, which runs no bytecode before handing it out); a 2 still
+   parks it, since the caller's wake call may be interrupted. */
 static int
-take_one_locked(ReaderObject *self, core_state *state)
+take_one_locked(ReaderObject *self, core_state *state, PyObject **direct)
 {
     uint64_t seq;
     if (self->base == NULL || self->parked != NULL || self->surplus != NULL
@@ -1772,6 +1774,25 @@ take_one_locked(ReaderObject *self, core_state *state)
         result = undecodable == NULL ? -1 : 0; /* the event's own fault: the general way */
         Py_XDECREF(undecodable);
     }
+    else if (direct != NULL && self->base != NULL && self->tail == tail
+             && self->parked == NULL) {
+        if (reader_consume(self, 1) < 0) {
+            PyErr_Clear(); /* a sleeping emitter looks again within a slice */
+        }
+        PyObject *parked = self->emitter_waiting ? parked_one(seq, event) : NULL;
+        if (parked == NULL) {
+            PyErr_Clear(); /* (no memory to park it: handed out, the emitter looks again
+                              within a slice) */
+            *direct = event;
+            event = NULL;
+            result = 1;
+        }
+        else {
+            self->parked = parked;
+            self->handing = PyThread_get_thread_ident();
+            result = 2;
+        }
+    }
     else if (self->base != NULL && self->tail == tail && self->parked == NULL) {
         /* (otherwise what the unpickler ran closed the ring, or received) */
         PyObject *parked = parked_one(seq, event);
@@ -1793,9 +1814,11 @@ take_one_locked(ReaderObject *self, core_state *state)
     return result;
 }
 
-/* `take_one(lock, timeout)`: 1, 2 or 0 as it says, or -1 with an exception. */
+/* `take_one(lock, timeout)`: 1, 2 or 0 as it says, or -1 with an exception (`direct`:
+   see `take_one_locked`). */
 static int
-reader_take_one(ReaderObject *self, core_state *state, PyObject *lock, PyObject *timeout)
+reader_take_one(ReaderObject *self, core_state *state, PyObject *lock, PyObject *timeout,
+                PyObject **direct)
 {
     uint64_t seq;
     if (self->base == NULL || self->forks != forks || self->parked != NULL
@@ -1807,8 +1830,9 @@ reader_take_one(ReaderObject *self, core_state *state, PyObject *lock, PyObject 
     if (locked <= 0) {
         return locked;
     }
-    int taken = take_one_locked(self, state);
+    int taken = take_one_locked(self, state, direct);
     if (unlock(state, lock) < 0) {
+        /* (release of a lock this call took cannot fail: nothing is lost here) */
         return -1;
     }
     return taken;
@@ -1820,7 +1844,8 @@ Reader_take_one(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
     if (!positional("take_one", nargs, 2, 2)) {
         return NULL;
     }
-    int taken = reader_take_one((ReaderObject *)op, state_of(Py_TYPE(op)), args[0], args[1]);
+    int taken = reader_take_one((ReaderObject *)op, state_of(Py_TYPE(op)), args[0], args[1],
+                                NULL);
     return taken < 0 ? NULL : PyLong_FromLong(taken);
 }
 
@@ -2004,8 +2029,9 @@ static PyType_Spec Reader_spec = {
 /* ================================ fast_recv ======================================== */
 
 /* `fast_recv(general, reader=, lock=, wake=)`: a subscription's `recv`, as a method
-   descriptor whose usual call is `take_one` and the take-back in one C call, with no
-   Python frame (which costs as much as the rest of the call). It reads the instance's
+   descriptor whose usual call is `take_one` in one C call, with no Python frame (which
+   costs as much as the rest of the call) and nothing parked (no bytecode runs between
+   the consuming and the return). It reads the instance's
    attributes the subscription names for it; every call it does not finish whole (a
    keyword other than `timeout` or `view=False`, nothing ready, leftovers, an error) is
    `general`'s, with the same arguments, having consumed nothing. `_protocol.fast_recv`
@@ -2095,7 +2121,7 @@ FastRecv_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject
     if (Py_IS_TYPE(reader, (PyTypeObject *)state->Reader)) { /* (else the other core's: the general way) */
         lock = PyObject_GetAttr(instance, self->lock);
         taken = lock == NULL ? -1 : reader_take_one((ReaderObject *)reader, state, lock,
-                                                    timeout);
+                                                    timeout, &event);
     }
     if (taken == 2) {
         PyObject *woken = PyObject_CallMethodNoArgs(instance, self->wake);
@@ -2103,9 +2129,10 @@ FastRecv_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject
         Py_XDECREF(woken);
     }
     if (taken < 0) {
+        Py_CLEAR(event);
         release_hand_over((ReaderObject *)reader);
     }
-    else if (taken == 1) {
+    else if (taken == 1 && event == NULL) {
         event = take_back((ReaderObject *)reader);
     }
     Py_XDECREF(lock);
