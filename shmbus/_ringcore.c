@@ -17,6 +17,9 @@
  *
  * `Fanout.fast_emit` and `Reader.take_one` are the usual emit and recv whole, the
  * caller's lock and checks included: in Python those cost more than the protocol.
+ * `fast_recv` goes one step further: it is `LocalSubscription.recv` itself, a method
+ * descriptor with no Python frame, which hands every call it does not finish whole to
+ * the Python method.
  *
  * Everything that is not per event stays in Python: joining, reaping, waiting (`_wait`),
  * errors and their messages (a slot that makes no sense is handed to `Ring.slot`, which
