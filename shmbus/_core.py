@@ -67,11 +67,13 @@ def _plug_in(chosen: ModuleType) -> None:
 
 
 if TYPE_CHECKING:
-    from ._protocol import NAME, Fanout, Reader, fast_recv
+    from ._protocol import NAME, Fanout, Reader, emit_method, recv_method
 else:
     _chosen = _implementation(os.environ.get(CORE_ENV, ""))
     NAME, Fanout, Reader = _chosen.NAME, _chosen.Fanout, _chosen.Reader
-    fast_recv = _chosen.fast_recv  # applied once, as classes are made: `use` leaves it
+    # Applied once, as the classes are made (`use` leaves them: each steps aside for the
+    # other core's objects).
+    recv_method, emit_method = _chosen.recv_method, _chosen.emit_method
     _plug_in(_chosen)
 
-__all__ = ["NAME", "Fanout", "Reader", "fast_recv", "use"]
+__all__ = ["NAME", "Fanout", "Reader", "emit_method", "recv_method", "use"]

@@ -167,6 +167,8 @@ class EventEmitter(Handle):
         self._next_sweep = 0.0
         self._inline_max = _ring.SLOT_SIZE - _ring.SLOT_HEADER_SIZE
         self._arena = Arena(self._token, self._control)
+        self._in_flight = self._arena.in_flight  # truthy while a large event is unread
+        self._keeps_history = self._history is not None
         self._expect_large = False
         self._batch_misses = 0  # chunks to go before `_batch_of` tries again
         self._wake_pipe: WakePipe | None = None  # created by the first aemit that has to wait
@@ -202,22 +204,32 @@ class EventEmitter(Handle):
         ever sees it. Raises `SerializationError` (before touching any ring) if the
         event cannot be pickled, and `Closed` after `close()`.
         """
-        if not (self._expect_large or self._arena.in_flight or self._history is not None):
+        if not (self._expect_large or self._in_flight or self._keeps_history):
             # The usual emit, in one call of the ring protocol (every emit costs here):
             # a small event, no other thread in the emitter, no large event in flight,
             # no history kept, the rings as last listed, every ring with room.
             done = self._fanout.fast_emit(event, timeout, self._lock)
             if isinstance(done, int):
-                if self._fanout.wanting and self._lock.acquire(timeout=UPKEEP_HOLD):
-                    # Delivered already: never held up long by another thread's emit
-                    # (whose own publish wakes the loops again).
-                    try:
-                        self._wake_loops()
-                    finally:
-                        self._lock.release()
+                if self._fanout.wanting:
+                    self._wake_loops_after_emit()
                 return done
             return self._emit(event, done, timeout)
         return self._emit(event, None, timeout)
+
+    # The compiled core makes the usual call one C call (see `_protocol.emit_method`).
+    emit = _core.emit_method(emit, fanout="_fanout", lock="_lock",
+                             wake="_wake_loops_after_emit", declined="_emit",
+                             unless=("_expect_large", "_in_flight", "_keeps_history"))
+
+    def _wake_loops_after_emit(self) -> None:
+        """After an emit the fast way: wake the subscribers' event loops that listen on
+        their wake pipes, never held up long by another thread's emit (whose own
+        publish wakes them again). The event is delivered already."""
+        if self._lock.acquire(timeout=UPKEEP_HOLD):
+            try:
+                self._wake_loops()
+            finally:
+                self._lock.release()
 
     def emit_many(self, events: Iterable[Any], *, timeout: float | None = None) -> int:
         """Deliver every one of `events`, in order; as `emit`, the number of subscribers
@@ -584,7 +596,7 @@ class EventEmitter(Handle):
     def _batch_of(self, events: list[Any]) -> bytes | None:
         """`events` pickled as one list, if that is worth it and safe (`_codec`)."""
         if len(events) < 2 or self._expect_large or self._batch_misses \
-                or self._history is not None:  # the history keeps events one by one
+                or self._keeps_history:  # the history keeps events one by one
             self._batch_misses = max(0, self._batch_misses - 1)
             return None
         if any(o.queue is not None for o in self._outlets.values()):

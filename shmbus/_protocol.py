@@ -105,16 +105,30 @@ LoadLarge = Callable[[int, int, bytes], Any]
 _Method = TypeVar("_Method", bound=Callable[..., Any])
 
 
-def fast_recv(general: _Method, *, reader: str, lock: str, wake: str) -> _Method:
-    """A subscription's `recv` method, `general`, with the usual call done by the core.
+def recv_method(general: _Method, *, reader: str, lock: str, wake: str) -> _Method:
+    """A subscription's `recv`, `general`, with its usual call done by the core.
 
     Here `general` itself, whose own fast path calls `Reader.take_one`. The compiled
-    core returns a method descriptor that does `take_one` and the take-back in one C
-    call, reading the instance's attributes named `reader` (its `Reader`) and `lock`,
-    and calling the one named `wake` when `take_one` returns 2; every call it does not
-    finish goes to `general` with the same arguments. A Python frame costs as much as
-    the rest of such a call."""
+    core returns a method descriptor that does `take_one` in one C call and hands the
+    event out directly, reading the instance's attributes named `reader` (its `Reader`)
+    and `lock`, and calling the one named `wake` when `take_one` returns 2; every call
+    it does not finish goes to `general` with the same arguments. A Python frame costs
+    as much as the rest of such a call."""
     del reader, lock, wake  # only the compiled core reads them
+    return general
+
+
+def emit_method(general: _Method, *, fanout: str, lock: str, wake: str, declined: str,
+                unless: tuple[str, ...]) -> _Method:
+    """An emitter's `emit`, `general`, with its usual call done by the core.
+
+    Here `general` itself, whose own fast path calls `Fanout.fast_emit`. The compiled
+    core returns a method descriptor that, unless one of the instance's attributes named
+    in `unless` is true, calls `fast_emit` with the attributes named `fanout` and
+    `lock`; then calls the one named `wake` if a subscriber waits on its wake pipe, and
+    returns how many rings got the event; or, if `fast_emit` declined, returns
+    `declined(event, pickle or None, timeout)`. Every other call goes to `general`."""
+    del fanout, lock, wake, declined, unless  # only the compiled core reads them
     return general
 
 

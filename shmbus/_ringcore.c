@@ -17,9 +17,10 @@
  *
  * `Fanout.fast_emit` and `Reader.take_one` are the usual emit and recv whole, the
  * caller's lock and checks included: in Python those cost more than the protocol.
- * `fast_recv` goes one step further: it is `LocalSubscription.recv` itself, a method
- * descriptor with no Python frame, which hands every call it does not finish whole to
- * the Python method.
+ * `recv_method` and `emit_method` go one step further: they make
+ * `LocalSubscription.recv` and `EventEmitter.emit` themselves method descriptors in C,
+ * with no Python frame, which hand every call they do not finish whole to the Python
+ * method.
  *
  * Everything that is not per event stays in Python: joining, reaping, waiting (`_wait`),
  * errors and their messages (a slot that makes no sense is handed to `Ring.slot`, which
@@ -144,7 +145,9 @@ typedef struct {
     PyObject *str_borrow;
     PyObject *str_release;
     PyObject *str_slot;
-    PyObject *Reader;               /* the type, which `fast_recv` serves */
+    PyObject *Reader;               /* the types, which the methods in C check for */
+    PyObject *Fanout;
+    PyObject *FastMethod;
 } core_state;
 
 static core_state *
@@ -997,22 +1000,20 @@ publish_if_fresh(FanoutObject *self, PyObject *data)
     return reached;
 }
 
+/* `fast_emit(event, timeout, lock)`: how many rings got it (an int), else its pickle or
+   None for the general way; NULL with an exception. */
 static PyObject *
-Fanout_fast_emit(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+fanout_fast_emit(FanoutObject *self, core_state *state, PyObject *event, PyObject *timeout,
+                 PyObject *lock)
 {
-    FanoutObject *self = (FanoutObject *)op;
-    core_state *state = state_of(Py_TYPE(op));
-    if (!positional("fast_emit", nargs, 3, 3)) {
-        return NULL;
-    }
-    if (self->control == NULL || self->forks != forks || !plain_timeout(args[1])) {
+    if (self->control == NULL || self->forks != forks || !plain_timeout(timeout)) {
         Py_RETURN_NONE;
     }
-    PyObject *data = plain_pickle(state, args[0]);
+    PyObject *data = plain_pickle(state, event);
     if (data == NULL || data == Py_None || PyBytes_GET_SIZE(data) > SLOT_SIZE - SLOT_HEADER) {
         return data;
     }
-    int locked = try_lock(state, args[2]);
+    int locked = try_lock(state, lock);
     if (locked <= 0) {
         if (locked < 0) {
             Py_CLEAR(data);
@@ -1020,7 +1021,7 @@ Fanout_fast_emit(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
         return data;
     }
     PyObject *reached = publish_if_fresh(self, data);
-    if (unlock(state, args[2]) < 0) {
+    if (unlock(state, lock) < 0) {
         Py_XDECREF(reached);
         Py_DECREF(data);
         return NULL;
@@ -1031,6 +1032,16 @@ Fanout_fast_emit(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
     }
     Py_DECREF(data);
     return reached;
+}
+
+static PyObject *
+Fanout_fast_emit(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (!positional("fast_emit", nargs, 3, 3)) {
+        return NULL;
+    }
+    return fanout_fast_emit((FanoutObject *)op, state_of(Py_TYPE(op)), args[0], args[1],
+                            args[2]);
 }
 
 static PyObject *
@@ -2040,24 +2051,79 @@ static PyType_Spec Reader_spec = {
     .slots = Reader_slots,
 };
 
-/* ================================ fast_recv ======================================== */
+/* ============================ the methods in C ===================================== */
 
-/* `fast_recv(general, reader=, lock=, wake=)`: a subscription's `recv`, as a method
-   descriptor whose usual call is `take_one` in one C call, with no Python frame (which
-   costs as much as the rest of the call) and nothing parked (no bytecode runs between
-   the consuming and the return). It reads the instance's
-   attributes the subscription names for it; every call it does not finish whole (a
-   keyword other than `timeout` or `view=False`, nothing ready, leftovers, an error) is
-   `general`'s, with the same arguments, having consumed nothing. `_protocol.fast_recv`
-   is its pure-Python twin: `general` alone, whose own fast path uses `take_one`. */
+/* `recv_method` and `emit_method`: a subscription's `recv` and an emitter's `emit` as
+   method descriptors, whose usual call is all C: no Python frame, which costs as much
+   as the rest of such a call. Each reads the instance's attributes that the class names
+   for it, and hands every call it does not finish whole to `general`, the Python method
+   it stands for, with the same arguments. `_protocol.recv_method` and `emit_method` are
+   their pure-Python twins: `general` alone, whose own fast path calls the protocol. */
 
 typedef struct {
     PyObject_HEAD
     vectorcallfunc vectorcall;
-    PyObject *general;            /* the method, whole: every call not finished here */
-    PyObject *reader, *lock, *wake; /* the names of the instance's attributes */
+    PyObject *general;  /* the method, whole: every call not finished here */
+    PyObject *names;    /* a tuple of the instance's attributes it reads (see below) */
     PyObject *str_timeout, *str_view;
-} FastRecvObject;
+} FastMethodObject;
+
+/* The call's one argument after the instance (`event`, or none for recv), its timeout
+   and whether `view` is absent or False; 0 if the call is not the usual one. */
+static int
+usual_call(FastMethodObject *self, PyObject *const *args, Py_ssize_t nargs,
+           PyObject *kwnames, Py_ssize_t positional_args, PyObject **timeout)
+{
+    *timeout = Py_None;
+    if (nargs != positional_args) {
+        return 0;
+    }
+    Py_ssize_t count = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *name = PyTuple_GET_ITEM(kwnames, i);
+        PyObject *value = args[nargs + i];
+        if (name == self->str_timeout) {
+            *timeout = value;
+        }
+        else if (name != self->str_view || value != Py_False || positional_args != 1) {
+            return 0; /* `view=True`, or a name the general way must judge */
+        }
+    }
+    return 1;
+}
+
+/* The instance's `__dict__` (new), or NULL without an error if it has none. Its items
+   are read directly: a full attribute lookup per name cost more than the frame saved. */
+static PyObject *
+instance_dict(PyObject *instance)
+{
+    PyObject *dict = PyObject_GenericGetDict(instance, NULL);
+    if (dict == NULL || !PyDict_CheckExact(dict)) {
+        PyErr_Clear();
+        Py_CLEAR(dict);
+    }
+    return dict;
+}
+
+/* The instance's attribute named `names[which]`: from `dict` if it is there (the
+   classes served keep no descriptor under these names), else looked up in full. */
+static PyObject *
+attribute(FastMethodObject *self, PyObject *dict, PyObject *instance, Py_ssize_t which)
+{
+    PyObject *name = PyTuple_GET_ITEM(self->names, which);
+    if (dict != NULL) {
+        PyObject *value = PyDict_GetItemWithError(dict, name);
+        if (value != NULL) {
+            return Py_NewRef(value);
+        }
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+    }
+    return PyObject_GetAttr(instance, name);
+}
+
+/* -- recv: names (reader, lock, wake) --------------------------------------------- */
 
 /* The parked event if it is one plain event, taken back (the caller's); else NULL, and
    whatever is parked stays for the general way. */
@@ -2090,55 +2156,36 @@ release_hand_over(ReaderObject *reader)
     }
 }
 
-/* The call's one instance, its timeout and whether `view` is false; 0 if the call is
-   not the usual one. */
-static int
-usual_call(FastRecvObject *self, PyObject *const *args, Py_ssize_t nargs,
-           PyObject *kwnames, PyObject **timeout)
-{
-    *timeout = Py_None;
-    if (nargs != 1) {
-        return 0;
-    }
-    Py_ssize_t count = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
-    for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *name = PyTuple_GET_ITEM(kwnames, i);
-        PyObject *value = args[nargs + i];
-        if (name == self->str_timeout) {
-            *timeout = value;
-        }
-        else if (name != self->str_view || value != Py_False) {
-            return 0; /* `view=True`, or a name the general way must judge */
-        }
-    }
-    return 1;
-}
-
+/* `take_one` in one call, the event handed out directly, with nothing parked (no
+   bytecode runs between consuming and returning). */
 static PyObject *
-FastRecv_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+recv_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
-    FastRecvObject *self = (FastRecvObject *)op;
+    FastMethodObject *self = (FastMethodObject *)op;
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     PyObject *timeout;
-    if (!usual_call(self, args, nargs, kwnames, &timeout)) {
+    if (!usual_call(self, args, nargs, kwnames, 1, &timeout)) {
         return PyObject_Vectorcall(self->general, args, nargsf, kwnames);
     }
     PyObject *instance = args[0];
-    PyObject *reader = PyObject_GetAttr(instance, self->reader);
+    PyObject *dict = instance_dict(instance);
+    PyObject *reader = attribute(self, dict, instance, 0);
     if (reader == NULL) {
+        Py_XDECREF(dict);
         return NULL;
     }
     core_state *state = state_of(Py_TYPE(op));
     PyObject *event = NULL;
     int taken = 0;
     PyObject *lock = NULL;
-    if (Py_IS_TYPE(reader, (PyTypeObject *)state->Reader)) { /* (else the other core's: the general way) */
-        lock = PyObject_GetAttr(instance, self->lock);
+    if (Py_IS_TYPE(reader, (PyTypeObject *)state->Reader)) { /* (else the other core's) */
+        lock = attribute(self, dict, instance, 1);
         taken = lock == NULL ? -1 : reader_take_one((ReaderObject *)reader, state, lock,
                                                     timeout, &event);
     }
     if (taken == 2) {
-        PyObject *woken = PyObject_CallMethodNoArgs(instance, self->wake);
+        PyObject *woken = PyObject_CallMethodNoArgs(instance,
+                                                    PyTuple_GET_ITEM(self->names, 2));
         taken = woken == NULL ? -1 : 1;
         Py_XDECREF(woken);
     }
@@ -2151,14 +2198,96 @@ FastRecv_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject
     }
     Py_XDECREF(lock);
     Py_DECREF(reader);
+    Py_XDECREF(dict);
     if (taken < 0 || event != NULL) {
         return event;
     }
     return PyObject_Vectorcall(self->general, args, nargsf, kwnames);
 }
 
+/* -- emit: names (fanout, lock, wake, declined, *unless) --------------------------- */
+
+#define EMIT_NAMES 4 /* before the `unless` ones */
+
+/* 1 if every `unless` attribute of the instance is false, 0 if one is true, -1. */
+static int
+none_true(FastMethodObject *self, PyObject *dict, PyObject *instance)
+{
+    for (Py_ssize_t i = EMIT_NAMES; i < PyTuple_GET_SIZE(self->names); i++) {
+        PyObject *value = attribute(self, dict, instance, i);
+        int truth = value == NULL ? -1 : PyObject_IsTrue(value);
+        Py_XDECREF(value);
+        if (truth != 0) {
+            return truth < 0 ? -1 : 0;
+        }
+    }
+    return 1;
+}
+
+/* `fast_emit`; then, if it published, the named wake if a subscriber listens on its
+   wake pipe, and how many rings got it; else the named `declined(event, pickle or
+   None, timeout)`, the general way, which does not pickle again. */
 static PyObject *
-FastRecv_get(PyObject *op, PyObject *instance, PyObject *Py_UNUSED(owner))
+emit_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    FastMethodObject *self = (FastMethodObject *)op;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *timeout;
+    if (!usual_call(self, args, nargs, kwnames, 2, &timeout)) {
+        return PyObject_Vectorcall(self->general, args, nargsf, kwnames);
+    }
+    PyObject *instance = args[0];
+    PyObject *dict = instance_dict(instance);
+    int usual = none_true(self, dict, instance);
+    PyObject *fanout = usual > 0 ? attribute(self, dict, instance, 0) : NULL;
+    core_state *state = state_of(Py_TYPE(op));
+    if (fanout == NULL || !Py_IS_TYPE(fanout, (PyTypeObject *)state->Fanout)) {
+        /* (not the usual call, an error, or the other core's Fanout) */
+        Py_XDECREF(dict);
+        if (usual < 0 || (usual > 0 && fanout == NULL)) {
+            return NULL;
+        }
+        Py_XDECREF(fanout);
+        return PyObject_Vectorcall(self->general, args, nargsf, kwnames);
+    }
+    PyObject *lock = attribute(self, dict, instance, 1);
+    Py_XDECREF(dict);
+    PyObject *done = lock == NULL ? NULL : fanout_fast_emit((FanoutObject *)fanout, state,
+                                                           args[1], timeout, lock);
+    PyObject *wanting = ((FanoutObject *)fanout)->wanting;
+    int wanted = done != NULL && wanting != NULL && PyList_GET_SIZE(wanting) != 0;
+    Py_XDECREF(lock);
+    Py_DECREF(fanout);
+    if (done == NULL) {
+        return NULL;
+    }
+    if (PyLong_CheckExact(done)) {
+        if (wanted) {
+            PyObject *woken = PyObject_CallMethodNoArgs(instance,
+                                                        PyTuple_GET_ITEM(self->names, 2));
+            if (woken == NULL) {
+                Py_DECREF(done);
+                return NULL;
+            }
+            Py_DECREF(woken);
+        }
+        return done;
+    }
+    PyObject *declined = PyObject_GetAttr(instance, PyTuple_GET_ITEM(self->names, 3));
+    PyObject *result = NULL;
+    if (declined != NULL) {
+        PyObject *call[3] = {args[1], done, timeout};
+        result = PyObject_Vectorcall(declined, call, 3, NULL);
+        Py_DECREF(declined);
+    }
+    Py_DECREF(done);
+    return result;
+}
+
+/* -- the descriptor ---------------------------------------------------------------- */
+
+static PyObject *
+FastMethod_get(PyObject *op, PyObject *instance, PyObject *Py_UNUSED(owner))
 {
     if (instance == NULL || instance == Py_None) {
         return Py_NewRef(op);
@@ -2166,115 +2295,153 @@ FastRecv_get(PyObject *op, PyObject *instance, PyObject *Py_UNUSED(owner))
     return PyMethod_New(op, instance);
 }
 
+/* A method descriptor of `type` standing for `general`, reading the attributes named
+   in `names` (a tuple of str) with `vectorcall`. */
 static PyObject *
-FastRecv_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+fast_method(PyObject *module, PyObject *general, PyObject *names, vectorcallfunc vectorcall)
 {
-    static char *names[] = {"general", "reader", "lock", "wake", NULL};
-    PyObject *general, *reader, *lock, *wake;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O$UUU:fast_recv", names, &general,
-                                     &reader, &lock, &wake)) {
-        return NULL;
-    }
+    core_state *state = PyModule_GetState(module);
     if (!PyCallable_Check(general)) {
-        PyErr_SetString(PyExc_TypeError, "fast_recv: general must be callable");
+        PyErr_SetString(PyExc_TypeError, "the method stood for must be callable");
         return NULL;
     }
-    FastRecvObject *self = (FastRecvObject *)type->tp_alloc(type, 0);
+    PyTypeObject *type = (PyTypeObject *)state->FastMethod;
+    FastMethodObject *self = (FastMethodObject *)type->tp_alloc(type, 0);
     if (self == NULL) {
         return NULL;
     }
-    self->vectorcall = FastRecv_vectorcall;
+    self->vectorcall = vectorcall;
     self->general = Py_NewRef(general);
-    self->reader = Py_NewRef(reader);
-    self->lock = Py_NewRef(lock);
-    self->wake = Py_NewRef(wake);
-    PyUnicode_InternInPlace(&self->reader);
-    PyUnicode_InternInPlace(&self->lock);
-    PyUnicode_InternInPlace(&self->wake);
+    self->names = PyTuple_New(PyTuple_GET_SIZE(names));
     self->str_timeout = PyUnicode_InternFromString("timeout");
     self->str_view = PyUnicode_InternFromString("view");
-    if (self->str_timeout == NULL || self->str_view == NULL) {
+    if (self->names == NULL || self->str_timeout == NULL || self->str_view == NULL) {
         Py_DECREF(self);
         return NULL;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(names); i++) {
+        PyObject *name = PyTuple_GET_ITEM(names, i);
+        if (!PyUnicode_CheckExact(name)) {
+            PyErr_SetString(PyExc_TypeError, "attribute names must be str");
+            Py_DECREF(self);
+            return NULL;
+        }
+        Py_INCREF(name);
+        PyUnicode_InternInPlace(&name);
+        PyTuple_SET_ITEM(self->names, i, name);
     }
     return (PyObject *)self;
 }
 
+static PyObject *
+recv_method(PyObject *module, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"general", "reader", "lock", "wake", NULL};
+    PyObject *general, *reader, *lock, *wake;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O$UUU:recv_method", keywords, &general,
+                                     &reader, &lock, &wake)) {
+        return NULL;
+    }
+    PyObject *names = PyTuple_Pack(3, reader, lock, wake);
+    PyObject *method = names == NULL ? NULL : fast_method(module, general, names,
+                                                          recv_vectorcall);
+    Py_XDECREF(names);
+    return method;
+}
+
+static PyObject *
+emit_method(PyObject *module, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"general", "fanout", "lock", "wake", "declined", "unless",
+                               NULL};
+    PyObject *general, *fanout, *lock, *wake, *declined, *unless;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O$UUUUO!:emit_method", keywords,
+                                     &general, &fanout, &lock, &wake, &declined,
+                                     &PyTuple_Type, &unless)) {
+        return NULL;
+    }
+    PyObject *first = PyTuple_Pack(EMIT_NAMES, fanout, lock, wake, declined);
+    PyObject *names = first == NULL ? NULL : PySequence_Concat(first, unless);
+    PyObject *method = names == NULL ? NULL : fast_method(module, general, names,
+                                                          emit_vectorcall);
+    Py_XDECREF(first);
+    Py_XDECREF(names);
+    return method;
+}
+
 static int
-FastRecv_traverse(PyObject *op, visitproc visit, void *arg)
+FastMethod_traverse(PyObject *op, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(op));
-    Py_VISIT(((FastRecvObject *)op)->general);
+    Py_VISIT(((FastMethodObject *)op)->general);
     return 0;
 }
 
 static int
-FastRecv_clear(PyObject *op)
+FastMethod_clear(PyObject *op)
 {
-    FastRecvObject *self = (FastRecvObject *)op;
+    FastMethodObject *self = (FastMethodObject *)op;
     Py_CLEAR(self->general);
-    Py_CLEAR(self->reader);
-    Py_CLEAR(self->lock);
-    Py_CLEAR(self->wake);
+    Py_CLEAR(self->names);
     Py_CLEAR(self->str_timeout);
     Py_CLEAR(self->str_view);
     return 0;
 }
 
 static void
-FastRecv_dealloc(PyObject *op)
+FastMethod_dealloc(PyObject *op)
 {
     PyTypeObject *type = Py_TYPE(op);
     PyObject_GC_UnTrack(op);
-    (void)FastRecv_clear(op);
+    (void)FastMethod_clear(op);
     type->tp_free(op);
     Py_DECREF(type);
 }
 
 /* What `help()`, `inspect.signature` and tracebacks read are `general`'s. */
 static PyObject *
-FastRecv_general_attribute(PyObject *op, void *closure)
+FastMethod_general_attribute(PyObject *op, void *closure)
 {
-    PyObject *general = ((FastRecvObject *)op)->general;
+    PyObject *general = ((FastMethodObject *)op)->general;
     if (general == NULL) {
         Py_RETURN_NONE;
     }
     return PyObject_GetAttrString(general, (const char *)closure);
 }
 
-static PyGetSetDef FastRecv_getset[] = {
-    {"__doc__", FastRecv_general_attribute, NULL, NULL, "__doc__"},
-    {"__name__", FastRecv_general_attribute, NULL, NULL, "__name__"},
-    {"__qualname__", FastRecv_general_attribute, NULL, NULL, "__qualname__"},
+static PyGetSetDef FastMethod_getset[] = {
+    {"__doc__", FastMethod_general_attribute, NULL, NULL, "__doc__"},
+    {"__name__", FastMethod_general_attribute, NULL, NULL, "__name__"},
+    {"__qualname__", FastMethod_general_attribute, NULL, NULL, "__qualname__"},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PyMemberDef FastRecv_members[] = {
-    {"__vectorcalloffset__", T_PYSSIZET, offsetof(FastRecvObject, vectorcall), READONLY,
+static PyMemberDef FastMethod_members[] = {
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(FastMethodObject, vectorcall), READONLY,
      NULL},
-    {"__wrapped__", T_OBJECT, offsetof(FastRecvObject, general), READONLY,
+    {"__wrapped__", T_OBJECT, offsetof(FastMethodObject, general), READONLY,
      "The method whole, which every call not finished here goes to."},
     {NULL, 0, 0, 0, NULL},
 };
 
-static PyType_Slot FastRecv_slots[] = {
-    {Py_tp_new, FastRecv_new},
-    {Py_tp_dealloc, FastRecv_dealloc},
-    {Py_tp_traverse, FastRecv_traverse},
-    {Py_tp_clear, FastRecv_clear},
+static PyType_Slot FastMethod_slots[] = {
+    {Py_tp_dealloc, FastMethod_dealloc},
+    {Py_tp_traverse, FastMethod_traverse},
+    {Py_tp_clear, FastMethod_clear},
     {Py_tp_call, PyVectorcall_Call},
-    {Py_tp_descr_get, FastRecv_get},
-    {Py_tp_getset, FastRecv_getset},
-    {Py_tp_members, FastRecv_members},
+    {Py_tp_descr_get, FastMethod_get},
+    {Py_tp_getset, FastMethod_getset},
+    {Py_tp_members, FastMethod_members},
     {0, NULL},
 };
 
-static PyType_Spec FastRecv_spec = {
-    .name = "shmbus._ringcore.fast_recv",
-    .basicsize = sizeof(FastRecvObject),
+static PyType_Spec FastMethod_spec = {
+    .name = "shmbus._ringcore.FastMethod",
+    .basicsize = sizeof(FastMethodObject),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE
-             | Py_TPFLAGS_HAVE_VECTORCALL | Py_TPFLAGS_METHOD_DESCRIPTOR,
-    .slots = FastRecv_slots,
+             | Py_TPFLAGS_HAVE_VECTORCALL | Py_TPFLAGS_METHOD_DESCRIPTOR
+             | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = FastMethod_slots,
 };
 
 /* ================================ the held wait ==================================== */
@@ -2330,6 +2497,12 @@ held_acquire(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t narg
 }
 
 static PyMethodDef ringcore_functions[] = {
+    {"recv_method", (PyCFunction)(void (*)(void))recv_method, METH_VARARGS | METH_KEYWORDS,
+     "recv_method(general, *, reader, lock, wake): a subscription's recv whose usual\n"
+     "call is C (see _protocol.recv_method)."},
+    {"emit_method", (PyCFunction)(void (*)(void))emit_method, METH_VARARGS | METH_KEYWORDS,
+     "emit_method(general, *, fanout, lock, wake, declined, unless): an emitter's emit\n"
+     "whose usual call is C (see _protocol.emit_method)."},
     {"held_acquire", (PyCFunction)(void (*)(void))held_acquire, METH_FASTCALL,
      "held_acquire(acquire, timeout): acquire(timeout) with the asynchronous signals\n"
      "held back, then their handlers run (see _wait.TimedWaiter)."},
@@ -2444,11 +2617,13 @@ ringcore_exec(PyObject *module)
     if (PyModule_AddObjectRef(module, "Undecodable", state->Undecodable) < 0
         || PyModule_AddStringConstant(module, "NAME", "c") < 0
         || add_type(module, &Fanout_spec) < 0 || add_type(module, &Reader_spec) < 0
-        || add_type(module, &FastRecv_spec) < 0) {
+        || add_type(module, &FastMethod_spec) < 0) {
         return -1;
     }
     state->Reader = PyObject_GetAttrString(module, "Reader");
-    return state->Reader == NULL ? -1 : 0;
+    state->Fanout = PyObject_GetAttrString(module, "Fanout");
+    state->FastMethod = PyObject_GetAttrString(module, "FastMethod");
+    return state->Reader && state->Fanout && state->FastMethod ? 0 : -1;
 }
 
 static int
@@ -2461,6 +2636,8 @@ ringcore_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(state->loads);
     Py_VISIT(state->decode);
     Py_VISIT(state->Reader);
+    Py_VISIT(state->Fanout);
+    Py_VISIT(state->FastMethod);
     return 0;
 }
 
@@ -2479,6 +2656,8 @@ ringcore_clear(PyObject *module)
     Py_CLEAR(state->str_release);
     Py_CLEAR(state->str_slot);
     Py_CLEAR(state->Reader);
+    Py_CLEAR(state->Fanout);
+    Py_CLEAR(state->FastMethod);
     return 0;
 }
 

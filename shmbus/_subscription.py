@@ -290,8 +290,8 @@ class LocalSubscription(RingReceiver):
                     return parked[1][0]
                 raise parked[2]
 
-    # The compiled core makes the usual call one C call (see `_protocol.fast_recv`).
-    recv = _core.fast_recv(recv, reader="_reader", lock="_lock", wake="_wake_emitter_loop")
+    # The compiled core makes the usual call one C call (see `_protocol.recv_method`).
+    recv = _core.recv_method(recv, reader="_reader", lock="_lock", wake="_wake_emitter_loop")
 
     def recv_many(self, max_n: int, *, timeout: float | None = None) -> list[Any]:
         """The next events, at least one and at most `max_n`: all that are ready now

@@ -8,6 +8,7 @@ directions: they share a layout and doorbell rules, not just an API.
 
 from __future__ import annotations
 
+import collections
 import importlib
 import inspect
 import os
@@ -699,7 +700,7 @@ def test_a_fork_child_leaves_the_fast_paths_alone(core: ModuleType, bus: Bus):
 
 
 class _Receiving:
-    """A stand-in subscription for `fast_recv`: its general way only records the call."""
+    """A stand-in subscription for `recv_method`: its general way only records the call."""
 
     def __init__(self, reader: Any) -> None:
         self._r, self._l = reader, threading.RLock()
@@ -715,12 +716,12 @@ class _Receiving:
 
 
 def _receiving(core: ModuleType, reader: Any) -> _Receiving:
-    method = core.fast_recv(_Receiving.recv, reader="_r", lock="_l", wake="_wake")
+    method = core.recv_method(_Receiving.recv, reader="_r", lock="_l", wake="_wake")
     return type("Receiving", (_Receiving,), {"recv": method})(reader)
 
 
 @pytest.mark.parametrize("core", CORES)
-def test_fast_recv_leaves_every_call_it_does_not_finish_to_the_general_way(
+def test_recv_method_leaves_every_call_it_does_not_finish_to_the_general_way(
         core: ModuleType, bus: Bus):
     ring = bus.ring(8)
     fanout, reader = core.Fanout(bus.control), core.Reader(ring, bus.control)
@@ -736,12 +737,12 @@ def test_fast_recv_leaves_every_call_it_does_not_finish_to_the_general_way(
     reader.surplus = (0, ["left over"], None)
     assert sub.recv() == "general" and reader.tail == 0
     if core is _protocol:
-        assert core.fast_recv(_Receiving.recv, reader="", lock="", wake="") \
+        assert core.recv_method(_Receiving.recv, reader="", lock="", wake="") \
             is _Receiving.recv  # the Python core's fast path is in the method itself
 
 
 @_NOT_BUILT
-def test_fast_recv_finishes_the_usual_call_in_the_compiled_core(bus: Bus):
+def test_recv_method_finishes_the_usual_call_in_the_compiled_core(bus: Bus):
     core = _RINGCORE
     ring = bus.ring(8)
     fanout, reader = core.Fanout(bus.control), core.Reader(ring, bus.control)
@@ -750,7 +751,7 @@ def test_fast_recv_finishes_the_usual_call_in_the_compiled_core(bus: Bus):
     publish(fanout, "a", "b")
     assert sub.recv() == "a" and sub.recv(timeout=1.5, view=False) == "b"
     assert sub.general == [] and reader.tail == 2 and reader.parked is None
-    assert reader.handing == 0 and sub._l.acquire(False), "fast_recv left the lock held"
+    assert reader.handing == 0 and sub._l.acquire(False), "recv_method left the lock held"
     sub._l.release()
     assert sub.recv(timeout=0) == "general"  # nothing ready: the general way waits
     publish(fanout, "c")
@@ -771,10 +772,98 @@ def test_fast_recv_finishes_the_usual_call_in_the_compiled_core(bus: Bus):
 
 
 @_NOT_BUILT
-def test_fast_recv_reads_as_the_method_it_stands_for():
+def test_recv_method_reads_as_the_method_it_stands_for():
     method = shmbus.LocalSubscription.__dict__["recv"]
-    assert type(method) is _RINGCORE.fast_recv or shmbus.CORE == "python"
+    assert type(method) is _RINGCORE.FastMethod or shmbus.CORE == "python"
     assert shmbus.LocalSubscription.recv.__name__ == "recv"
     assert "The next event" in (shmbus.LocalSubscription.recv.__doc__ or "")
     assert list(inspect.signature(shmbus.LocalSubscription.recv).parameters) == [
         "self", "timeout", "view"]
+
+
+class _Emitting:
+    """A stand-in emitter for `emit_method`: its general ways only record the call."""
+
+    def __init__(self, fanout: Any) -> None:
+        self._f, self._l = fanout, threading.RLock()
+        self._large, self._in_flight, self._history = False, collections.deque(), False
+        self.woken = 0
+        self.general: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+        self.declined: list[tuple[Any, Any, Any]] = []
+
+    def _wake(self) -> None:
+        self.woken += 1
+
+    def _declined(self, event: Any, pickled: Any, timeout: Any) -> str:
+        self.declined.append((event, pickled, timeout))
+        return "declined"
+
+    def emit(self, *args: Any, **kwargs: Any) -> str:
+        self.general.append((args, kwargs))
+        return "general"
+
+
+def _emitting(core: ModuleType, fanout: Any) -> _Emitting:
+    method = core.emit_method(_Emitting.emit, fanout="_f", lock="_l", wake="_wake",
+                              declined="_declined",
+                              unless=("_large", "_in_flight", "_history"))
+    return type("Emitting", (_Emitting,), {"emit": method})(fanout)
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_emit_method_leaves_every_call_it_does_not_finish_to_the_general_way(
+        core: ModuleType, bus: Bus):
+    ring = bus.ring(8)
+    fanout = core.Fanout(bus.control)
+    fanout.add(ring, 0)
+    fanout.fresh_for(_generation(bus), 60.0)
+    em = _emitting(core, fanout)
+    calls = [(("a", 1.0), {}), ((), {"event": "a"}), (("a",), {"timeout": 1, "view": 0}),
+             (("a",), {"wait": 1})]
+    for args, kwargs in calls:
+        assert em.emit(*args, **kwargs) == "general"
+    for gate in ("_large", "_history"):
+        setattr(em, gate, True)
+        assert em.emit("b") == "general"
+        setattr(em, gate, False)
+    em._in_flight.append(1)  # a large event not read by everyone
+    assert em.emit("b", timeout=2) == "general"
+    assert em.general[-3:] == [((("b",)), {}), ((("b",)), {}), ((("b",)), {"timeout": 2})]
+    assert len(em.general) == len(calls) + 3
+    assert fanout.committed == 0  # nothing published on the way
+    if core is _protocol:
+        assert core.emit_method(_Emitting.emit, fanout="", lock="", wake="", declined="",
+                                unless=()) is _Emitting.emit
+
+
+@_NOT_BUILT
+def test_emit_method_finishes_the_usual_call_in_the_compiled_core(bus: Bus):
+    core = _RINGCORE
+    ring = bus.ring(2)
+    fanout, reader = core.Fanout(bus.control), core.Reader(ring, bus.control)
+    fanout.add(ring, 0)
+    em = _emitting(core, fanout)
+    assert em.emit("a") == "declined"  # the rings were never listed: not fresh
+    assert em.declined == [("a", pickle.dumps("a", 5), None)]  # pickled once, handed on
+    fanout.fresh_for(_generation(bus), 60.0)
+    assert em.emit("a") == 1 and em.emit("b", timeout=0.5) == 1
+    assert em.general == [] and fanout.committed == 2 and em.woken == 0
+    assert em._l.acquire(False), "emit_method left the lock held"
+    em._l.release()
+    assert em.emit("c", timeout=0) == "declined"  # the ring is full: the general way waits
+    assert em.declined[-1] == ("c", pickle.dumps("c", 5), 0)
+    assert em.emit(lambda: 0) == "declined" and em.declined[-1][1] is None  # not plain
+    assert take(reader) == ["a", "b"]
+    ring.flags[_ring.SUB_WAITING] = 1  # a subscriber listens on its wake pipe
+    assert em.emit("d") == 1 and em.woken == 1
+    python_fanout = _protocol.Fanout(bus.control)
+    assert _emitting(core, python_fanout).emit("e") == "general"  # the other core's
+    python_fanout.close()
+
+
+@_NOT_BUILT
+def test_emit_method_reads_as_the_method_it_stands_for():
+    assert shmbus.EventEmitter.emit.__name__ == "emit"
+    assert "Deliver `event`" in (shmbus.EventEmitter.emit.__doc__ or "")
+    assert list(inspect.signature(shmbus.EventEmitter.emit).parameters) == [
+        "self", "event", "timeout"]
