@@ -2,9 +2,9 @@
 
 ## Shape
 
-`Fanout` and `Reader` (see `_protocol`) come from the compiled core, `shmbus._ringcore`,
-when the package's build made it, and from `_protocol` otherwise, or when
-`SHMBUS_CORE=python` asks for it. Both work on the same memory layout with the same
+`Fanout`, `Reader` and `Lock` (see `_protocol`) come from the compiled core,
+`shmbus._ringcore`, when the package's build made it, and from `_protocol` otherwise,
+or when `SHMBUS_CORE=python` asks for it. Both work on the same memory layout with the same
 rules, so processes with different cores share a bus. `NAME` says which one this
 process runs ("c" or "python"), as `shmbus --version` and `shmbus ls` show.
 
@@ -54,7 +54,8 @@ def use(name: str) -> None:
     """
     chosen = _implementation(name)
     # Rebound, as the import bound them (for the type checker they are `_protocol`'s).
-    globals().update(NAME=chosen.NAME, Fanout=chosen.Fanout, Reader=chosen.Reader)
+    globals().update(NAME=chosen.NAME, Fanout=chosen.Fanout, Reader=chosen.Reader,
+                     Lock=chosen.Lock)
     _plug_in(chosen)
     package = sys.modules.get(__package__)
     if package is not None:
@@ -67,13 +68,13 @@ def _plug_in(chosen: ModuleType) -> None:
 
 
 if TYPE_CHECKING:
-    from ._protocol import NAME, Fanout, Reader, emit_method, recv_method
+    from ._protocol import NAME, Fanout, Lock, Reader, emit_method, recv_method
 else:
     _chosen = _implementation(os.environ.get(CORE_ENV, ""))
-    NAME, Fanout, Reader = _chosen.NAME, _chosen.Fanout, _chosen.Reader
+    NAME, Fanout, Reader, Lock = _chosen.NAME, _chosen.Fanout, _chosen.Reader, _chosen.Lock
     # Applied once, as the classes are made (`use` leaves them: each steps aside for the
     # other core's objects).
     recv_method, emit_method = _chosen.recv_method, _chosen.emit_method
     _plug_in(_chosen)
 
-__all__ = ["NAME", "Fanout", "Reader", "emit_method", "recv_method", "use"]
+__all__ = ["NAME", "Fanout", "Lock", "Reader", "emit_method", "recv_method", "use"]

@@ -161,7 +161,7 @@ class EventEmitter(Handle):
         """The slots of the last `history` events, oldest first, for late joiners who
         ask for them (`subscribe(name, history=True)`): kept in this process only, and
         copied into a joiner's ring when it is adopted."""
-        self._lock = threading.RLock()
+        self._lock = _core.Lock()
         self._outlets: dict[int, _Outlet] = {}
         self._fanout = _core.Fanout(self._control)  # the rings, as the ring protocol writes them
         self._next_sweep = 0.0

@@ -104,6 +104,10 @@ Decode = Callable[[Any], Any]
 LoadLarge = Callable[[int, int, bytes], Any]
 _Method = TypeVar("_Method", bound=Callable[..., Any])
 
+Lock = threading.RLock
+"""The lock of every emitter and subscription: here `threading.RLock`. The compiled
+core's `Lock` has the same methods and is taken by its fast paths without a call."""
+
 
 def recv_method(general: _Method, *, reader: str, lock: str, wake: str) -> _Method:
     """A subscription's `recv`, `general`, with its usual call done by the core.

@@ -37,6 +37,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from enum import Enum
 from typing import Any, TypeVar
 
+from . import _core
 from ._control import ControlBlock
 from ._errors import BusNotFound, Closed, EmitterDied, InvalidArgument, Timeout, shown
 from ._handle import Handle
@@ -218,7 +219,7 @@ class RingReceiver(Receiver):
         self._last_seq = None
         self._waker = None  # opened by the first wake-up of the emitter's loop
         self._end = None
-        self._lock = threading.RLock()  # every touch of the ring, and `close()`
+        self._lock = _core.Lock()  # every touch of the ring, and `close()`
         self._closing = False
 
     # -- public -------------------------------------------------------------------------

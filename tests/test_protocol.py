@@ -13,8 +13,10 @@ import importlib
 import inspect
 import os
 import pickle
+import signal
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
@@ -867,3 +869,104 @@ def test_emit_method_reads_as_the_method_it_stands_for():
     assert "Deliver `event`" in (shmbus.EventEmitter.emit.__doc__ or "")
     assert list(inspect.signature(shmbus.EventEmitter.emit).parameters) == [
         "self", "event", "timeout"]
+
+
+# -- the lock ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_the_lock_is_re_entrant_and_only_its_holder_releases_it(core: ModuleType):
+    lock = core.Lock()
+    with pytest.raises(RuntimeError):
+        lock.release()
+    assert lock.acquire() and lock.acquire(False) and lock.acquire(timeout=1)
+    with lock:
+        pass
+    released: list[BaseException] = []
+
+    def release_elsewhere() -> None:
+        try:
+            lock.release()
+        except RuntimeError as exc:
+            released.append(exc)
+
+    elsewhere = threading.Thread(target=release_elsewhere)
+    elsewhere.start()
+    elsewhere.join(10)
+    assert len(released) == 1  # not the other thread's to release
+    for _ in range(3):
+        lock.release()
+    with pytest.raises(RuntimeError):
+        lock.release()
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_the_lock_waits_as_asked_while_another_thread_holds_it(core: ModuleType):
+    lock = core.Lock()
+    with _HeldElsewhere(lock) as held:
+        assert lock.acquire(False) is False and lock.acquire(blocking=False) is False
+        began = time.monotonic()
+        assert lock.acquire(timeout=0.05) is False
+        assert time.monotonic() - began >= 0.05
+        threading.Timer(0.05, held.__exit__).start()
+        assert lock.acquire(timeout=10) is True  # as soon as the holder lets go
+    lock.release()
+
+
+@pytest.mark.parametrize("core", CORES)
+@pytest.mark.parametrize("args, kwargs, error", [
+    ((False, 1), {}, ValueError), ((), {"timeout": -2}, ValueError),
+    ((), {"timeout": float("nan")}, ValueError), ((), {"timeout": 1e300}, OverflowError),
+    ((), {"timeout": "1"}, TypeError), ((), {"wait": 1}, TypeError)])
+def test_the_lock_refuses_what_an_rlock_refuses(core: ModuleType, args: tuple[Any, ...],
+                                                 kwargs: dict[str, Any], error: type):
+    lock = core.Lock()
+    with pytest.raises(error):
+        lock.acquire(*args, **kwargs)
+    assert lock.acquire(False)  # nothing was taken
+    lock.release()
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_a_signal_interrupts_a_wait_for_the_lock_as_for_an_rlock(core: ModuleType):
+    lock = core.Lock()
+    seen: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        seen.append(signum)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, handler)
+    try:
+        with _HeldElsewhere(lock):
+            signal.setitimer(signal.ITIMER_REAL, 0.05, 0.05)  # a handler that returns,
+            with pytest.raises(KeyboardInterrupt):           # then one that raises
+                lock.acquire()
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            assert lock.acquire(False) is False  # the interrupted wait took nothing
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert seen == [signal.SIGALRM] * 2
+    assert lock.acquire(False)
+    lock.release()
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_the_fast_paths_step_aside_while_another_thread_holds_the_cores_lock(
+        core: ModuleType, bus: Bus):
+    ring = bus.ring(8)
+    fanout, reader = core.Fanout(bus.control), core.Reader(ring, bus.control)
+    fanout.add(ring, 0)
+    fanout.fresh_for(_generation(bus), 60.0)
+    lock = core.Lock()
+    with _HeldElsewhere(lock):
+        assert fanout.fast_emit("a", None, lock) == pickle.dumps("a", 5)
+        publish(fanout, "a")
+        assert reader.take_one(lock, None) == 0
+    assert fanout.fast_emit("b", None, lock) == 1 and reader.take_one(lock, None) == 1
+    with lock:  # this thread's own hold: re-entered, as an RLock is
+        assert fanout.fast_emit("c", None, lock) == 1
+    assert lock.acquire(False), "a fast path left the lock held"
+    lock.release()
