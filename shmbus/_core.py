@@ -68,13 +68,13 @@ def _plug_in(chosen: ModuleType) -> None:
 
 
 if TYPE_CHECKING:
-    from ._protocol import NAME, Fanout, Lock, Reader, emit_method, recv_method
+    from ._protocol import NAME, Fanout, Lock, Reader, emit_method
 else:
     _chosen = _implementation(os.environ.get(CORE_ENV, ""))
     NAME, Fanout, Reader, Lock = _chosen.NAME, _chosen.Fanout, _chosen.Reader, _chosen.Lock
-    # Applied once, as the classes are made (`use` leaves them: each steps aside for the
-    # other core's objects).
-    recv_method, emit_method = _chosen.recv_method, _chosen.emit_method
+    # Applied once, as the class is made (`use` leaves it: it steps aside for the other
+    # core's objects).
+    emit_method = _chosen.emit_method
     _plug_in(_chosen)
 
-__all__ = ["NAME", "Fanout", "Lock", "Reader", "emit_method", "recv_method", "use"]
+__all__ = ["NAME", "Fanout", "Lock", "Reader", "emit_method", "use"]

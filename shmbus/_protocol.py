@@ -109,19 +109,6 @@ Lock = threading.RLock
 core's `Lock` has the same methods and is taken by its fast paths without a call."""
 
 
-def recv_method(general: _Method, *, reader: str, lock: str, wake: str) -> _Method:
-    """A subscription's `recv`, `general`, with its usual call done by the core.
-
-    Here `general` itself, whose own fast path calls `Reader.take_one`. The compiled
-    core returns a method descriptor that does `take_one` in one C call and hands the
-    event out directly, reading the instance's attributes named `reader` (its `Reader`)
-    and `lock`, and calling the one named `wake` when `take_one` returns 2; every call
-    it does not finish goes to `general` with the same arguments. A Python frame costs
-    as much as the rest of such a call."""
-    del reader, lock, wake  # only the compiled core reads them
-    return general
-
-
 def emit_method(general: _Method, *, fanout: str, lock: str, wake: str, declined: str,
                 unless: tuple[str, ...]) -> _Method:
     """An emitter's `emit`, `general`, with its usual call done by the core.

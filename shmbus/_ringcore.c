@@ -17,10 +17,9 @@
  *
  * `Fanout.fast_emit` and `Reader.take_one` are the usual emit and recv whole, the
  * caller's lock and checks included: in Python those cost more than the protocol.
- * `recv_method` and `emit_method` go one step further: they make
- * `LocalSubscription.recv` and `EventEmitter.emit` themselves method descriptors in C,
- * with no Python frame, which hand every call they do not finish whole to the Python
- * method.
+ * `emit_method` goes one step further: it makes `EventEmitter.emit` itself a method
+ * descriptor in C, with no Python frame, which hands every call it does not finish
+ * whole to the Python method (and says why `recv` is not one).
  *
  * Everything that is not per event stays in Python: joining, reaping, waiting (`_wait`),
  * errors and their messages (a slot that makes no sense is handed to `Ring.slot`, which
@@ -147,8 +146,7 @@ typedef struct {
     PyObject *str_borrow;
     PyObject *str_release;
     PyObject *str_slot;
-    PyObject *Reader;               /* the types, which the methods in C check for */
-    PyObject *Fanout;
+    PyObject *Fanout;               /* the types, which the methods in C check for */
     PyObject *FastMethod;
     PyObject *Lock;
 } core_state;
@@ -2004,11 +2002,9 @@ parked_one(uint64_t seq, PyObject *event)
 }
 
 /* With the caller's lock: take the next event as `take_one` says; 1, 2 or 0, or -1 with
-   an exception (nothing consumed). With `direct`, a 1 leaves the event there instead of
-   parked (for a caller in C, which runs no bytecode before handing it out); a 2 still
-   parks it, since the caller's wake call may be interrupted. */
+   an exception (nothing consumed). */
 static int
-take_one_locked(ReaderObject *self, core_state *state, PyObject **direct)
+take_one_locked(ReaderObject *self, core_state *state)
 {
     uint64_t seq;
     if (self->base == NULL || self->parked != NULL || self->surplus != NULL
@@ -2033,25 +2029,6 @@ take_one_locked(ReaderObject *self, core_state *state, PyObject **direct)
         result = undecodable == NULL ? -1 : 0; /* the event's own fault: the general way */
         Py_XDECREF(undecodable);
     }
-    else if (direct != NULL && self->base != NULL && self->tail == tail
-             && self->parked == NULL) {
-        if (reader_consume(self, 1) < 0) {
-            PyErr_Clear(); /* a sleeping emitter looks again within a slice */
-        }
-        PyObject *parked = self->emitter_waiting ? parked_one(seq, event) : NULL;
-        if (parked == NULL) {
-            PyErr_Clear(); /* (no memory to park it: handed out, the emitter looks again
-                              within a slice) */
-            *direct = event;
-            event = NULL;
-            result = 1;
-        }
-        else {
-            self->parked = parked;
-            self->handing = PyThread_get_thread_ident();
-            result = 2;
-        }
-    }
     else if (self->base != NULL && self->tail == tail && self->parked == NULL) {
         /* (otherwise what the unpickler ran closed the ring, or received) */
         PyObject *parked = parked_one(seq, event);
@@ -2073,11 +2050,9 @@ take_one_locked(ReaderObject *self, core_state *state, PyObject **direct)
     return result;
 }
 
-/* `take_one(lock, timeout)`: 1, 2 or 0 as it says, or -1 with an exception (`direct`:
-   see `take_one_locked`). */
+/* `take_one(lock, timeout)`: 1, 2 or 0 as it says, or -1 with an exception. */
 static int
-reader_take_one(ReaderObject *self, core_state *state, PyObject *lock, PyObject *timeout,
-                PyObject **direct)
+reader_take_one(ReaderObject *self, core_state *state, PyObject *lock, PyObject *timeout)
 {
     uint64_t seq;
     if (self->base == NULL || self->forks != forks || self->parked != NULL
@@ -2089,7 +2064,7 @@ reader_take_one(ReaderObject *self, core_state *state, PyObject *lock, PyObject 
     if (locked <= 0) {
         return locked;
     }
-    int taken = take_one_locked(self, state, direct);
+    int taken = take_one_locked(self, state);
     if (unlock(state, lock) < 0) {
         /* (release of a lock this call took cannot fail: nothing is lost here) */
         return -1;
@@ -2103,8 +2078,7 @@ Reader_take_one(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
     if (!positional("take_one", nargs, 2, 2)) {
         return NULL;
     }
-    int taken = reader_take_one((ReaderObject *)op, state_of(Py_TYPE(op)), args[0], args[1],
-                                NULL);
+    int taken = reader_take_one((ReaderObject *)op, state_of(Py_TYPE(op)), args[0], args[1]);
     return taken < 0 ? NULL : PyLong_FromLong(taken);
 }
 
@@ -2287,41 +2261,43 @@ static PyType_Spec Reader_spec = {
 
 /* ============================ the methods in C ===================================== */
 
-/* `recv_method` and `emit_method`: a subscription's `recv` and an emitter's `emit` as
-   method descriptors, whose usual call is all C: no Python frame, which costs as much
-   as the rest of such a call. Each reads the instance's attributes that the class names
-   for it, and hands every call it does not finish whole to `general`, the Python method
-   it stands for, with the same arguments. `_protocol.recv_method` and `emit_method` are
-   their pure-Python twins: `general` alone, whose own fast path calls the protocol. */
+/* `emit_method`: an emitter's `emit` as a method descriptor whose usual call is all C:
+   no Python frame, which costs as much as the rest of such a call. It reads the
+   instance's attributes that the class names for it, and hands every call it does not
+   finish whole to `general`, the Python method it stands for, with the same arguments.
+   `_protocol.emit_method` is its pure-Python twin: `general` alone, whose own fast path
+   calls `fast_emit`.
+
+   Why not `recv` as well: the interpreter runs pending signal handlers right after a
+   call into C returns, before the caller stores the result (3.11's CALL checks the eval
+   breaker; a Python function's return does not). A KeyboardInterrupt there would drop
+   an event already consumed. So `recv` stays a Python method, whose last steps (taking
+   the parked event back and returning it) contain no call. An `emit` interrupted there
+   has delivered its event, as one interrupted inside the Python method had. */
 
 typedef struct {
     PyObject_HEAD
     vectorcallfunc vectorcall;
     PyObject *general;  /* the method, whole: every call not finished here */
     PyObject *names;    /* a tuple of the instance's attributes it reads (see below) */
-    PyObject *str_timeout, *str_view;
+    PyObject *str_timeout;
 } FastMethodObject;
 
-/* The call's one argument after the instance (`event`, or none for recv), its timeout
-   and whether `view` is absent or False; 0 if the call is not the usual one. */
+/* The call's event and timeout; 0 if the call is not the usual `emit(event[, timeout=])`. */
 static int
 usual_call(FastMethodObject *self, PyObject *const *args, Py_ssize_t nargs,
-           PyObject *kwnames, Py_ssize_t positional_args, PyObject **timeout)
+           PyObject *kwnames, PyObject **timeout)
 {
     *timeout = Py_None;
-    if (nargs != positional_args) {
+    if (nargs != 2) {
         return 0;
     }
     Py_ssize_t count = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
     for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *name = PyTuple_GET_ITEM(kwnames, i);
-        PyObject *value = args[nargs + i];
-        if (name == self->str_timeout) {
-            *timeout = value;
+        if (PyTuple_GET_ITEM(kwnames, i) != self->str_timeout) {
+            return 0; /* a name the general way must judge */
         }
-        else if (name != self->str_view || value != Py_False || positional_args != 1) {
-            return 0; /* `view=True`, or a name the general way must judge */
-        }
+        *timeout = args[nargs + i];
     }
     return 1;
 }
@@ -2357,88 +2333,6 @@ attribute(FastMethodObject *self, PyObject *dict, PyObject *instance, Py_ssize_t
     return PyObject_GetAttr(instance, name);
 }
 
-/* -- recv: names (reader, lock, wake) --------------------------------------------- */
-
-/* The parked event if it is one plain event, taken back (the caller's); else NULL, and
-   whatever is parked stays for the general way. */
-static PyObject *
-take_back(ReaderObject *reader)
-{
-    PyObject *parked = reader->parked;
-    reader->handing = 0;
-    if (parked == NULL) {
-        return NULL; /* a signal handler's recv took it */
-    }
-    PyObject *events = PyTuple_GET_ITEM(parked, 1);
-    if (PyTuple_GET_ITEM(parked, 2) != Py_None || !PyList_CheckExact(events)
-        || PyList_GET_SIZE(events) != 1) {
-        return NULL;
-    }
-    PyObject *event = Py_NewRef(PyList_GET_ITEM(events, 0));
-    reader->parked = NULL;
-    Py_DECREF(parked);
-    return event;
-}
-
-/* After an error with an event parked by this thread: what it parked is the next
-   call's (the `except` of `LocalSubscription.recv`). */
-static void
-release_hand_over(ReaderObject *reader)
-{
-    if (reader->handing == PyThread_get_thread_ident()) {
-        reader->handing = 0;
-    }
-}
-
-/* `take_one` in one call, the event handed out directly, with nothing parked (no
-   bytecode runs between consuming and returning). */
-static PyObject *
-recv_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
-{
-    FastMethodObject *self = (FastMethodObject *)op;
-    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    PyObject *timeout;
-    if (!usual_call(self, args, nargs, kwnames, 1, &timeout)) {
-        return PyObject_Vectorcall(self->general, args, nargsf, kwnames);
-    }
-    PyObject *instance = args[0];
-    PyObject *dict = instance_dict(instance);
-    PyObject *reader = attribute(self, dict, instance, 0);
-    if (reader == NULL) {
-        Py_XDECREF(dict);
-        return NULL;
-    }
-    core_state *state = state_of(Py_TYPE(op));
-    PyObject *event = NULL;
-    int taken = 0;
-    PyObject *lock = NULL;
-    if (Py_IS_TYPE(reader, (PyTypeObject *)state->Reader)) { /* (else the other core's) */
-        lock = attribute(self, dict, instance, 1);
-        taken = lock == NULL ? -1 : reader_take_one((ReaderObject *)reader, state, lock,
-                                                    timeout, &event);
-    }
-    if (taken == 2) {
-        PyObject *woken = PyObject_CallMethodNoArgs(instance,
-                                                    PyTuple_GET_ITEM(self->names, 2));
-        taken = woken == NULL ? -1 : 1;
-        Py_XDECREF(woken);
-    }
-    if (taken < 0) {
-        Py_CLEAR(event);
-        release_hand_over((ReaderObject *)reader);
-    }
-    else if (taken == 1 && event == NULL) {
-        event = take_back((ReaderObject *)reader);
-    }
-    Py_XDECREF(lock);
-    Py_DECREF(reader);
-    Py_XDECREF(dict);
-    if (taken < 0 || event != NULL) {
-        return event;
-    }
-    return PyObject_Vectorcall(self->general, args, nargsf, kwnames);
-}
-
 /* -- emit: names (fanout, lock, wake, declined, *unless) --------------------------- */
 
 #define EMIT_NAMES 4 /* before the `unless` ones */
@@ -2467,7 +2361,7 @@ emit_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kw
     FastMethodObject *self = (FastMethodObject *)op;
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     PyObject *timeout;
-    if (!usual_call(self, args, nargs, kwnames, 2, &timeout)) {
+    if (!usual_call(self, args, nargs, kwnames, &timeout)) {
         return PyObject_Vectorcall(self->general, args, nargsf, kwnames);
     }
     PyObject *instance = args[0];
@@ -2529,7 +2423,7 @@ FastMethod_get(PyObject *op, PyObject *instance, PyObject *Py_UNUSED(owner))
     return PyMethod_New(op, instance);
 }
 
-/* A method descriptor of `type` standing for `general`, reading the attributes named
+/* A method descriptor standing for `general`, reading the attributes named
    in `names` (a tuple of str) with `vectorcall`. */
 static PyObject *
 fast_method(PyObject *module, PyObject *general, PyObject *names, vectorcallfunc vectorcall)
@@ -2548,8 +2442,7 @@ fast_method(PyObject *module, PyObject *general, PyObject *names, vectorcallfunc
     self->general = Py_NewRef(general);
     self->names = PyTuple_New(PyTuple_GET_SIZE(names));
     self->str_timeout = PyUnicode_InternFromString("timeout");
-    self->str_view = PyUnicode_InternFromString("view");
-    if (self->names == NULL || self->str_timeout == NULL || self->str_view == NULL) {
+    if (self->names == NULL || self->str_timeout == NULL) {
         Py_DECREF(self);
         return NULL;
     }
@@ -2565,22 +2458,6 @@ fast_method(PyObject *module, PyObject *general, PyObject *names, vectorcallfunc
         PyTuple_SET_ITEM(self->names, i, name);
     }
     return (PyObject *)self;
-}
-
-static PyObject *
-recv_method(PyObject *module, PyObject *args, PyObject *kwargs)
-{
-    static char *keywords[] = {"general", "reader", "lock", "wake", NULL};
-    PyObject *general, *reader, *lock, *wake;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O$UUU:recv_method", keywords, &general,
-                                     &reader, &lock, &wake)) {
-        return NULL;
-    }
-    PyObject *names = PyTuple_Pack(3, reader, lock, wake);
-    PyObject *method = names == NULL ? NULL : fast_method(module, general, names,
-                                                          recv_vectorcall);
-    Py_XDECREF(names);
-    return method;
 }
 
 static PyObject *
@@ -2618,7 +2495,6 @@ FastMethod_clear(PyObject *op)
     Py_CLEAR(self->general);
     Py_CLEAR(self->names);
     Py_CLEAR(self->str_timeout);
-    Py_CLEAR(self->str_view);
     return 0;
 }
 
@@ -2731,9 +2607,6 @@ held_acquire(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t narg
 }
 
 static PyMethodDef ringcore_functions[] = {
-    {"recv_method", (PyCFunction)(void (*)(void))recv_method, METH_VARARGS | METH_KEYWORDS,
-     "recv_method(general, *, reader, lock, wake): a subscription's recv whose usual\n"
-     "call is C (see _protocol.recv_method)."},
     {"emit_method", (PyCFunction)(void (*)(void))emit_method, METH_VARARGS | METH_KEYWORDS,
      "emit_method(general, *, fanout, lock, wake, declined, unless): an emitter's emit\n"
      "whose usual call is C (see _protocol.emit_method)."},
@@ -2854,11 +2727,10 @@ ringcore_exec(PyObject *module)
         || add_type(module, &FastMethod_spec) < 0 || add_type(module, &Lock_spec) < 0) {
         return -1;
     }
-    state->Reader = PyObject_GetAttrString(module, "Reader");
     state->Fanout = PyObject_GetAttrString(module, "Fanout");
     state->FastMethod = PyObject_GetAttrString(module, "FastMethod");
     state->Lock = PyObject_GetAttrString(module, "Lock");
-    return state->Reader && state->Fanout && state->FastMethod && state->Lock ? 0 : -1;
+    return state->Fanout && state->FastMethod && state->Lock ? 0 : -1;
 }
 
 static int
@@ -2870,7 +2742,6 @@ ringcore_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(state->dumps);
     Py_VISIT(state->loads);
     Py_VISIT(state->decode);
-    Py_VISIT(state->Reader);
     Py_VISIT(state->Fanout);
     Py_VISIT(state->FastMethod);
     Py_VISIT(state->Lock);
@@ -2891,7 +2762,6 @@ ringcore_clear(PyObject *module)
     Py_CLEAR(state->str_borrow);
     Py_CLEAR(state->str_release);
     Py_CLEAR(state->str_slot);
-    Py_CLEAR(state->Reader);
     Py_CLEAR(state->Fanout);
     Py_CLEAR(state->FastMethod);
     Py_CLEAR(state->Lock);

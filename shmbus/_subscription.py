@@ -290,9 +290,6 @@ class LocalSubscription(RingReceiver):
                     return parked[1][0]
                 raise parked[2]
 
-    # The compiled core makes the usual call one C call (see `_protocol.recv_method`).
-    recv = _core.recv_method(recv, reader="_reader", lock="_lock", wake="_wake_emitter_loop")
-
     def recv_many(self, max_n: int, *, timeout: float | None = None) -> list[Any]:
         """The next events, at least one and at most `max_n`: all that are ready now
         (up to about `BATCH_BYTES` of large events).
