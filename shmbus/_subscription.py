@@ -449,11 +449,18 @@ class LocalSubscription(RingReceiver):
             self._reader.surplus = surplus = None
         parked = self._reader.parked
         if parked is not None and self._parked_was_consumed(parked):
-            if len(parked[1]) > max_n:
-                head, rest = _split(parked, max_n, surplus)
-                if self._reader.parked is parked:
-                    self._reader.parked, self._reader.surplus = head, rest
-            return True
+            if not any(isinstance(value, Undecodable) for value in parked[1]):
+                if len(parked[1]) > max_n:
+                    head, rest = _split(parked, max_n, surplus)
+                    if self._reader.parked is parked:
+                        self._reader.parked, self._reader.surplus = head, rest
+                return True
+            # An interruption between `take` and `_take` reporting its undecodable event
+            # left it among the values: all of them go the way of leftovers, below.
+            _, surplus = _split(parked, 0, surplus)
+            if self._reader.parked is not parked:
+                return True
+            self._reader.parked, self._reader.surplus = None, surplus  # one step: see above
         if surplus is not None:
             if surplus[2] is not None:
                 self._reader.parked, self._reader.surplus = surplus, None

@@ -538,6 +538,23 @@ def test_an_undecodable_event_left_behind_split_leftovers_is_still_reported_in_i
         assert sub.recv(timeout=1) == 4
 
 
+def test_an_undecodable_event_parked_as_a_value_by_an_interruption_is_still_raised():
+    # Found by an adversarial run (interrupts inside shmbus, pure-Python core): `take`
+    # returned an undecodable event as an `Undecodable` value, and an interruption before
+    # `_take` parked it as an error left it among the values: recv() returned the marker.
+    with shmbus.EventEmitter("undecodable-parked") as em, em.subscribe() as sub:
+        for event in (_FailsToLoad(), 1, _FailsToLoad(), 3):
+            em.emit(event)
+        for seq in (0, 2):
+            consumed: list = []
+            assert sub._reader.take(consumed, 1, pickle.loads, _codec.decode, None,
+                                    1 << 20) == 1
+            sub._reader.parked = (seq, consumed, None)  # [Undecodable]: as interrupted
+            with pytest.raises(shmbus.DeserializationError):
+                sub.recv(timeout=1) if seq == 0 else sub.recv_many(5, timeout=1)
+            assert sub.recv(timeout=1) == seq + 1
+
+
 class _FailsToLoad:
     def __reduce__(self):
         return (_refuse, ())
