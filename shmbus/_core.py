@@ -4,8 +4,8 @@
 
 `Fanout`, `Reader` and `Lock` (see `_protocol`) come from the compiled core,
 `shmbus._ringcore`, when the package's build made it, and from `_protocol` otherwise,
-or when `SHMBUS_CORE=python` asks for it. Both work on the same memory layout with the same
-rules, so processes with different cores share a bus. `NAME` says which one this
+or when `SHMBUS_CORE=python` asks for it. Both work on the same memory layout with the
+same rules, so processes with different cores share a bus. `NAME` says which one this
 process runs ("c" or "python"), as `shmbus --version` and `shmbus ls` show.
 
 ## Why a choice at all

@@ -164,7 +164,7 @@ class RingReceiver(Receiver):
     _emitter_path: str
     _last_seq: int | None
     _waker: Waker | None
-    _lock: threading.RLock
+    _lock: _core.Lock
     _closing: bool
     _handing = 0
     """The thread (its ident) that parked, under the lock, what its call returns, and has
