@@ -2050,36 +2050,29 @@ take_one_locked(ReaderObject *self, core_state *state)
     return result;
 }
 
-/* `take_one(lock, timeout)`: 1, 2 or 0 as it says, or -1 with an exception. */
-static int
-reader_take_one(ReaderObject *self, core_state *state, PyObject *lock, PyObject *timeout)
-{
-    uint64_t seq;
-    if (self->base == NULL || self->forks != forks || self->parked != NULL
-        || self->surplus != NULL || self->handing != 0 || !plain_timeout(timeout)
-        || !reader_ready(self, &seq)) {
-        return 0;
-    }
-    int locked = try_lock(state, lock);
-    if (locked <= 0) {
-        return locked;
-    }
-    int taken = take_one_locked(self, state);
-    if (unlock(state, lock) < 0) {
-        /* (release of a lock this call took cannot fail: nothing is lost here) */
-        return -1;
-    }
-    return taken;
-}
-
 static PyObject *
 Reader_take_one(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
 {
+    ReaderObject *self = (ReaderObject *)op;
+    core_state *state = state_of(Py_TYPE(op));
+    uint64_t seq;
     if (!positional("take_one", nargs, 2, 2)) {
         return NULL;
     }
-    int taken = reader_take_one((ReaderObject *)op, state_of(Py_TYPE(op)), args[0], args[1]);
-    return taken < 0 ? NULL : PyLong_FromLong(taken);
+    if (self->base == NULL || self->forks != forks || self->parked != NULL
+        || self->surplus != NULL || self->handing != 0 || !plain_timeout(args[1])
+        || !reader_ready(self, &seq)) {
+        return PyLong_FromLong(0);
+    }
+    int locked = try_lock(state, args[0]);
+    if (locked <= 0) {
+        return locked < 0 ? NULL : PyLong_FromLong(0);
+    }
+    int taken = take_one_locked(self, state);
+    if (unlock(state, args[0]) < 0 || taken < 0) {
+        return NULL;
+    }
+    return PyLong_FromLong(taken);
 }
 
 /* `parked` and `surplus`: the caller's places, kept for it (closure: the field's offset;
@@ -2367,24 +2360,27 @@ emit_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kw
     PyObject *instance = args[0];
     PyObject *dict = instance_dict(instance);
     int usual = none_true(self, dict, instance);
-    PyObject *fanout = usual > 0 ? attribute(self, dict, instance, 0) : NULL;
-    core_state *state = state_of(Py_TYPE(op));
-    if (fanout == NULL || !Py_IS_TYPE(fanout, (PyTypeObject *)state->Fanout)) {
-        /* (not the usual call, an error, or the other core's Fanout) */
+    if (usual <= 0) {
         Py_XDECREF(dict);
-        if (usual < 0 || (usual > 0 && fanout == NULL)) {
-            return NULL;
-        }
+        return usual < 0 ? NULL : PyObject_Vectorcall(self->general, args, nargsf, kwnames);
+    }
+    PyObject *fanout = attribute(self, dict, instance, 0);
+    PyObject *lock = fanout == NULL ? NULL : attribute(self, dict, instance, 1);
+    Py_XDECREF(dict);
+    if (lock == NULL) {
         Py_XDECREF(fanout);
+        return NULL;
+    }
+    core_state *state = state_of(Py_TYPE(op));
+    if (!Py_IS_TYPE(fanout, (PyTypeObject *)state->Fanout)) { /* the other core's */
+        Py_DECREF(lock);
+        Py_DECREF(fanout);
         return PyObject_Vectorcall(self->general, args, nargsf, kwnames);
     }
-    PyObject *lock = attribute(self, dict, instance, 1);
-    Py_XDECREF(dict);
-    PyObject *done = lock == NULL ? NULL : fanout_fast_emit((FanoutObject *)fanout, state,
-                                                           args[1], timeout, lock);
+    PyObject *done = fanout_fast_emit((FanoutObject *)fanout, state, args[1], timeout, lock);
     PyObject *wanting = ((FanoutObject *)fanout)->wanting;
     int wanted = done != NULL && wanting != NULL && PyList_GET_SIZE(wanting) != 0;
-    Py_XDECREF(lock);
+    Py_DECREF(lock);
     Py_DECREF(fanout);
     if (done == NULL) {
         return NULL;
@@ -2423,43 +2419,6 @@ FastMethod_get(PyObject *op, PyObject *instance, PyObject *Py_UNUSED(owner))
     return PyMethod_New(op, instance);
 }
 
-/* A method descriptor standing for `general`, reading the attributes named
-   in `names` (a tuple of str) with `vectorcall`. */
-static PyObject *
-fast_method(PyObject *module, PyObject *general, PyObject *names, vectorcallfunc vectorcall)
-{
-    core_state *state = PyModule_GetState(module);
-    if (!PyCallable_Check(general)) {
-        PyErr_SetString(PyExc_TypeError, "the method stood for must be callable");
-        return NULL;
-    }
-    PyTypeObject *type = (PyTypeObject *)state->FastMethod;
-    FastMethodObject *self = (FastMethodObject *)type->tp_alloc(type, 0);
-    if (self == NULL) {
-        return NULL;
-    }
-    self->vectorcall = vectorcall;
-    self->general = Py_NewRef(general);
-    self->names = PyTuple_New(PyTuple_GET_SIZE(names));
-    self->str_timeout = PyUnicode_InternFromString("timeout");
-    if (self->names == NULL || self->str_timeout == NULL) {
-        Py_DECREF(self);
-        return NULL;
-    }
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(names); i++) {
-        PyObject *name = PyTuple_GET_ITEM(names, i);
-        if (!PyUnicode_CheckExact(name)) {
-            PyErr_SetString(PyExc_TypeError, "attribute names must be str");
-            Py_DECREF(self);
-            return NULL;
-        }
-        Py_INCREF(name);
-        PyUnicode_InternInPlace(&name);
-        PyTuple_SET_ITEM(self->names, i, name);
-    }
-    return (PyObject *)self;
-}
-
 static PyObject *
 emit_method(PyObject *module, PyObject *args, PyObject *kwargs)
 {
@@ -2471,13 +2430,35 @@ emit_method(PyObject *module, PyObject *args, PyObject *kwargs)
                                      &PyTuple_Type, &unless)) {
         return NULL;
     }
+    if (!PyCallable_Check(general)) {
+        PyErr_SetString(PyExc_TypeError, "emit_method: general must be callable");
+        return NULL;
+    }
+    PyTypeObject *type = (PyTypeObject *)((core_state *)PyModule_GetState(module))->FastMethod;
+    FastMethodObject *self = (FastMethodObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->vectorcall = emit_vectorcall;
+    self->general = Py_NewRef(general);
+    self->str_timeout = PyUnicode_InternFromString("timeout");
     PyObject *first = PyTuple_Pack(EMIT_NAMES, fanout, lock, wake, declined);
-    PyObject *names = first == NULL ? NULL : PySequence_Concat(first, unless);
-    PyObject *method = names == NULL ? NULL : fast_method(module, general, names,
-                                                          emit_vectorcall);
+    self->names = first == NULL ? NULL : PySequence_Concat(first, unless);
     Py_XDECREF(first);
-    Py_XDECREF(names);
-    return method;
+    if (self->str_timeout == NULL || self->names == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(self->names); i++) {
+        PyObject **name = &PyTuple_GET_ITEM(self->names, i);
+        if (!PyUnicode_CheckExact(*name)) {
+            PyErr_SetString(PyExc_TypeError, "emit_method: attribute names must be str");
+            Py_DECREF(self);
+            return NULL;
+        }
+        PyUnicode_InternInPlace(name); /* (the tuple is new: nobody else holds it) */
+    }
+    return (PyObject *)self;
 }
 
 static int
