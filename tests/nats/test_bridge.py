@@ -123,10 +123,14 @@ _bridges: list[Any] = []
 
 
 @pytest.fixture(autouse=True)
-def bridges_finish(procs: Any) -> Any:
+def bridges_finish(procs: Any, nats_server: NatsServer) -> Any:
     """Let the bridges a test started finish before `procs` kills what is left: a bridge
     still removing an ended bus when it is SIGKILLed leaves part of it to the next sweep,
-    which the leak check would blame on the test."""
+    which the leak check would blame on the test.
+
+    It holds `nats_server` too, so the server is stopped after this wait, not before it:
+    a bridge finishing an ended bus stores its end marker first, and with its server
+    gone it would retry until killed (2 runs in 12 failed that way)."""
     yield
     deadline = time.monotonic() + 15
     for proc in _bridges:
