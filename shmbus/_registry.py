@@ -946,6 +946,13 @@ def _ensure_private_dir(path: str) -> None:
             f"that user, or set {DIR_ENV} to a directory of your own (if you did not "
             "expect this directory to exist, someone else may have created it)."
         )
+    if st.st_mode & stat.S_IWOTH:
+        # /tmp, /dev/shm: shared by design. Advising chmod here would break the machine.
+        raise ShmBusError(
+            f"registry directory {path} has mode {oct(st.st_mode & 0o7777)}: it is shared "
+            f"by everyone, so it cannot be a registry. Set {DIR_ENV} to a directory of "
+            f"your own (shmbus makes it, mode 0700); leave {path}'s mode as it is."
+        )
     if st.st_mode & 0o077:
         raise ShmBusError(
             f"registry directory {path} has mode {oct(st.st_mode & 0o777)}; it must be "

@@ -145,6 +145,20 @@ def test_a_registry_directory_others_can_read_is_refused(tmp_path, monkeypatch):
         shmbus.EventEmitter("x")
 
 
+@pytest.mark.parametrize("mode", [0o1777, 0o777, 0o703])
+def test_a_shared_directory_as_registry_is_refused_without_advice_to_chmod_it(
+        tmp_path, monkeypatch, mode):
+    """Like /tmp or /dev/shm for their owner (root): `chmod 700` would break the machine."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(mode)
+    monkeypatch.setenv("SHMBUS_DIR", str(shared))
+    with pytest.raises(shmbus.ShmBusError, match="shared by everyone") as refused:
+        shmbus.EventEmitter("x")
+    assert "SHMBUS_DIR" in str(refused.value) and "chmod" not in str(refused.value)
+    assert shared.stat().st_mode & 0o7777 == mode
+
+
 def test_a_corrupt_subscriber_record_is_reported_clearly(registry_dir):
     with shmbus.EventEmitter("records") as em, em.subscribe() as sub:
         path = em._registry.sub_path(helpers.token_of(em), sub.id)
