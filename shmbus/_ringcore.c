@@ -1894,10 +1894,13 @@ parse_take(PyObject *const *args, Py_ssize_t nargs, TakeArgs *out)
         return -1;
     }
     out->into = args[0];
-    out->max_n = PyLong_AsSsize_t(args[1]);
-    if (out->max_n == -1 && PyErr_Occurred()) {
+    int overflow;
+    long long max_n = PyLong_AsLongLongAndOverflow(args[1], &overflow);
+    if (max_n == -1 && PyErr_Occurred()) {
         return -1;
     }
+    /* More than a list can hold asks for all there is, as in the pure-Python core. */
+    out->max_n = overflow > 0 ? PY_SSIZE_T_MAX : overflow < 0 ? 0 : (Py_ssize_t)max_n;
     out->loads = args[2];
     out->decode = args[3];
     out->load_large = args[4];

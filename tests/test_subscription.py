@@ -399,6 +399,16 @@ def test_recv_many_returns_what_is_ready_up_to_max_n():
         assert sub.recv_many(5, timeout=5) == ["late"]  # waits for the first, not for more
 
 
+@pytest.mark.parametrize("max_n", [2**63, 10**40])
+def test_recv_many_with_a_max_n_past_any_list_takes_all_that_is_ready(max_n):
+    """On both cores: the compiled one once raised OverflowError (not a ShmBusError)."""
+    with shmbus.EventEmitter("huge") as em, em.subscribe() as sub:
+        em.emit_many(["a", "b", "c"], timeout=1)
+        assert sub.recv_many(max_n, timeout=1) == ["a", "b", "c"]
+        em.emit("d", timeout=1)
+        assert sub.recv_many(max_n, timeout=1) == ["d"]
+
+
 def test_recv_many_rejects_a_bad_max_n():
     with shmbus.EventEmitter("rmanybad") as em, em.subscribe() as sub:
         for bad in (0, -1, 1.5, True, None):
