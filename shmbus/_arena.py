@@ -25,10 +25,15 @@ it has been read, and a subscriber lets go of its mapping as soon as it reads fr
 new one. It only ever grows, so in steady state one arena serves every event and nothing
 is mapped or faulted in per event. If the bound is reached, or `/dev/shm` has no room
 for a larger one, `emit` waits for the slowest subscriber exactly as for a full ring:
-same timeout, same all-or-nothing. Shared memory held for large events is therefore at
-most the bound, plus events larger than half of it: each of those gets a segment of its own
-(`/sb_<token>_x<nonce>`), which the subscriber maps, reads and unmaps at once, and the
-emitter removes as soon as everyone has read it.
+same timeout, same all-or-nothing.
+
+An event larger than half the bound gets a segment of its own (`/sb_<token>_x<nonce>`),
+which the subscriber maps, reads and unmaps at once, and the emitter removes as soon as
+everyone has read it. It counts against the bound like the arenas, with one exception:
+while no other such segment exists, one is made whatever the arenas hold, or an event
+larger than what they leave could never go. So shared memory held for large events is
+at most the bound plus one event: with a 64 MiB bound, a subscriber that stalls holds
+back a second 40 MiB event, where it once let 32 of them pile up.
 
 ## Who removes what
 
@@ -69,8 +74,8 @@ from ._control import ARENA_ENTRIES, SEGMENT_ENTRIES, ControlBlock
 from ._errors import IncompatibleBus, InvalidArgument, OutOfSharedMemory, ShmBusError, shown
 
 DEFAULT_LARGE_BYTES = 64 << 20
-"""The arena's bound: large events take at most this much shared memory (plus events
-larger than half of it, one segment each), and `emit` waits when it is full."""
+"""The bound of large events' shared memory: they take at most this much (plus one event
+larger than half of it, in a segment of its own), and `emit` waits when it is full."""
 
 MIN_LARGE_BYTES = 1 << 20
 
@@ -287,6 +292,8 @@ class Arena:
     # -- events larger than the arena can take ------------------------------------------
 
     def _put_oversized(self, seq: int, parts: _codec.Parts) -> bytes | None:
+        if self._oversized and self.held_bytes + len(parts) > self.bound:
+            return None  # past the bound only alone (see the module docstring)
         free = [i for i in range(SEGMENT_ENTRIES) if i not in self._oversized]
         if not free:
             return None

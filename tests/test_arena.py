@@ -123,6 +123,27 @@ def test_an_event_larger_than_half_the_arena_gets_a_segment_removed_once_read():
         assert shmbus.stats("huge").large_bytes_held == 0
 
 
+def test_events_larger_than_half_the_bound_pass_it_one_at_a_time():
+    """They count against `large_bytes`: a stalled subscriber once let 32 of them pile
+    up (19 MB held against a 1 MiB bound)."""
+    with shmbus.EventEmitter("halves", large_bytes=MiB) as em, em.subscribe() as sub:
+        events = [bytes([i]) * 600_000 for i in range(3)]
+        em.emit(events[0], timeout=1)  # alone: past the bound, as an event larger could
+        with pytest.raises(shmbus.Timeout):
+            em.emit(events[1], timeout=0.2)
+        assert shmbus.stats("halves").large_bytes_held < MiB
+        assert sub.recv(timeout=5) == events[0]
+        em.emit(events[1], timeout=5)  # room once the first is read
+        assert sub.recv(timeout=5) == events[1]
+        got: list[bytes] = []
+        reader = threading.Thread(target=lambda: got.extend(
+            sub.recv(timeout=5) for _ in events))
+        reader.start()
+        em.emit_many(events, timeout=5)  # a chunk goes in parts, each waiting its turn
+        reader.join(10)
+        assert got == events
+
+
 def test_the_arena_grows_to_the_bound_and_old_ones_go():
     with shmbus.EventEmitter("grow", capacity=256, large_bytes=32 * MiB) as em, \
             em.subscribe() as sub:
