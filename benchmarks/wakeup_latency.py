@@ -1,19 +1,22 @@
-"""What a wake-up costs: a bare POSIX semaphore against shmbus, at a low rate.
+"""What a wake-up costs: a bare POSIX semaphore and a POSIX message queue against
+shmbus, at a low rate.
 
     python benchmarks/wakeup_latency.py
 
 Two processes, a `perf_counter_ns` stamp every 500 us: once through shared memory and
 a posix_ipc `Semaphore` the receiver sleeps on (the floor under any semaphore-woken
-queue, shmbus's doorbells included), once as a shmbus event. Alternated 4 times, since
-a noisy minute would otherwise land on one of them. Also reported: how long the
-`emit` itself takes at that rate, doorbell post included, where back to back it takes
-about 1.6 us: at a low rate everything runs on cold caches.
+queue, shmbus's doorbells included), once pickled through a posix_ipc `MessageQueue`
+(the reference of the latency target, `posix_mq_latency.py`), once as a shmbus event.
+Alternated 4 times, since a noisy minute would otherwise land on one of them. Also
+reported: how long the `emit` itself takes at that rate, doorbell post included, where
+back to back it takes under a microsecond: at a low rate everything runs on cold caches.
 """
 
 from __future__ import annotations
 
 import mmap
 import os
+import pickle
 import struct
 import time
 from collections.abc import Callable
@@ -51,6 +54,29 @@ def _sem_receive(sem: posix_ipc.Semaphore, shared: mmap.mmap) -> list[int]:
     for _ in range(EVENTS + WARMUP):
         sem.acquire(10)
         got.append(time.perf_counter_ns() - _STAMP.unpack(shared[:_STAMP.size])[0])
+    return got[WARMUP:]
+
+
+def _queue_round() -> str:
+    name = f"/sb_bench_wakeq{os.getpid()}"
+    queue = posix_ipc.MessageQueue(name, posix_ipc.O_CREX, max_messages=10,
+                                   max_message_size=64)
+    queue.unlink()  # as the semaphore's: both processes hold it already
+    latencies = _in_child(lambda: _queue_receive(queue))
+    try:
+        for _ in range(EVENTS + WARMUP):
+            time.sleep(GAP)
+            queue.send(pickle.dumps(time.perf_counter_ns()))
+        return _report("message queue", latencies(), None)
+    finally:
+        queue.close()
+
+
+def _queue_receive(queue: posix_ipc.MessageQueue) -> list[int]:
+    got = []
+    for _ in range(EVENTS + WARMUP):
+        message, _ = queue.receive(10)
+        got.append(time.perf_counter_ns() - pickle.loads(message))
     return got[WARMUP:]
 
 
@@ -106,6 +132,7 @@ def _report(what: str, latencies: list[int], emits: list[int] | None) -> str:
 def main() -> None:
     for _ in range(ROUNDS):
         print(_semaphore_round())
+        print(_queue_round())
         print(_shmbus_round())
 
 
