@@ -91,6 +91,7 @@ import contextlib
 import ctypes
 import dataclasses
 import errno
+import gc
 import mmap
 import os
 import platform
@@ -322,6 +323,10 @@ class Mapping:
         self.view.release()
         # Every live view (slices and casts included) holds the array: one reference
         # here, one for getrefcount's argument, any more is a view still out there.
+        if sys.getrefcount(self._array) > 2:
+            # Perhaps only garbage: an interrupted frame's view, kept by a cycle between
+            # the frame and the exception it holds (`except ... as exc`, then raise).
+            gc.collect()
         if sys.getrefcount(self._array) > 2:
             self.view = memoryview(self._array).cast("B")
             raise BufferError("cannot unmap a segment while a view of it is still in use")

@@ -571,6 +571,28 @@ def test_a_segment_is_sized_once_in_the_mode(probed) -> None:
     assert probed["linux"]["second_ftruncate"] == {"ok": "None"}  # Linux resizes
 
 
+def test_a_view_only_garbage_holds_does_not_keep_a_mapping_from_closing() -> None:
+    """As an interrupted frame's view does, in a cycle with the exception it caught."""
+    name = f"/sb_test_cycle{os.getpid()}"
+    mapping = _platform.create_segment(name, 4096)
+    try:
+        cycle: list[object] = [mapping.view[:16]]
+        cycle.append(cycle)
+        del cycle
+        mapping.close()
+        assert mapping.closed
+        held = _platform.create_segment(name + "b", 4096)
+        view = held.view[:16]
+        with pytest.raises(BufferError):
+            held.close()  # a view in use still refuses
+        view.release()
+        held.close()
+        assert held.closed
+    finally:
+        for created in (name, name + "b"):
+            _platform.unlink_segment(created)
+
+
 @pytest.mark.timeout(120)
 @linux_only
 def test_a_mapping_of_no_bytes_fails(probed) -> None:
