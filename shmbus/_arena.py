@@ -98,6 +98,10 @@ REF = struct.Struct("<IIQQ")  # nonce, reserved, offset in the segment, laid-out
 _CREATE_TRIES = 16
 
 
+def _aligned(length: int) -> int:
+    return -(-length // ALIGN) * ALIGN
+
+
 class _Segment:
     """One arena segment, as the emitter allocates in it."""
 
@@ -157,12 +161,16 @@ class Arena:
         return (sum(a.size for a in self._arenas)
                 + sum(len(m) for _, m in self._oversized.values()))
 
+    def oversized(self, length: int) -> bool:
+        """Whether an event laid out in `length` bytes gets a segment of its own."""
+        return _aligned(length) > self.bound // 2
+
     def put(self, seq: int, parts: _codec.Parts) -> bytes | None:
         """Write event `seq` into shared memory: the `REF` its slots carry, or None if
         there is no room until older events are read."""
-        size = -(-len(parts) // ALIGN) * ALIGN
-        if size > self.bound // 2:
+        if self.oversized(len(parts)):
             return self._put_oversized(seq, parts)
+        size = _aligned(len(parts))
         placed = self._allocate(size)
         if placed is None:
             return None

@@ -649,7 +649,7 @@ class EventEmitter(Handle):
         """Event `seq`'s slot, once it is in the arena; None if the arena holds nothing
         but events from `first` on, placed by this call's caller and not committed yet:
         no subscriber can read those, so waiting would wait for ever."""
-        oversized = len(parts) > self._arena.bound // 2
+        oversized = self._arena.oversized(len(parts))
         while True:
             ref = self._arena.put(seq, parts)
             if ref is not None:

@@ -144,6 +144,16 @@ def test_events_larger_than_half_the_bound_pass_it_one_at_a_time():
         assert got == events
 
 
+def test_an_event_just_over_half_the_bound_once_aligned_is_read_from_its_segment():
+    """The emitter and the arena once rounded differently: such an event went into a
+    segment of its own, labelled as an arena event, and its subscriber failed from then on."""
+    with shmbus.EventEmitter("edge", large_bytes=1_500_000) as em, em.subscribe() as sub:
+        for size in (749_960, 749_900, 760_000, 700_000):
+            event = os.urandom(size)
+            em.emit(event, timeout=5)
+            assert sub.recv(timeout=5) == event
+
+
 def test_the_arena_grows_to_the_bound_and_old_ones_go():
     with shmbus.EventEmitter("grow", capacity=256, large_bytes=32 * MiB) as em, \
             em.subscribe() as sub:
