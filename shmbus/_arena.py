@@ -30,10 +30,11 @@ same timeout, same all-or-nothing.
 An event larger than half the bound gets a segment of its own (`/sb_<token>_x<nonce>`),
 which the subscriber maps, reads and unmaps at once, and the emitter removes as soon as
 everyone has read it. It counts against the bound like the arenas, with one exception:
-while no other such segment exists, one is made whatever the arenas hold, or an event
-larger than what they leave could never go. So shared memory held for large events is
-at most the bound plus one event: with a 64 MiB bound, a subscriber that stalls holds
-back a second 40 MiB event, where it once let 32 of them pile up.
+while fewer than `OVERSIZED_PAST_BOUND` such segments exist, one is made whatever the
+arenas hold, or an event larger than what they leave could never go. So shared memory
+held for large events is at most the bound plus two events: with a 64 MiB bound, a
+subscriber that stalls holds back a third 40 MiB event, where it once let 32 of them
+pile up.
 
 ## Who removes what
 
@@ -74,8 +75,14 @@ from ._control import ARENA_ENTRIES, SEGMENT_ENTRIES, ControlBlock
 from ._errors import IncompatibleBus, InvalidArgument, OutOfSharedMemory, ShmBusError, shown
 
 DEFAULT_LARGE_BYTES = 64 << 20
-"""The bound of large events' shared memory: they take at most this much (plus one event
-larger than half of it, in a segment of its own), and `emit` waits when it is full."""
+"""The bound of large events' shared memory: they take at most this much (plus two events
+larger than half of it, each in a segment of its own), and `emit` waits when it is full."""
+
+OVERSIZED_PAST_BOUND = 2
+"""Events larger than half the bound that may be in flight past it: two, because the usual
+`recv(view=True)` loop holds the view of one while it waits for the next (the view keeps
+its event's memory, see `_subscription`). With one, that loop and its emitter would each
+wait for the other."""
 
 MIN_LARGE_BYTES = 1 << 20
 
@@ -300,8 +307,9 @@ class Arena:
     # -- events larger than the arena can take ------------------------------------------
 
     def _put_oversized(self, seq: int, parts: _codec.Parts) -> bytes | None:
-        if self._oversized and self.held_bytes + len(parts) > self.bound:
-            return None  # past the bound only alone (see the module docstring)
+        if (len(self._oversized) >= OVERSIZED_PAST_BOUND
+                and self.held_bytes + len(parts) > self.bound):
+            return None
         free = [i for i in range(SEGMENT_ENTRIES) if i not in self._oversized]
         if not free:
             return None

@@ -646,9 +646,11 @@ class EventEmitter(Handle):
 
     def _place_large(self, seq: int, parts: _codec.Parts, deadline: float | None,
                      wait: bool, first: int) -> bytes | None:
-        """Event `seq`'s slot, once it is in the arena; None if the arena holds nothing
-        but events from `first` on, placed by this call's caller and not committed yet:
-        no subscriber can read those, so waiting would wait for ever."""
+        """Event `seq`'s slot, once it is in the arena; None, rather than wait, if the
+        caller placed events from `first` on and has not committed them yet: no
+        subscriber can read those, and one may need them before it lets go of older
+        memory (a `recv(view=True)` loop holds its last view until the next event), so
+        waiting could wait for ever. The caller commits them, then comes back."""
         oversized = self._arena.oversized(len(parts))
         while True:
             ref = self._arena.put(seq, parts)
@@ -668,7 +670,7 @@ class EventEmitter(Handle):
                 self._forget_history_through(oldest)
                 self._reclaim(seq)
                 continue
-            if oldest >= first:
+            if seq > first:
                 return None
             if not wait:
                 raise _RingsFull([slowest], lambda: self._fanout.oldest_unread(

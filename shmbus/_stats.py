@@ -82,7 +82,7 @@ class BusStats:
     """Pickled bytes of those events (each counted once, whatever the subscribers)."""
     large_bytes: int
     """The bound of the shared memory large events may take (`EventEmitter(large_bytes=)`),
-    which one event larger than half of it may pass while it is the only such event."""
+    which two events larger than half of it may pass (`_arena.OVERSIZED_PAST_BOUND`)."""
     large_bytes_held: int
     """Shared memory the bus's large events hold now, oversized ones included."""
     subscribers: tuple[SubscriberStats, ...]

@@ -123,18 +123,19 @@ def test_an_event_larger_than_half_the_arena_gets_a_segment_removed_once_read():
         assert shmbus.stats("huge").large_bytes_held == 0
 
 
-def test_events_larger_than_half_the_bound_pass_it_one_at_a_time():
+def test_events_larger_than_half_the_bound_pass_it_two_at_a_time():
     """They count against `large_bytes`: a stalled subscriber once let 32 of them pile
     up (19 MB held against a 1 MiB bound)."""
     with shmbus.EventEmitter("halves", large_bytes=MiB) as em, em.subscribe() as sub:
-        events = [bytes([i]) * 600_000 for i in range(3)]
-        em.emit(events[0], timeout=1)  # alone: past the bound, as an event larger could
+        events = [bytes([i]) * 600_000 for i in range(4)]
+        em.emit(events[0], timeout=1)  # past the bound, as an event larger than it would
+        em.emit(events[1], timeout=1)  # and a second: see test_a_view_loop_...
         with pytest.raises(shmbus.Timeout):
-            em.emit(events[1], timeout=0.2)
-        assert shmbus.stats("halves").large_bytes_held < MiB
+            em.emit(events[2], timeout=0.2)
+        assert shmbus.stats("halves").large_bytes_held < MiB + 2 * 600_000
         assert sub.recv(timeout=5) == events[0]
-        em.emit(events[1], timeout=5)  # room once the first is read
-        assert sub.recv(timeout=5) == events[1]
+        em.emit(events[2], timeout=5)  # room once the first is read
+        assert [sub.recv(timeout=5) for _ in range(2)] == events[1:3]
         got: list[bytes] = []
         reader = threading.Thread(target=lambda: got.extend(
             sub.recv(timeout=5) for _ in events))
@@ -142,6 +143,50 @@ def test_events_larger_than_half_the_bound_pass_it_one_at_a_time():
         em.emit_many(events, timeout=5)  # a chunk goes in parts, each waiting its turn
         reader.join(10)
         assert got == events
+
+
+def test_a_view_loop_over_events_larger_than_half_the_bound_never_stalls():
+    """`arr = sub.recv(view=True)` in a loop holds the last view until the next event
+    arrives; with one such event allowed past the bound, it and the emitter each waited
+    for the other."""
+    with shmbus.EventEmitter("viewloop", large_bytes=MiB) as em, em.subscribe() as sub:
+        seen: list[int] = []
+
+        def loop() -> None:
+            arr = None
+            for _ in range(6):
+                arr = sub.recv(timeout=5, view=True)  # the last one is held meanwhile
+                seen.append(int(arr[0]))
+            del arr
+
+        reader = threading.Thread(target=loop)
+        reader.start()
+        for i in range(6):
+            em.emit(np.full(600_000, i, dtype=np.uint8), timeout=5)
+        reader.join(10)
+        assert seen == list(range(6))
+
+
+def test_an_emit_many_chunk_never_waits_for_a_view_its_own_events_would_release():
+    """The view loop below holds event 0 until event 1 arrives: a chunk that placed
+    event 1, then waited for room with it uncommitted, waited for ever."""
+    with shmbus.EventEmitter("viewchunk", large_bytes=MiB) as em, em.subscribe() as sub:
+        seen: list[int] = []
+
+        def loop() -> None:
+            arr = None
+            for _ in range(5):
+                arr = sub.recv(timeout=5, view=True)  # the last one is held meanwhile
+                seen.append(int(arr[0]))
+            del arr
+
+        reader = threading.Thread(target=loop)
+        reader.start()
+        em.emit(np.full(600_000, 0, dtype=np.uint8), timeout=5)
+        helpers.wait_until(lambda: seen == [0], timeout=5)
+        em.emit_many([np.full(600_000, i, dtype=np.uint8) for i in range(1, 5)], timeout=5)
+        reader.join(10)
+        assert seen == list(range(5))
 
 
 def test_an_event_just_over_half_the_bound_once_aligned_is_read_from_its_segment():
