@@ -145,22 +145,29 @@ def test_events_larger_than_half_the_bound_pass_it_two_at_a_time():
         assert got == events
 
 
+def _view_loop(sub: shmbus.LocalSubscription, count: int, seen: list[int]
+               ) -> threading.Thread:
+    """A started thread doing what `arr = sub.recv(view=True)` in a loop does: it holds the
+    last view until the next event arrives. Each array's first value goes to `seen`."""
+    def loop() -> None:
+        arr = None
+        for _ in range(count):
+            arr = sub.recv(timeout=5, view=True)
+            seen.append(int(arr[0]))
+        del arr
+
+    reader = threading.Thread(target=loop)
+    reader.start()
+    return reader
+
+
 def test_a_view_loop_over_events_larger_than_half_the_bound_never_stalls():
     """`arr = sub.recv(view=True)` in a loop holds the last view until the next event
     arrives; with one such event allowed past the bound, it and the emitter each waited
     for the other."""
     with shmbus.EventEmitter("viewloop", large_bytes=MiB) as em, em.subscribe() as sub:
         seen: list[int] = []
-
-        def loop() -> None:
-            arr = None
-            for _ in range(6):
-                arr = sub.recv(timeout=5, view=True)  # the last one is held meanwhile
-                seen.append(int(arr[0]))
-            del arr
-
-        reader = threading.Thread(target=loop)
-        reader.start()
+        reader = _view_loop(sub, 6, seen)
         for i in range(6):
             em.emit(np.full(600_000, i, dtype=np.uint8), timeout=5)
         reader.join(10)
@@ -172,16 +179,7 @@ def test_an_emit_many_chunk_never_waits_for_a_view_its_own_events_would_release(
     event 1, then waited for room with it uncommitted, waited for ever."""
     with shmbus.EventEmitter("viewchunk", large_bytes=MiB) as em, em.subscribe() as sub:
         seen: list[int] = []
-
-        def loop() -> None:
-            arr = None
-            for _ in range(5):
-                arr = sub.recv(timeout=5, view=True)  # the last one is held meanwhile
-                seen.append(int(arr[0]))
-            del arr
-
-        reader = threading.Thread(target=loop)
-        reader.start()
+        reader = _view_loop(sub, 5, seen)
         em.emit(np.full(600_000, 0, dtype=np.uint8), timeout=5)
         helpers.wait_until(lambda: seen == [0], timeout=5)
         em.emit_many([np.full(600_000, i, dtype=np.uint8) for i in range(1, 5)], timeout=5)
